@@ -1,0 +1,73 @@
+//! The command line: `run`, `serve`, `check`, `crd`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod check;
+pub mod crd;
+pub mod run;
+pub mod serve;
+
+/// imagegate: image-policy admission controller for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "imagegate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator and webhook against a cluster (in the cluster or from a workstation).
+    Run(run::RunArgs),
+    /// Serve the webhook without a cluster, with policies from files.
+    Serve(serve::ServeArgs),
+    /// Evaluate manifests against policies offline (for CI); exit 0 admitted, 1 denied, 2 bad input.
+    Check(check::CheckArgs),
+    /// Print the ImagePolicy CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Parses the command line and runs the command; the process exit code.
+pub fn main() -> ExitCode {
+    // Both the webhook server and the Kubernetes client use rustls; one provider for both.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => check::main(args),
+        Command::Crd => crd::main(),
+        Command::Serve(args) => run_async(serve::main(args)),
+        Command::Run(args) => run_async(run::main(args)),
+    }
+}
+
+fn run_async(fut: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("imagegate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imagegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,648 @@
+//! Decisions: a workload against a snapshot. [`decide`] is a pure function of the snapshot, the
+//! object (and the old object on UPDATE), the namespace's labels, the requester and the time.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+
+use crate::policy::{CompiledPolicy, Mode, Settings, Snapshot, UnmatchedImages};
+use crate::reference::Reference;
+use crate::workload::{ContainerType, ImageUse, Workload};
+
+/// The annotation that asks for a break-glass exception; its value is the ticket.
+pub const BREAK_GLASS_ANNOTATION: &str = "imagegate.image-policy.k8s.io/break-glass";
+/// The annotation that says until when the exception holds (RFC 3339).
+pub const BREAK_GLASS_UNTIL_ANNOTATION: &str = "imagegate.image-policy.k8s.io/break-glass-until";
+
+/// Who sent the request (AdmissionReview `userInfo`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Requester {
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+/// Everything a decision depends on besides the snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The object as it would be stored.
+    pub object: &'a Workload,
+    /// On UPDATE, the object as it was: only new or changed images can be denied.
+    pub old_object: Option<&'a Workload>,
+    /// The namespace's labels (with `kubernetes.io/metadata.name`).
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    /// Who asks; `None` when unknown (ImageReview, `check` without `--user`).
+    pub requester: Option<&'a Requester>,
+    /// The moment of the decision.
+    pub now: jiff::Timestamp,
+}
+
+/// The rule a violation breaks, named as the policy field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Rule {
+    /// The image reference does not parse.
+    Reference,
+    AllowedImages,
+    DeniedImages,
+    RequireDigest,
+    DeniedTags,
+    RequirePullPolicyAlways,
+    /// A break-glass exception was asked for and refused.
+    BreakGlass,
+    /// No applying policy governs the image, and `--unmatched-images deny` is set.
+    UnmatchedImages,
+}
+
+impl Rule {
+    /// The rule's name, as the policy field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Reference => "reference",
+            Rule::AllowedImages => "allowedImages",
+            Rule::DeniedImages => "deniedImages",
+            Rule::RequireDigest => "requireDigest",
+            Rule::DeniedTags => "deniedTags",
+            Rule::RequirePullPolicyAlways => "requirePullPolicyAlways",
+            Rule::BreakGlass => "breakGlass",
+            Rule::UnmatchedImages => "unmatchedImages",
+        }
+    }
+
+    /// Every rule, for metrics.
+    pub const ALL: [Rule; 8] = [
+        Rule::Reference,
+        Rule::AllowedImages,
+        Rule::DeniedImages,
+        Rule::RequireDigest,
+        Rule::DeniedTags,
+        Rule::RequirePullPolicyAlways,
+        Rule::BreakGlass,
+        Rule::UnmatchedImages,
+    ];
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The policy name used for violations that no policy owns (`--unmatched-images deny`).
+pub const NO_POLICY: &str = "(unmatched-images)";
+
+/// One failed rule for one image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    pub policy: String,
+    pub mode: Mode,
+    pub rule: Rule,
+    pub container_type: ContainerType,
+    pub container: String,
+    /// The image as written.
+    pub image: String,
+    /// The canonical form; `None` when the reference does not parse.
+    pub canonical: Option<String>,
+    /// What failed and what would pass.
+    pub message: String,
+    /// A break-glass exception covers it.
+    pub excused: bool,
+    /// On UPDATE: the image was already there, so the violation only warns.
+    #[serde(skip)]
+    pub unchanged: bool,
+    /// The field path of the image (for AdmissionReview causes).
+    #[serde(skip)]
+    pub field_path: String,
+}
+
+impl Violation {
+    /// Whether this violation denies the object.
+    pub fn denies(&self) -> bool {
+        self.mode == Mode::Enforce && !self.excused && !self.unchanged
+    }
+}
+
+/// An honoured break-glass exception.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakGlassUse {
+    pub policy: String,
+    pub ticket: String,
+    pub until: jiff::Timestamp,
+    /// The requester's username, when known.
+    pub requester: Option<String>,
+    /// How many violations it excused.
+    pub excused: usize,
+}
+
+/// The verdict on one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Verdict {
+    /// No violation.
+    Allowed,
+    /// An Enforce violation denies it.
+    Denied,
+    /// Violations only warn (Warn mode, or unchanged on UPDATE).
+    Warned,
+    /// Violations only recorded (Audit mode).
+    Audited,
+    /// Violations excused by break-glass.
+    Excused,
+}
+
+/// One image of the object and what was decided for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageVerdict {
+    pub container_type: ContainerType,
+    pub container: String,
+    pub image: String,
+    pub canonical: Option<String>,
+    pub verdict: Verdict,
+}
+
+/// A policy that applied to the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedPolicy {
+    pub name: String,
+    pub generation: Option<i64>,
+    pub mode: Mode,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// False exactly when a violation denies the object.
+    pub allowed: bool,
+    /// Every violation of every applying policy, excused and unchanged ones included.
+    pub violations: Vec<Violation>,
+    /// The warnings a `kubectl` user sees: one per Warn-mode or unchanged violation, one per
+    /// honoured break-glass.
+    pub warnings: Vec<String>,
+    /// Honoured break-glass exceptions.
+    pub break_glass: Vec<BreakGlassUse>,
+    /// Every image with its verdict.
+    pub images: Vec<ImageVerdict>,
+    /// The policies that applied.
+    pub policies: Vec<AppliedPolicy>,
+}
+
+impl Decision {
+    /// The violations that deny the object.
+    pub fn denials(&self) -> impl Iterator<Item = &Violation> {
+        self.violations.iter().filter(|v| v.denies())
+    }
+
+    /// A message for the person whose request was denied: one line per denying violation.
+    pub fn denial_message(&self, kind: &str, name: &str, namespace: &str) -> String {
+        let denials: Vec<&Violation> = self.denials().collect();
+        let mut out = format!(
+            "{kind} {name:?} in namespace {namespace:?} violates image policy ({} violation{}):",
+            denials.len(),
+            if denials.len() == 1 { "" } else { "s" }
+        );
+        for v in denials {
+            let _ = write!(out, "\n- {}", v.line());
+        }
+        out
+    }
+}
+
+impl Violation {
+    /// `[policy/rule] message`: one line for lists and warnings.
+    pub fn line(&self) -> String {
+        format!("[{}/{}] {}", self.policy, self.rule, self.message)
+    }
+}
+
+/// Decides whether the object's images are allowed.
+pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
+    let applying: Vec<usize> = snapshot
+        .policies()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            p.selector
+                .as_ref()
+                .is_none_or(|s| s.matches(input.namespace_labels))
+        })
+        .map(|(i, _)| i)
+        .collect();
+
+    let mut decision = Decision {
+        policies: applying
+            .iter()
+            .map(|&i| {
+                let p = &snapshot.policies()[i];
+                AppliedPolicy {
+                    name: p.name.clone(),
+                    generation: p.generation,
+                    mode: p.mode,
+                }
+            })
+            .collect(),
+        ..Decision::default()
+    };
+
+    for image in &input.object.images {
+        let unchanged = input.old_object.is_some_and(|old| {
+            old.images.iter().any(|o| {
+                o.container_type == image.container_type
+                    && o.container == image.container
+                    && o.image == image.image
+            })
+        });
+        check_image(
+            snapshot,
+            &applying,
+            image,
+            unchanged,
+            &mut decision.violations,
+        );
+    }
+
+    for &pi in &applying {
+        apply_break_glass(
+            &snapshot.policies()[pi],
+            snapshot.settings(),
+            input,
+            &mut decision,
+        );
+    }
+
+    decision.allowed = !decision.violations.iter().any(Violation::denies);
+    decision.warnings = warnings(&decision);
+    decision.images = input
+        .object
+        .images
+        .iter()
+        .map(|image| image_verdict(image, &decision.violations))
+        .collect();
+    decision
+}
+
+fn check_image(
+    snapshot: &Snapshot,
+    applying: &[usize],
+    image: &ImageUse,
+    unchanged: bool,
+    out: &mut Vec<Violation>,
+) {
+    let who = format!("{} {:?}", image.container_type.noun(), image.container);
+    let violation =
+        |policy: &str, mode: Mode, rule: Rule, canonical: Option<&str>, message: String| {
+            Violation {
+                policy: policy.to_owned(),
+                mode,
+                rule,
+                container_type: image.container_type,
+                container: image.container.clone(),
+                image: image.image.clone(),
+                canonical: canonical.map(str::to_owned),
+                message,
+                excused: false,
+                unchanged,
+                field_path: image.field_path.clone(),
+            }
+        };
+
+    let reference = match Reference::parse(&image.image) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!(
+                "{who}: image {:?} is not a valid image reference: {e}; write it as [REGISTRY/]REPOSITORY[:TAG][@DIGEST], e.g. registry.corp.example/team/app:1.4.2",
+                image.image
+            );
+            for &pi in applying {
+                let p = &snapshot.policies()[pi];
+                out.push(violation(
+                    &p.name,
+                    p.mode,
+                    Rule::Reference,
+                    None,
+                    message.clone(),
+                ));
+            }
+            if applying.is_empty() && snapshot.settings().unmatched_images == UnmatchedImages::Deny
+            {
+                out.push(violation(
+                    NO_POLICY,
+                    Mode::Enforce,
+                    Rule::Reference,
+                    None,
+                    message,
+                ));
+            }
+            return;
+        }
+    };
+    let canonical = reference.canonical();
+    let shown = format!("{who}: image {:?} ({canonical})", image.image);
+    let matches = snapshot.match_image(&reference);
+    let mut governed = false;
+
+    for &pi in applying {
+        if !matches.governed(pi) {
+            continue;
+        }
+        governed = true;
+        let p = &snapshot.policies()[pi];
+        let mut fail =
+            |rule, message| out.push(violation(&p.name, p.mode, rule, Some(canonical), message));
+
+        if let Some(allowed) = &p.allowed_images
+            && !matches.allowed(pi)
+        {
+            fail(
+                Rule::AllowedImages,
+                format!(
+                    "{shown} is not from an allowed source; use an image matching one of: {}",
+                    allowed.sources().join(", ")
+                ),
+            );
+        }
+        if matches.denied(pi) {
+            let hit = p
+                .denied_images
+                .patterns
+                .iter()
+                .find(|pat| pat.matches(&reference))
+                .map_or("", |pat| &pat.source);
+            fail(
+                Rule::DeniedImages,
+                format!(
+                    "{shown} matches the denied pattern {hit:?}; use an image from another registry or repository"
+                ),
+            );
+        }
+        if p.require_digest && !reference.is_pinned() {
+            fail(
+                Rule::RequireDigest,
+                format!(
+                    "{shown} is not pinned by digest; refer to it as {}@sha256:<digest>",
+                    reference.name()
+                ),
+            );
+        }
+        if let Some(tag) = reference.effective_tag()
+            && p.denied_tag_set.is_match(tag)
+        {
+            let implicit = if reference.tag_is_implicit() {
+                " (no tag means latest)"
+            } else {
+                ""
+            };
+            fail(
+                Rule::DeniedTags,
+                format!(
+                    "{shown} uses the tag {tag:?}{implicit}, which is denied (denied tags: {}); use a specific version tag or pin a digest",
+                    p.denied_tags.join(", ")
+                ),
+            );
+        }
+        if p.require_pull_policy_always && !reference.is_pinned() {
+            let (effective, defaulted) = effective_pull_policy(image, &reference);
+            if effective != "Always" {
+                let how = if defaulted {
+                    " (the default for this tag)"
+                } else {
+                    ""
+                };
+                let field = if image.container_type == ContainerType::ImageVolumes {
+                    "pullPolicy"
+                } else {
+                    "imagePullPolicy"
+                };
+                fail(
+                    Rule::RequirePullPolicyAlways,
+                    format!(
+                        "{shown} has {field} {effective}{how}; set {field}: Always, or pin the image by digest"
+                    ),
+                );
+            }
+        }
+    }
+
+    if !governed && snapshot.settings().unmatched_images == UnmatchedImages::Deny {
+        out.push(violation(
+            NO_POLICY,
+            Mode::Enforce,
+            Rule::UnmatchedImages,
+            Some(canonical),
+            format!("{shown} is governed by no image policy that applies here, and imagegate denies unmatched images; ask your platform team which registries are allowed"),
+        ));
+    }
+}
+
+/// The pull policy Kubernetes would use: as written, else `Always` for `latest` (or no tag)
+/// and `IfNotPresent` otherwise. The flag says whether it was defaulted.
+fn effective_pull_policy<'a>(image: &'a ImageUse, reference: &Reference) -> (&'a str, bool) {
+    match image.pull_policy.as_deref() {
+        Some(p) if !p.is_empty() => (p, false),
+        _ if reference.effective_tag() == Some("latest") => ("Always", true),
+        _ => ("IfNotPresent", true),
+    }
+}
+
+fn apply_break_glass(
+    policy: &CompiledPolicy,
+    settings: &Settings,
+    input: &Input<'_>,
+    decision: &mut Decision,
+) {
+    let mine = |v: &Violation| v.policy == policy.name && !v.unchanged;
+    if !decision.violations.iter().any(mine) {
+        return;
+    }
+    let ticket = input.object.annotations.get(BREAK_GLASS_ANNOTATION);
+    let until = input.object.annotations.get(BREAK_GLASS_UNTIL_ANNOTATION);
+    if ticket.is_none() && until.is_none() {
+        return;
+    }
+    match check_break_glass(policy, settings, ticket, until, input) {
+        Ok((ticket, until)) => {
+            let mut excused = 0;
+            for v in decision.violations.iter_mut().filter(|v| mine(v)) {
+                v.excused = true;
+                excused += 1;
+            }
+            decision.break_glass.push(BreakGlassUse {
+                policy: policy.name.clone(),
+                ticket,
+                until,
+                requester: input.requester.map(|r| r.username.clone()),
+                excused,
+            });
+        }
+        Err(why) => {
+            // One `breakGlass` violation per policy, carried by the first image it concerns.
+            let first = decision.violations.iter().find(|v| mine(v)).cloned();
+            if let Some(first) = first {
+                decision.violations.push(Violation {
+                    rule: Rule::BreakGlass,
+                    canonical: first.canonical.clone(),
+                    message: format!("break-glass refused by policy {:?}: {why}", policy.name),
+                    ..first
+                });
+            }
+        }
+    }
+}
+
+fn check_break_glass(
+    policy: &CompiledPolicy,
+    settings: &Settings,
+    ticket: Option<&String>,
+    until: Option<&String>,
+    input: &Input<'_>,
+) -> Result<(String, jiff::Timestamp), String> {
+    let Some(rule) = &policy.break_glass else {
+        return Err(
+            "this policy permits no break-glass exception; change the image instead".into(),
+        );
+    };
+    let ticket = ticket.ok_or_else(|| {
+        format!("the annotation {BREAK_GLASS_ANNOTATION} (the ticket) is missing")
+    })?;
+    if !rule.ticket.is_match(ticket) {
+        return Err(format!(
+            "ticket {ticket:?} does not match {:?}",
+            rule.ticket_source
+        ));
+    }
+    let until_text = until.ok_or_else(|| {
+        format!("the annotation {BREAK_GLASS_UNTIL_ANNOTATION} is missing; set it to an RFC 3339 time, e.g. 2026-01-02T15:04:05Z")
+    })?;
+    let until: jiff::Timestamp = until_text.parse().map_err(|_| {
+        format!("{BREAK_GLASS_UNTIL_ANNOTATION} {until_text:?} is not an RFC 3339 time such as 2026-01-02T15:04:05Z")
+    })?;
+    if until <= input.now {
+        return Err(format!(
+            "the exception expired at {until} (now {})",
+            input.now
+        ));
+    }
+    let ahead = until.duration_since(input.now).unsigned_abs();
+    if ahead > rule.max_duration {
+        return Err(format!(
+            "{until} is further ahead than the policy's maxDuration of {}; set an earlier time",
+            jiff::SignedDuration::try_from(rule.max_duration)
+                .map(|d| format!("{d:#}"))
+                .unwrap_or_default()
+        ));
+    }
+    if !rule.any_requester() {
+        match input.requester {
+            None => return Err(
+                "the requester is unknown here, and the policy allows only some users or groups"
+                    .into(),
+            ),
+            Some(r)
+                if is_trusted_controller(&r.username, &settings.trusted_controller_namespaces) => {}
+            Some(r)
+                if rule.allowed_users.contains(&r.username)
+                    || r.groups.iter().any(|g| rule.allowed_groups.contains(g)) => {}
+            Some(r) => {
+                return Err(format!(
+                    "user {:?} is not among the allowed users ({}) and in none of the allowed groups ({})",
+                    r.username,
+                    rule.allowed_users.join(", "),
+                    rule.allowed_groups.join(", ")
+                ));
+            }
+        }
+    }
+    Ok((ticket.clone(), until))
+}
+
+/// Whether `username` is a service account in one of the trusted controller namespaces.
+pub fn is_trusted_controller(username: &str, namespaces: &[String]) -> bool {
+    username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .is_some_and(|(ns, _)| namespaces.iter().any(|t| t == ns))
+}
+
+fn warnings(decision: &Decision) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &decision.violations {
+        if v.excused || v.mode == Mode::Audit {
+            continue;
+        }
+        if v.unchanged {
+            out.push(format!(
+                "imagegate: {} (unchanged image, still admitted)",
+                v.line()
+            ));
+        } else if v.mode == Mode::Warn {
+            out.push(format!("imagegate: {}", v.line()));
+        }
+    }
+    for b in &decision.break_glass {
+        out.push(format!(
+            "imagegate: break-glass {} used for policy {:?} until {}{}: {} violation{} excused",
+            b.ticket,
+            b.policy,
+            b.until,
+            b.requester
+                .as_deref()
+                .map(|u| format!(" by {u}"))
+                .unwrap_or_default(),
+            b.excused,
+            if b.excused == 1 { "" } else { "s" }
+        ));
+    }
+    out
+}
+
+fn image_verdict(image: &ImageUse, violations: &[Violation]) -> ImageVerdict {
+    let mine = violations.iter().filter(|v| {
+        v.container_type == image.container_type
+            && v.container == image.container
+            && v.image == image.image
+    });
+    let mut verdict = Verdict::Allowed;
+    for v in mine {
+        let this = if v.denies() {
+            Verdict::Denied
+        } else if v.excused {
+            Verdict::Excused
+        } else if v.unchanged || v.mode == Mode::Warn {
+            Verdict::Warned
+        } else {
+            Verdict::Audited
+        };
+        verdict = verdict.max_with(this);
+    }
+    ImageVerdict {
+        container_type: image.container_type,
+        container: image.container.clone(),
+        image: image.image.clone(),
+        canonical: Reference::parse(&image.image)
+            .ok()
+            .map(|r| r.canonical().to_owned()),
+        verdict,
+    }
+}
+
+impl Verdict {
+    fn rank(self) -> u8 {
+        match self {
+            Verdict::Allowed => 0,
+            Verdict::Audited => 1,
+            Verdict::Excused => 2,
+            Verdict::Warned => 3,
+            Verdict::Denied => 4,
+        }
+    }
+    fn max_with(self, other: Verdict) -> Verdict {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! imagegate: an image-policy admission controller for Kubernetes.
+//!
+//! The core ([`reference`], [`policy`], [`workload`], [`decision`]) is sans-IO: plain functions
+//! over plain data. The adapters around it serve the core over HTTPS, run the operator, and
+//! provide the command line.
+
+pub mod cli;
+pub mod decision;
+pub mod namespaces;
+pub mod policy;
+pub mod reference;
+pub mod state;
+pub mod workload;

@@ -1,0 +1,174 @@
+//! The `ImagePolicy` custom resource (`imagegate.dev/v1alpha1`), the one Kubernetes wire type
+//! that imagegate defines itself. The CRD YAML in `crds/imagepolicy.yaml` is generated from it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Group of the ImagePolicy API.
+pub const GROUP: &str = "imagegate.dev";
+/// Version of the ImagePolicy API.
+pub const VERSION: &str = "v1alpha1";
+
+/// An ImagePolicy decides which container images Pods may run: by registry and repository, by
+/// tag, by digest pinning and by pull policy, with audited break-glass exceptions. Policies
+/// compose by intersection: an object is denied when any applying Enforce policy has a violation.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "imagegate.dev",
+    version = "v1alpha1",
+    kind = "ImagePolicy",
+    plural = "imagepolicies",
+    shortname = "imgpol",
+    status = "ImagePolicyStatus",
+    doc = "An ImagePolicy decides which container images Pods may run: by registry and repository, by tag, by digest pinning and by pull policy, with audited break-glass exceptions.",
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mode",
+        description = "Enforce, Warn or Audit"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the policy compiled and is in force"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "has(self.allowedImages) || has(self.deniedImages) || has(self.requireDigest) || has(self.deniedTags) || has(self.requirePullPolicyAlways)"
+).message("set at least one rule: allowedImages, deniedImages, requireDigest, deniedTags or requirePullPolicyAlways"))]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePolicySpec {
+    /// What a violation does. Enforce denies the object; Warn admits it and returns a warning to
+    /// the client; Audit admits it and only records the violation (logs, metrics, audit
+    /// annotations). Default Enforce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+
+    /// Selects the namespaces whose workloads this policy applies to, by the namespace's labels
+    /// (every namespace carries `kubernetes.io/metadata.name: <name>`). Omitted: every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Which images this policy governs, as image patterns (for example `docker.io/**` or
+    /// `registry.corp.example/team/*`). `*` matches within one path component, `**` across
+    /// components, `?` one character; a pattern starts with a registry host, or is `**`, and may
+    /// end in `:TAG-PATTERN` or `@sha256:DIGEST`. Omitted or empty: `["**"]`, every image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 1024)))]
+    pub images: Option<Vec<String>>,
+
+    /// When set, each governed image must match at least one of these patterns (same syntax as
+    /// `images`). Must not be empty: omit it to allow every image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), inner(length(min = 1, max = 1024)))]
+    pub allowed_images: Option<Vec<String>>,
+
+    /// No governed image may match any of these patterns (same syntax as `images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 1024)))]
+    pub denied_images: Option<Vec<String>>,
+
+    /// When true, each governed image must be pinned by digest (`@sha256:…`, `@sha384:…` or
+    /// `@sha512:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_digest: Option<bool>,
+
+    /// Tags that governed images may never use, case-sensitive, with `*` and `?` wildcards. A
+    /// reference with neither tag nor digest has the tag `latest`. A digest-pinned reference is
+    /// never judged by its tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 128)))]
+    pub denied_tags: Option<Vec<String>>,
+
+    /// When true, governed images that are not pinned by digest must be pulled with
+    /// `imagePullPolicy: Always` (an absent pull policy counts as Kubernetes defaults it:
+    /// `Always` for `latest` or no tag, `IfNotPresent` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_pull_policy_always: Option<bool>,
+
+    /// Who may override this policy's violations in an emergency, with the annotations
+    /// `imagegate.image-policy.k8s.io/break-glass: <ticket>` and
+    /// `imagegate.image-policy.k8s.io/break-glass-until: <RFC 3339 time>`. Omitted: this policy
+    /// honours no exception.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlass>,
+}
+
+/// What a violation of a policy does.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+pub enum Mode {
+    /// Deny the object.
+    #[default]
+    Enforce,
+    /// Admit the object and return a warning to the client.
+    Warn,
+    /// Admit the object and only record the violation.
+    Audit,
+}
+
+impl Mode {
+    /// The mode's name as written in a policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "Enforce",
+            Mode::Warn => "Warn",
+            Mode::Audit => "Audit",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who may override a policy in an emergency, and for how long.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakGlass {
+    /// The requester must be in one of these groups, or be one of `allowedUsers`. Both empty:
+    /// any requester.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_groups: Vec<String>,
+
+    /// The requester must be one of these users, or in one of `allowedGroups`. Both empty: any
+    /// requester.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_users: Vec<String>,
+
+    /// A regular expression (Rust regex syntax) that the whole value of the break-glass
+    /// annotation must match, for example `^INC-[0-9]+$`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub ticket_pattern: String,
+
+    /// The furthest a `break-glass-until` time may lie ahead of the moment of admission, in
+    /// hours, minutes and seconds (`24h`, `1h30m`, `90m`). Default `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
+    #[x_kube(validation = Rule::new("self != ''").message("maxDuration must not be empty: omit it for the default of 24h"))]
+    pub max_duration: Option<String>,
+}
+
+/// What imagegate observed of a policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePolicyStatus {
+    /// The `metadata.generation` that the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` is True when the policy compiled and is in force, and False with the compile error
+    /// (and its field path) otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

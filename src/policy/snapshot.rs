@@ -1,0 +1,213 @@
+//! The immutable snapshot of all compiled policies. Every pattern of every policy is compiled
+//! into one [`GlobSet`], so matching an image costs one pass over its name however many
+//! policies there are, plus work proportional to the patterns that actually match.
+
+use std::collections::HashMap;
+
+use globset::{GlobSet, GlobSetBuilder};
+
+use super::compile::{CompileError, CompiledPolicy, PatternList, compile};
+use super::crd::ImagePolicy;
+use crate::reference::Reference;
+
+/// What happens to an image that no applying policy governs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnmatchedImages {
+    /// Admit it (the default).
+    #[default]
+    Allow,
+    /// Deny it (rule `unmatchedImages`).
+    Deny,
+}
+
+/// Engine settings that are not part of any policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `--unmatched-images`.
+    pub unmatched_images: UnmatchedImages,
+    /// Service accounts in these namespaces are trusted workload controllers: break-glass
+    /// `allowedGroups`/`allowedUsers` are not applied to them.
+    pub trusted_controller_namespaces: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            unmatched_images: UnmatchedImages::Allow,
+            trusted_controller_namespaces: vec!["kube-system".to_owned()],
+        }
+    }
+}
+
+/// Which pattern list a glob belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum List {
+    Images,
+    Allowed,
+    Denied,
+}
+
+impl List {
+    fn flag(self) -> u8 {
+        match self {
+            List::Images => ImageMatches::GOVERNED,
+            List::Allowed => ImageMatches::ALLOWED,
+            List::Denied => ImageMatches::DENIED,
+        }
+    }
+}
+
+/// One use of a glob: policy index, list, pattern index.
+type Use = (u32, List, u32);
+
+/// All policies in force, compiled, with their patterns in one set matcher.
+#[derive(Debug)]
+pub struct Snapshot {
+    policies: Vec<CompiledPolicy>,
+    settings: Settings,
+    names: GlobSet,
+    /// For each glob of `names`, the patterns that use it.
+    uses: Vec<Vec<Use>>,
+    /// Patterns with no name glob but a suffix (`**:latest`): checked for every image.
+    suffix_only: Vec<Use>,
+    /// Per policy, the flags that hold for every image (lists containing a bare `**`).
+    base: Vec<u8>,
+    created: jiff::Timestamp,
+}
+
+/// Which lists of which policies an image matches.
+#[derive(Debug, Clone)]
+pub struct ImageMatches {
+    flags: Vec<u8>,
+}
+
+impl ImageMatches {
+    const GOVERNED: u8 = 1;
+    const ALLOWED: u8 = 2;
+    const DENIED: u8 = 4;
+
+    /// Whether policy `i` governs the image.
+    pub fn governed(&self, i: usize) -> bool {
+        self.flags[i] & Self::GOVERNED != 0
+    }
+    /// Whether the image matches one of policy `i`'s `allowedImages`.
+    pub fn allowed(&self, i: usize) -> bool {
+        self.flags[i] & Self::ALLOWED != 0
+    }
+    /// Whether the image matches one of policy `i`'s `deniedImages`.
+    pub fn denied(&self, i: usize) -> bool {
+        self.flags[i] & Self::DENIED != 0
+    }
+}
+
+impl Snapshot {
+    /// A snapshot with no policy.
+    pub fn empty(settings: Settings) -> Snapshot {
+        Snapshot::new(Vec::new(), settings)
+    }
+
+    /// Compiles every policy; the ones that fail are left out and their errors returned.
+    pub fn compile(policies: &[ImagePolicy], settings: Settings) -> (Snapshot, Vec<CompileError>) {
+        let mut compiled = Vec::with_capacity(policies.len());
+        let mut errors = Vec::new();
+        for p in policies {
+            match compile(p) {
+                Ok(c) => compiled.push(c),
+                Err(e) => errors.push(e),
+            }
+        }
+        (Snapshot::new(compiled, settings), errors)
+    }
+
+    /// Builds the snapshot (sorted by policy name) and its set matcher.
+    pub fn new(mut policies: Vec<CompiledPolicy>, settings: Settings) -> Snapshot {
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut builder = GlobSetBuilder::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut uses: Vec<Vec<Use>> = Vec::new();
+        let mut suffix_only = Vec::new();
+        let mut base = vec![0u8; policies.len()];
+        for (pi, policy) in policies.iter().enumerate() {
+            if policy.governs_all() {
+                base[pi] |= ImageMatches::GOVERNED;
+            }
+            let lists: [(List, Option<&PatternList>); 3] = [
+                (List::Images, Some(&policy.images)),
+                (List::Allowed, policy.allowed_images.as_ref()),
+                (List::Denied, Some(&policy.denied_images)),
+            ];
+            for (list, patterns) in lists {
+                for (ti, pattern) in patterns
+                    .into_iter()
+                    .flat_map(|l| l.patterns.iter())
+                    .enumerate()
+                {
+                    let u = (pi as u32, list, ti as u32);
+                    match (&pattern.name_glob, &pattern.suffix) {
+                        (None, None) => base[pi] |= list.flag(),
+                        (None, Some(_)) => suffix_only.push(u),
+                        (Some(glob), _) => {
+                            let id = *index.entry(glob.glob().to_owned()).or_insert_with(|| {
+                                builder.add(glob.clone());
+                                uses.push(Vec::new());
+                                uses.len() - 1
+                            });
+                            uses[id].push(u);
+                        }
+                    }
+                }
+            }
+        }
+        // Every glob was built on its own already, so building the set cannot fail; an empty
+        // set is the fallback that keeps the process up should it ever.
+        let names = builder.build().unwrap_or_else(|_| GlobSet::empty());
+        Snapshot {
+            policies,
+            settings,
+            names,
+            uses,
+            suffix_only,
+            base,
+            created: jiff::Timestamp::now(),
+        }
+    }
+
+    /// The compiled policies, sorted by name.
+    pub fn policies(&self) -> &[CompiledPolicy] {
+        &self.policies
+    }
+
+    /// The engine settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// When the snapshot was built.
+    pub fn created(&self) -> jiff::Timestamp {
+        self.created
+    }
+
+    /// Matches an image against every pattern of every policy at once.
+    pub fn match_image(&self, reference: &Reference) -> ImageMatches {
+        let mut flags = self.base.clone();
+        let mut mark = |&(pi, list, ti): &Use| {
+            let policy = &self.policies[pi as usize];
+            let patterns = match list {
+                List::Images => &policy.images,
+                List::Allowed => match &policy.allowed_images {
+                    Some(l) => l,
+                    None => return,
+                },
+                List::Denied => &policy.denied_images,
+            };
+            if patterns.patterns[ti as usize].suffix_matches(reference) {
+                flags[pi as usize] |= list.flag();
+            }
+        };
+        for id in self.names.matches(reference.name()) {
+            self.uses[id].iter().for_each(&mut mark);
+        }
+        self.suffix_only.iter().for_each(&mut mark);
+        ImageMatches { flags }
+    }
+}

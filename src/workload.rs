@@ -1,0 +1,350 @@
+//! The images of an object: a Pod, or the pod template of a workload controller. Only what a
+//! decision needs is deserialized (names, annotations, images, pull policies), never a full
+//! typed Pod.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+
+/// Where in a pod spec an image comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ContainerType {
+    /// `spec.containers`
+    Containers,
+    /// `spec.initContainers` (native sidecars too)
+    InitContainers,
+    /// `spec.ephemeralContainers` (`kubectl debug`)
+    EphemeralContainers,
+    /// `spec.volumes[].image.reference`
+    ImageVolumes,
+}
+
+impl ContainerType {
+    /// The field name, as in the pod spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerType::Containers => "containers",
+            ContainerType::InitContainers => "initContainers",
+            ContainerType::EphemeralContainers => "ephemeralContainers",
+            ContainerType::ImageVolumes => "imageVolumes",
+        }
+    }
+
+    /// A short noun for messages: "container", "init container", …
+    pub fn noun(self) -> &'static str {
+        match self {
+            ContainerType::Containers => "container",
+            ContainerType::InitContainers => "init container",
+            ContainerType::EphemeralContainers => "ephemeral container",
+            ContainerType::ImageVolumes => "image volume",
+        }
+    }
+}
+
+impl fmt::Display for ContainerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kinds whose images imagegate checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkloadKind {
+    Pod,
+    Deployment,
+    ReplicaSet,
+    StatefulSet,
+    DaemonSet,
+    Job,
+    CronJob,
+    ReplicationController,
+}
+
+impl WorkloadKind {
+    /// The kind for an API group and kind, or `None` for kinds without images.
+    pub fn from_group_kind(group: &str, kind: &str) -> Option<WorkloadKind> {
+        Some(match (group, kind) {
+            ("", "Pod") => WorkloadKind::Pod,
+            ("", "ReplicationController") => WorkloadKind::ReplicationController,
+            ("apps", "Deployment") => WorkloadKind::Deployment,
+            ("apps", "ReplicaSet") => WorkloadKind::ReplicaSet,
+            ("apps", "StatefulSet") => WorkloadKind::StatefulSet,
+            ("apps", "DaemonSet") => WorkloadKind::DaemonSet,
+            ("batch", "Job") => WorkloadKind::Job,
+            ("batch", "CronJob") => WorkloadKind::CronJob,
+            _ => return None,
+        })
+    }
+
+    /// The kind for an `apiVersion` (`apps/v1`) and kind.
+    pub fn from_api_version_kind(api_version: &str, kind: &str) -> Option<WorkloadKind> {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        Self::from_group_kind(group, kind)
+    }
+
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Pod => "Pod",
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::CronJob => "CronJob",
+            WorkloadKind::ReplicationController => "ReplicationController",
+        }
+    }
+
+    /// The path of the pod spec inside the object.
+    pub fn pod_spec_path(self) -> &'static str {
+        match self {
+            WorkloadKind::Pod => "spec",
+            WorkloadKind::CronJob => "spec.jobTemplate.spec.template.spec",
+            _ => "spec.template.spec",
+        }
+    }
+}
+
+/// One image an object would run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUse {
+    /// Where it comes from.
+    pub container_type: ContainerType,
+    /// The container's name (the volume's name for image volumes).
+    pub container: String,
+    /// The image as written.
+    pub image: String,
+    /// `imagePullPolicy` (`pullPolicy` for image volumes) as written, if any.
+    pub pull_policy: Option<String>,
+    /// The field path of the image, e.g. `spec.containers[0].image`.
+    pub field_path: String,
+}
+
+/// What a decision needs of an object.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Workload {
+    /// The object's name (or `generateName` when it has none yet).
+    pub name: String,
+    /// The object's namespace, if it says.
+    pub namespace: Option<String>,
+    /// The annotations that carry break-glass: the pod template's for workloads, the Pod's own
+    /// for Pods.
+    pub annotations: BTreeMap<String, String>,
+    /// Every image, in spec order: init containers, containers, ephemeral containers, volumes.
+    pub images: Vec<ImageUse>,
+}
+
+/// Why an object's images cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the {kind} object: {source}")]
+pub struct WorkloadError {
+    kind: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+impl Workload {
+    /// Reads a workload of `kind` from JSON text.
+    pub fn from_json(kind: WorkloadKind, json: &str) -> Result<Workload, WorkloadError> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        Self::from_deserializer(kind, &mut de)
+            .and_then(|w| de.end().map(|()| w))
+            .map_err(|source| WorkloadError {
+                kind: kind.as_str(),
+                source,
+            })
+    }
+
+    /// Reads a workload of `kind` from a JSON value.
+    pub fn from_value(
+        kind: WorkloadKind,
+        value: &serde_json::Value,
+    ) -> Result<Workload, WorkloadError> {
+        Self::from_deserializer(kind, value).map_err(|source| WorkloadError {
+            kind: kind.as_str(),
+            source,
+        })
+    }
+
+    fn from_deserializer<'de, D>(kind: WorkloadKind, de: D) -> Result<Workload, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        let (meta, template_meta, spec) = match kind {
+            WorkloadKind::Pod => {
+                let pod = Object::<PodSpec>::deserialize(de)?;
+                (pod.metadata, None, pod.spec)
+            }
+            WorkloadKind::CronJob => {
+                let cron = Object::<CronJobSpec>::deserialize(de)?;
+                let t = cron.spec.job_template.spec.template;
+                (cron.metadata, Some(t.metadata), t.spec)
+            }
+            _ => {
+                let w = Object::<TemplateSpec>::deserialize(de)?;
+                (
+                    w.metadata,
+                    Some(w.spec.template.metadata),
+                    w.spec.template.spec,
+                )
+            }
+        };
+        let annotations = match template_meta {
+            Some(t) => t.annotations,
+            None => meta.annotations.clone(),
+        };
+        let name = if meta.name.is_empty() {
+            meta.generate_name
+        } else {
+            meta.name
+        };
+        Ok(Workload {
+            name,
+            namespace: meta.namespace.filter(|ns| !ns.is_empty()),
+            annotations,
+            images: spec.images(kind.pod_spec_path()),
+        })
+    }
+}
+
+// The minimal wire shapes. `null` is accepted wherever the API server may send it.
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    #[serde(default, deserialize_with = "null_default")]
+    name: String,
+    #[serde(default, deserialize_with = "null_default")]
+    generate_name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "S: Deserialize<'de> + Default"))]
+struct Object<S> {
+    #[serde(default, deserialize_with = "null_default")]
+    metadata: Meta,
+    #[serde(default, deserialize_with = "null_default")]
+    spec: S,
+}
+
+#[derive(Deserialize, Default)]
+struct TemplateSpec {
+    #[serde(default, deserialize_with = "null_default")]
+    template: PodTemplate,
+}
+
+#[derive(Deserialize, Default)]
+struct PodTemplate {
+    #[serde(default, deserialize_with = "null_default")]
+    metadata: Meta,
+    #[serde(default, deserialize_with = "null_default")]
+    spec: PodSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct CronJobSpec {
+    #[serde(default, deserialize_with = "null_default")]
+    job_template: JobTemplate,
+}
+
+#[derive(Deserialize, Default)]
+struct JobTemplate {
+    #[serde(default, deserialize_with = "null_default")]
+    spec: TemplateSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PodSpec {
+    #[serde(default, deserialize_with = "null_default")]
+    containers: Vec<Container>,
+    #[serde(default, deserialize_with = "null_default")]
+    init_containers: Vec<Container>,
+    #[serde(default, deserialize_with = "null_default")]
+    ephemeral_containers: Vec<Container>,
+    #[serde(default, deserialize_with = "null_default")]
+    volumes: Vec<Volume>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Container {
+    #[serde(default, deserialize_with = "null_default")]
+    name: String,
+    #[serde(default, deserialize_with = "null_default")]
+    image: String,
+    #[serde(default)]
+    image_pull_policy: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Volume {
+    #[serde(default, deserialize_with = "null_default")]
+    name: String,
+    #[serde(default)]
+    image: Option<ImageVolumeSource>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ImageVolumeSource {
+    #[serde(default, deserialize_with = "null_default")]
+    reference: String,
+    #[serde(default)]
+    pull_policy: Option<String>,
+}
+
+fn null_default<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
+}
+
+impl PodSpec {
+    fn images(self, path: &str) -> Vec<ImageUse> {
+        let mut out = Vec::with_capacity(
+            self.containers.len() + self.init_containers.len() + self.ephemeral_containers.len(),
+        );
+        let lists = [
+            (ContainerType::InitContainers, self.init_containers),
+            (ContainerType::Containers, self.containers),
+            (
+                ContainerType::EphemeralContainers,
+                self.ephemeral_containers,
+            ),
+        ];
+        for (ty, list) in lists {
+            for (i, c) in list.into_iter().enumerate() {
+                out.push(ImageUse {
+                    container_type: ty,
+                    container: c.name,
+                    image: c.image,
+                    pull_policy: c.image_pull_policy,
+                    field_path: format!("{path}.{}[{i}].image", ty.as_str()),
+                });
+            }
+        }
+        for (i, v) in self.volumes.into_iter().enumerate() {
+            if let Some(src) = v.image {
+                out.push(ImageUse {
+                    container_type: ContainerType::ImageVolumes,
+                    container: v.name,
+                    image: src.reference,
+                    pull_policy: src.pull_policy,
+                    field_path: format!("{path}.volumes[{i}].image.reference"),
+                });
+            }
+        }
+        out
+    }
+}
