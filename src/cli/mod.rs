@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::policy::{Settings, UnmatchedImages};
+
 pub mod check;
 pub mod crd;
 pub mod run;
@@ -27,6 +29,44 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print the ImagePolicy CustomResourceDefinition as YAML.
     Crd,
+}
+
+/// Engine settings shared by `run`, `serve` and `check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// What to do with an image that no applying policy governs.
+    #[arg(long, env = "IMAGEGATE_UNMATCHED_IMAGES", value_enum, default_value = "allow")]
+    pub unmatched_images: UnmatchedImages,
+
+    /// Service accounts in these namespaces are trusted workload controllers: break-glass
+    /// allowedGroups/allowedUsers are not applied to them (ticket and time still are).
+    #[arg(
+        long,
+        env = "IMAGEGATE_TRUSTED_CONTROLLER_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub trusted_controller_namespaces: Vec<String>,
+}
+
+impl EngineArgs {
+    /// The engine settings these flags describe.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            unmatched_images: self.unmatched_images,
+            trusted_controller_namespaces: self.trusted_controller_namespaces.clone(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    #[default]
+    Json,
+    /// Human-readable lines (for a terminal).
+    Text,
 }
 
 /// Parses the command line and runs the command; the process exit code.
