@@ -152,6 +152,11 @@ fn name_glob(path: &str) -> Result<Glob, String> {
     }) {
         return Err(format!("the repository path {rest:?} contains {c:?}"));
     }
+    if rest.split('/').any(|c| c.contains("**") && c != "**") {
+        return Err(format!(
+            "in {rest:?}, `**` must be a whole path component (`a/**`, `a/**/b`); use `*` within a component"
+        ));
+    }
     if rest.split('/').any(str::is_empty) {
         return Err(format!(
             "the repository path {rest:?} has an empty component (`//` or a trailing `/`)"
