@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod decision;
 pub mod namespaces;
+pub mod operator;
 pub mod policy;
 pub mod reference;
 pub mod state;
