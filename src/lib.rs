@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod decision;
+pub mod manifests;
 pub mod namespaces;
 pub mod operator;
 pub mod policy;
