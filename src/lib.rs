@@ -4,10 +4,17 @@
 //! over plain data. The adapters around it serve the core over HTTPS, run the operator, and
 //! provide the command line.
 
+pub mod admission;
+pub mod certs;
 pub mod cli;
 pub mod decision;
+pub mod events;
+pub mod http;
+pub mod metrics;
 pub mod namespaces;
 pub mod policy;
 pub mod reference;
 pub mod state;
+pub mod telemetry;
+pub mod tls;
 pub mod workload;

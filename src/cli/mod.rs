@@ -35,7 +35,12 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
     /// What to do with an image that no applying policy governs.
-    #[arg(long, env = "IMAGEGATE_UNMATCHED_IMAGES", value_enum, default_value = "allow")]
+    #[arg(
+        long,
+        env = "IMAGEGATE_UNMATCHED_IMAGES",
+        value_enum,
+        default_value = "allow"
+    )]
     pub unmatched_images: UnmatchedImages,
 
     /// Service accounts in these namespaces are trusted workload controllers: break-glass
