@@ -10,6 +10,7 @@ pub mod cli;
 pub mod decision;
 pub mod events;
 pub mod http;
+pub mod manifests;
 pub mod metrics;
 pub mod namespaces;
 pub mod policy;

@@ -22,23 +22,9 @@ pub const VERSION: &str = "v1alpha1";
     shortname = "imgpol",
     status = "ImagePolicyStatus",
     doc = "An ImagePolicy decides which container images Pods may run: by registry and repository, by tag, by digest pinning and by pull policy, with audited break-glass exceptions.",
-    printcolumn(
-        name = "Mode",
-        type_ = "string",
-        json_path = ".spec.mode",
-        description = "Enforce, Warn or Audit"
-    ),
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
-        description = "Whether the policy compiled and is in force"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Mode","type":"string","description":"Enforce, Warn or Audit","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","description":"Whether the policy compiled and is in force","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new(
     "has(self.allowedImages) || has(self.deniedImages) || has(self.requireDigest) || has(self.deniedTags) || has(self.requirePullPolicyAlways)"
