@@ -3,7 +3,6 @@
 
 mod compile;
 pub mod crd;
-pub mod files;
 pub mod pattern;
 mod selector;
 mod snapshot;
@@ -12,6 +11,5 @@ pub use compile::{
     BreakGlassRule, CompileError, CompiledPolicy, PatternList, compile, parse_duration,
 };
 pub use crd::{BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, Mode};
-pub use files::{LoadError, load_policies};
 pub use selector::Selector;
 pub use snapshot::{ImageMatches, Settings, Snapshot, UnmatchedImages};
