@@ -661,7 +661,10 @@ mod tests {
     }
 
     fn snapshot(policies: &[&str], settings: Settings) -> Snapshot {
-        let compiled = policies.iter().map(|y| compile(&policy(y)).unwrap()).collect();
+        let compiled = policies
+            .iter()
+            .map(|y| compile(&policy(y)).unwrap())
+            .collect();
         Snapshot::new(compiled, settings)
     }
 
@@ -682,7 +685,10 @@ mod tests {
                 .unwrap()
                 .push(entry);
         }
-        let annotations: BTreeMap<_, _> = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let annotations: BTreeMap<_, _> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let object = serde_json::json!({"metadata": {"name": "p", "annotations": annotations}, "spec": spec});
         Workload::from_value(WorkloadKind::Pod, &object).unwrap()
     }
@@ -692,14 +698,27 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
-    fn decide_with(snapshot: &Snapshot, object: &Workload, requester: Option<&Requester>) -> Decision {
+    fn decide_with(
+        snapshot: &Snapshot,
+        object: &Workload,
+        requester: Option<&Requester>,
+    ) -> Decision {
         let ns = labels(&[("kubernetes.io/metadata.name", "prod"), ("env", "prod")]);
         decide(
             snapshot,
-            &Input { object, old_object: None, namespace_labels: &ns, requester, now: NOW.parse().unwrap() },
+            &Input {
+                object,
+                old_object: None,
+                namespace_labels: &ns,
+                requester,
+                now: NOW.parse().unwrap(),
+            },
         )
     }
 
@@ -724,28 +743,76 @@ spec:
             (PROD, "registry.corp.example/team/app:1.0", &[]),
             (PROD, "ghcr.io/corp/app:1.0", &[]),
             (PROD, "ghcr.io/corp/team/app:1.0", &["allowedImages"]),
-            (PROD, "registry.corp.example.evil.io/app:1.0", &["allowedImages"]),
+            (
+                PROD,
+                "registry.corp.example.evil.io/app:1.0",
+                &["allowedImages"],
+            ),
             (PROD, "nginx:1.27", &["allowedImages"]),
             (PROD, "registry.corp.example/sandbox/x:1", &["deniedImages"]),
             (PROD, "registry.corp.example/app", &["deniedTags"]),
             (PROD, "registry.corp.example/app:latest", &["deniedTags"]),
-            (PROD, "registry.corp.example/app:feature-dev", &["deniedTags"]),
+            (
+                PROD,
+                "registry.corp.example/app:feature-dev",
+                &["deniedTags"],
+            ),
             (PROD, "registry.corp.example/app:LATEST", &[]),
             (PROD, &tagged_and_pinned, &[]),
             (PROD, "Registry.Corp.Example/app:1", &[]),
             (PROD, "registry.corp.example/App:1", &["reference"]),
             (PROD, "", &["reference"]),
-            ("metadata: {name: d}\nspec: {requireDigest: true}", "registry.corp.example/app:1", &["requireDigest"]),
-            ("metadata: {name: d}\nspec: {requireDigest: true}", &digest_pinned, &[]),
-            ("metadata: {name: d}\nspec: {requireDigest: true}", &tagged_and_pinned, &[]),
-            ("metadata: {name: h}\nspec: {deniedImages: ['docker.io/**']}", "registry-1.docker.io/library/nginx:1", &["deniedImages"]),
-            ("metadata: {name: h}\nspec: {deniedImages: ['docker.io/**']}", "index.docker.io/nginx:1", &["deniedImages"]),
-            ("metadata: {name: h}\nspec: {deniedImages: ['docker.io/**']}", "Docker.IO/nginx", &["deniedImages"]),
-            ("metadata: {name: h}\nspec: {deniedImages: ['docker.io/**']}", "quay.io/nginx:1", &[]),
-            ("metadata: {name: s}\nspec: {images: ['quay.io/**'], requireDigest: true}", "nginx:1", &[]),
-            ("metadata: {name: s}\nspec: {images: ['quay.io/**'], requireDigest: true}", "quay.io/x/y:1", &["requireDigest"]),
+            (
+                "metadata: {name: d}\nspec: {requireDigest: true}",
+                "registry.corp.example/app:1",
+                &["requireDigest"],
+            ),
+            (
+                "metadata: {name: d}\nspec: {requireDigest: true}",
+                &digest_pinned,
+                &[],
+            ),
+            (
+                "metadata: {name: d}\nspec: {requireDigest: true}",
+                &tagged_and_pinned,
+                &[],
+            ),
+            (
+                "metadata: {name: h}\nspec: {deniedImages: ['docker.io/**']}",
+                "registry-1.docker.io/library/nginx:1",
+                &["deniedImages"],
+            ),
+            (
+                "metadata: {name: h}\nspec: {deniedImages: ['docker.io/**']}",
+                "index.docker.io/nginx:1",
+                &["deniedImages"],
+            ),
+            (
+                "metadata: {name: h}\nspec: {deniedImages: ['docker.io/**']}",
+                "Docker.IO/nginx",
+                &["deniedImages"],
+            ),
+            (
+                "metadata: {name: h}\nspec: {deniedImages: ['docker.io/**']}",
+                "quay.io/nginx:1",
+                &[],
+            ),
+            (
+                "metadata: {name: s}\nspec: {images: ['quay.io/**'], requireDigest: true}",
+                "nginx:1",
+                &[],
+            ),
+            (
+                "metadata: {name: s}\nspec: {images: ['quay.io/**'], requireDigest: true}",
+                "quay.io/x/y:1",
+                &["requireDigest"],
+            ),
             // An unparseable reference is a violation of every applying policy, whatever its `images`.
-            ("metadata: {name: s}\nspec: {images: ['quay.io/**'], requireDigest: true}", "quay.io/X:1", &["reference"]),
+            (
+                "metadata: {name: s}\nspec: {images: ['quay.io/**'], requireDigest: true}",
+                "quay.io/X:1",
+                &["reference"],
+            ),
         ];
         for (p, image, want) in cases {
             let s = snapshot(&[p], Settings::default());
@@ -757,7 +824,10 @@ spec:
 
     #[test]
     fn pull_policy_uses_kubernetes_defaulting() {
-        let s = snapshot(&["metadata: {name: pp}\nspec: {requirePullPolicyAlways: true}"], Settings::default());
+        let s = snapshot(
+            &["metadata: {name: pp}\nspec: {requirePullPolicyAlways: true}"],
+            Settings::default(),
+        );
         let pinned = format!("quay.io/a/b@{DIGEST}");
         let cases: &[(&str, Option<&str>, bool)] = &[
             ("quay.io/a/b:1.0", None, false),
@@ -773,10 +843,18 @@ spec:
             assert_eq!(d.allowed, *ok, "{image} {pull:?}: {:?}", d.violations);
         }
         // Image volumes use their own pullPolicy with the same defaulting.
-        let d = decide_with(&s, &pod(&[("volumes", "models", "quay.io/a/models:2", None)], &[]), None);
+        let d = decide_with(
+            &s,
+            &pod(&[("volumes", "models", "quay.io/a/models:2", None)], &[]),
+            None,
+        );
         assert_eq!(rules(&d), ["requirePullPolicyAlways"]);
         assert_eq!(d.violations[0].container_type, ContainerType::ImageVolumes);
-        assert!(d.violations[0].message.contains("pullPolicy IfNotPresent (the default for this tag)"));
+        assert!(
+            d.violations[0]
+                .message
+                .contains("pullPolicy IfNotPresent (the default for this tag)")
+        );
     }
 
     #[test]
@@ -792,7 +870,11 @@ spec:
             &[],
         );
         let d = decide_with(&s, &w, None);
-        let types: Vec<_> = d.violations.iter().map(|v| (v.container_type, v.container.as_str())).collect();
+        let types: Vec<_> = d
+            .violations
+            .iter()
+            .map(|v| (v.container_type, v.container.as_str()))
+            .collect();
         assert_eq!(
             types,
             [
@@ -801,8 +883,14 @@ spec:
                 (ContainerType::ImageVolumes, "data"),
             ]
         );
-        assert_eq!(d.violations[1].field_path, "spec.ephemeralContainers[0].image");
-        assert_eq!(d.violations[2].field_path, "spec.volumes[0].image.reference");
+        assert_eq!(
+            d.violations[1].field_path,
+            "spec.ephemeralContainers[0].image"
+        );
+        assert_eq!(
+            d.violations[2].field_path,
+            "spec.volumes[0].image.reference"
+        );
     }
 
     #[test]
@@ -813,11 +901,24 @@ spec:
         assert_eq!(v.policy, "prod");
         assert_eq!(v.mode, Mode::Enforce);
         assert_eq!(v.image, "nginx");
-        assert_eq!(v.canonical.as_deref(), Some("docker.io/library/nginx:latest"));
+        assert_eq!(
+            v.canonical.as_deref(),
+            Some("docker.io/library/nginx:latest")
+        );
         assert!(v.message.contains("container \"app\""), "{}", v.message);
-        assert!(v.message.contains("registry.corp.example/**, ghcr.io/corp/*"), "{}", v.message);
+        assert!(
+            v.message
+                .contains("registry.corp.example/**, ghcr.io/corp/*"),
+            "{}",
+            v.message
+        );
         let msg = d.denial_message("Pod", "p", "prod");
-        assert!(msg.starts_with("Pod \"p\" in namespace \"prod\" violates image policy (2 violations):"), "{msg}");
+        assert!(
+            msg.starts_with(
+                "Pod \"p\" in namespace \"prod\" violates image policy (2 violations):"
+            ),
+            "{msg}"
+        );
         assert!(msg.contains("(no tag means latest)"), "{msg}");
     }
 
@@ -848,44 +949,100 @@ spec:
         let q = "metadata: {name: q}\nspec:\n  namespaceSelector: {matchExpressions: [{key: env, operator: NotIn, values: [prod]}]}\n  requireDigest: true";
         let s = snapshot(&[p, q], Settings::default());
         let d = decide_with(&s, &app("quay.io/a/b:1"), None);
-        assert_eq!(d.violations.iter().map(|v| v.policy.as_str()).collect::<Vec<_>>(), ["p"]);
+        assert_eq!(
+            d.violations
+                .iter()
+                .map(|v| v.policy.as_str())
+                .collect::<Vec<_>>(),
+            ["p"]
+        );
         let dev = labels(&[("kubernetes.io/metadata.name", "dev")]);
         let d = decide(
             &s,
-            &Input { object: &app("quay.io/a/b:1"), old_object: None, namespace_labels: &dev, requester: None, now: NOW.parse().unwrap() },
+            &Input {
+                object: &app("quay.io/a/b:1"),
+                old_object: None,
+                namespace_labels: &dev,
+                requester: None,
+                now: NOW.parse().unwrap(),
+            },
         );
-        assert_eq!(d.violations.iter().map(|v| v.policy.as_str()).collect::<Vec<_>>(), ["q"]);
+        assert_eq!(
+            d.violations
+                .iter()
+                .map(|v| v.policy.as_str())
+                .collect::<Vec<_>>(),
+            ["q"]
+        );
     }
 
     #[test]
     fn unmatched_images() {
         let p = "metadata: {name: quay}\nspec: {images: ['quay.io/**'], requireDigest: true}";
-        let deny = Settings { unmatched_images: UnmatchedImages::Deny, ..Settings::default() };
+        let deny = Settings {
+            unmatched_images: UnmatchedImages::Deny,
+            ..Settings::default()
+        };
         let d = decide_with(&snapshot(&[p], deny.clone()), &app("nginx:1"), None);
         assert_eq!(rules(&d), ["unmatchedImages"]);
         assert!(!d.allowed);
         let d = decide_with(&snapshot(&[p], Settings::default()), &app("nginx:1"), None);
         assert!(d.allowed && d.violations.is_empty());
         // Governed images are judged by their policies, not by the unmatched rule.
-        let d = decide_with(&snapshot(&[p], deny), &app(&format!("quay.io/a@{DIGEST}")), None);
+        let d = decide_with(
+            &snapshot(&[p], deny),
+            &app(&format!("quay.io/a@{DIGEST}")),
+            None,
+        );
         assert!(d.allowed, "{:?}", d.violations);
     }
 
     #[test]
     fn update_checks_only_new_or_changed_images() {
         let s = snapshot(&[PROD], Settings::default());
-        let old = pod(&[("containers", "app", "nginx:1.27", None), ("containers", "side", "nginx:1.27", None)], &[]);
-        let new = pod(&[("containers", "app", "nginx:1.28", None), ("containers", "side", "nginx:1.27", None)], &[]);
+        let old = pod(
+            &[
+                ("containers", "app", "nginx:1.27", None),
+                ("containers", "side", "nginx:1.27", None),
+            ],
+            &[],
+        );
+        let new = pod(
+            &[
+                ("containers", "app", "nginx:1.28", None),
+                ("containers", "side", "nginx:1.27", None),
+            ],
+            &[],
+        );
         let ns = labels(&[("env", "prod")]);
-        let input = Input { object: &new, old_object: Some(&old), namespace_labels: &ns, requester: None, now: NOW.parse().unwrap() };
+        let input = Input {
+            object: &new,
+            old_object: Some(&old),
+            namespace_labels: &ns,
+            requester: None,
+            now: NOW.parse().unwrap(),
+        };
         let d = decide(&s, &input);
         assert!(!d.allowed);
-        assert_eq!(d.denials().map(|v| v.container.as_str()).collect::<Vec<_>>(), ["app"]);
+        assert_eq!(
+            d.denials()
+                .map(|v| v.container.as_str())
+                .collect::<Vec<_>>(),
+            ["app"]
+        );
         assert_eq!(d.warnings.len(), 1);
-        assert!(d.warnings[0].contains("unchanged image"), "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].contains("unchanged image"),
+            "{:?}",
+            d.warnings
+        );
 
         // A label-only update of a violating Pod is admitted with a warning.
-        let input = Input { object: &old, old_object: Some(&old), ..input };
+        let input = Input {
+            object: &old,
+            old_object: Some(&old),
+            ..input
+        };
         let d = decide(&s, &input);
         assert!(d.allowed);
         assert_eq!(d.warnings.len(), 2);
@@ -912,49 +1069,109 @@ spec:
     #[test]
     fn break_glass_honoured() {
         let s = snapshot(&[GLASS], Settings::default());
-        let sre = Requester { username: "bob".into(), groups: vec!["sre".into()] };
+        let sre = Requester {
+            username: "bob".into(),
+            groups: vec!["sre".into()],
+        };
         let d = decide_with(&s, &glass("INC-42", "2026-11-22T18:00:00Z"), Some(&sre));
         assert!(d.allowed, "{:?}", d.violations);
         assert!(d.violations.iter().all(|v| v.excused));
         assert_eq!(d.break_glass.len(), 1);
         assert_eq!(d.break_glass[0].ticket, "INC-42");
         assert_eq!(d.break_glass[0].requester.as_deref(), Some("bob"));
-        assert!(d.warnings.iter().any(|w| w.contains("break-glass INC-42")), "{:?}", d.warnings);
+        assert!(
+            d.warnings.iter().any(|w| w.contains("break-glass INC-42")),
+            "{:?}",
+            d.warnings
+        );
         assert_eq!(d.images[0].verdict, Verdict::Excused);
 
-        let alice = Requester { username: "alice".into(), groups: vec![] };
+        let alice = Requester {
+            username: "alice".into(),
+            groups: vec![],
+        };
         assert!(decide_with(&s, &glass("INC-42", "2026-11-22T18:00:00Z"), Some(&alice)).allowed);
         // A workload controller carries the exception the webhook already checked on the workload.
-        let rs = Requester { username: "system:serviceaccount:kube-system:replicaset-controller".into(), groups: vec![] };
+        let rs = Requester {
+            username: "system:serviceaccount:kube-system:replicaset-controller".into(),
+            groups: vec![],
+        };
         assert!(decide_with(&s, &glass("INC-42", "2026-11-22T18:00:00Z"), Some(&rs)).allowed);
         // ... but only from the trusted namespaces.
-        let other = Requester { username: "system:serviceaccount:team:deployer".into(), groups: vec![] };
+        let other = Requester {
+            username: "system:serviceaccount:team:deployer".into(),
+            groups: vec![],
+        };
         assert!(!decide_with(&s, &glass("INC-42", "2026-11-22T18:00:00Z"), Some(&other)).allowed);
     }
 
     #[test]
     fn break_glass_refused() {
         let s = snapshot(&[GLASS], Settings::default());
-        let sre = Requester { username: "bob".into(), groups: vec!["sre".into()] };
-        let eve = Requester { username: "eve".into(), groups: vec!["dev".into()] };
+        let sre = Requester {
+            username: "bob".into(),
+            groups: vec!["sre".into()],
+        };
+        let eve = Requester {
+            username: "eve".into(),
+            groups: vec!["dev".into()],
+        };
         let cases: &[(&str, &str, Option<&Requester>, &str)] = &[
-            ("INC-42", "2026-11-22T18:00:00Z", Some(&eve), "is not among the allowed users"),
-            ("INC-42", "2026-11-22T18:00:00Z", None, "requester is unknown"),
-            ("INC-42x", "2026-11-22T18:00:00Z", Some(&sre), "does not match"),
-            ("see INC-42", "2026-11-22T18:00:00Z", Some(&sre), "does not match"),
-            ("", "2026-11-22T18:00:00Z", Some(&sre), "(the ticket) is missing"),
+            (
+                "INC-42",
+                "2026-11-22T18:00:00Z",
+                Some(&eve),
+                "is not among the allowed users",
+            ),
+            (
+                "INC-42",
+                "2026-11-22T18:00:00Z",
+                None,
+                "requester is unknown",
+            ),
+            (
+                "INC-42x",
+                "2026-11-22T18:00:00Z",
+                Some(&sre),
+                "does not match",
+            ),
+            (
+                "see INC-42",
+                "2026-11-22T18:00:00Z",
+                Some(&sre),
+                "does not match",
+            ),
+            (
+                "",
+                "2026-11-22T18:00:00Z",
+                Some(&sre),
+                "(the ticket) is missing",
+            ),
             ("INC-42", "", Some(&sre), "break-glass-until is missing"),
             ("INC-42", "tomorrow", Some(&sre), "is not an RFC 3339 time"),
             ("INC-42", "2026-11-22T11:00:00Z", Some(&sre), "expired"),
             ("INC-42", NOW, Some(&sre), "expired"),
-            ("INC-42", "2026-11-22T20:00:01Z", Some(&sre), "further ahead than the policy's maxDuration of 8h"),
+            (
+                "INC-42",
+                "2026-11-22T20:00:01Z",
+                Some(&sre),
+                "further ahead than the policy's maxDuration of 8h",
+            ),
         ];
         for (ticket, until, who, why) in cases {
             let d = decide_with(&s, &glass(ticket, until), *who);
             assert!(!d.allowed, "{ticket} {until}");
-            let bg: Vec<_> = d.violations.iter().filter(|v| v.rule == Rule::BreakGlass).collect();
+            let bg: Vec<_> = d
+                .violations
+                .iter()
+                .filter(|v| v.rule == Rule::BreakGlass)
+                .collect();
             assert_eq!(bg.len(), 1, "{ticket} {until}: {:?}", d.violations);
-            assert!(bg[0].message.contains(why), "{ticket} {until}: {}", bg[0].message);
+            assert!(
+                bg[0].message.contains(why),
+                "{ticket} {until}: {}",
+                bg[0].message
+            );
             assert!(d.break_glass.is_empty());
         }
     }
@@ -964,14 +1181,21 @@ spec:
         let s = snapshot(&[PROD], Settings::default());
         let d = decide_with(&s, &glass("INC-1", "2026-11-22T13:00:00Z"), None);
         assert!(!d.allowed);
-        assert!(d.violations.iter().any(|v| v.rule == Rule::BreakGlass && v.message.contains("permits no break-glass exception")));
+        assert!(d.violations.iter().any(|v| v.rule == Rule::BreakGlass
+            && v.message.contains("permits no break-glass exception")));
 
         let open = "metadata: {name: open}\nspec:\n  allowedImages: [quay.io/**]\n  breakGlass: {ticketPattern: 'INC-[0-9]+'}";
         let s = snapshot(&[open], Settings::default());
         assert!(decide_with(&s, &glass("INC-1", "2026-11-23T11:59:59Z"), None).allowed);
-        assert!(!decide_with(&s, &glass("INC-1", "2026-11-23T12:00:01Z"), None).allowed, "default maxDuration 24h");
+        assert!(
+            !decide_with(&s, &glass("INC-1", "2026-11-23T12:00:01Z"), None).allowed,
+            "default maxDuration 24h"
+        );
         // Without a violation, the annotations change nothing.
-        let ok = pod(&[("containers", "app", "quay.io/a:1", None)], &[(BREAK_GLASS_ANNOTATION, "INC-1")]);
+        let ok = pod(
+            &[("containers", "app", "quay.io/a:1", None)],
+            &[(BREAK_GLASS_ANNOTATION, "INC-1")],
+        );
         let d = decide_with(&s, &ok, None);
         assert!(d.allowed && d.violations.is_empty() && d.break_glass.is_empty());
     }
