@@ -249,6 +249,7 @@ pub fn plan(
         }
     };
     let mut reason = None;
+    let mut serving_renewed = false;
 
     // Step 1 of a CA rotation: a new CA; the old one stays in the bundle.
     if due(&m.ca.cert_pem, now) {
@@ -256,13 +257,18 @@ pub fn plan(
             &mut m.ca,
             certs::generate_ca(CA_COMMON_NAME, params.ca_validity)?,
         );
+        // A serving certificate due at the same moment still comes from the old CA: the new
+        // one is not yet in every webhook configuration's bundle.
+        if due(&m.serving.cert_pem, now) && !expired(&old.cert_pem, now) {
+            m.serving = certs::issue_serving(&old, &params.sans, params.cert_validity)?;
+            serving_renewed = true;
+        }
         m.previous_ca = Some(old.cert_pem).filter(|pem| !expired(pem, now));
         m.ca_rotated_at = Some(now);
         reason = Some("the CA is due for renewal");
     }
     // The previous CA leaves the bundle once expired and no longer needed.
-    if m
-        .previous_ca
+    if m.previous_ca
         .as_deref()
         .is_some_and(|prev| expired(prev, now))
     {
@@ -271,14 +277,16 @@ pub fn plan(
     }
 
     let from_current = issued(&m.serving.cert_pem, &m.ca.cert_pem);
-    let propagated = m
-        .ca_rotated_at
-        .is_none_or(|t| now >= t + jiff::SignedDuration::try_from(CA_PROPAGATION_DELAY).unwrap_or_default());
+    let propagated = m.ca_rotated_at.is_none_or(|t| {
+        now >= t + jiff::SignedDuration::try_from(CA_PROPAGATION_DELAY).unwrap_or_default()
+    });
     let from_previous_in_bundle = m
         .previous_ca
         .as_deref()
         .is_some_and(|p| issued(&m.serving.cert_pem, p));
-    let serving_reason = if due(&m.serving.cert_pem, now) {
+    let serving_reason = if serving_renewed {
+        None
+    } else if due(&m.serving.cert_pem, now) {
         Some("the serving certificate is due for renewal")
     } else if !certs::covers(&m.serving.cert_pem, &params.sans).unwrap_or(false) {
         Some("the serving certificate does not cover the webhook's names")
@@ -323,7 +331,10 @@ pub fn new_secret(name: &str, namespace: &str, material: &Material) -> Secret {
 pub fn set_material(secret: &mut Secret, material: &Material) {
     secret.data = Some(material.to_data());
     secret.string_data = None;
-    let annotations = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let annotations = secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
     match material.ca_rotated_at {
         Some(t) => {
             annotations.insert(CA_ROTATED_AT.to_owned(), t.to_string());
@@ -358,7 +369,10 @@ pub async fn ensure(
             Plan::Write(m, reason) => (m, reason),
         };
         let written = match current {
-            None => api.create(&post, &new_secret(name, namespace, &material)).await,
+            None => {
+                api.create(&post, &new_secret(name, namespace, &material))
+                    .await
+            }
             Some(mut secret) => {
                 set_material(&mut secret, &material);
                 api.replace(name, &post, &secret).await

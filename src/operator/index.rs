@@ -17,7 +17,16 @@ pub struct PolicyIndex {
     snapshot: SharedSnapshot,
     readiness: Arc<Readiness>,
     settings: Settings,
-    changed: watch::Sender<u64>,
+    changed: watch::Sender<Rebuilt>,
+}
+
+/// What the last rebuild produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Counts rebuilds (wrapping).
+    pub count: u64,
+    /// How many policies were left out because they do not compile.
+    pub errors: usize,
 }
 
 impl PolicyIndex {
@@ -26,7 +35,7 @@ impl PolicyIndex {
     pub fn new(snapshot: SharedSnapshot, readiness: Arc<Readiness>, settings: Settings) -> Self {
         let writer = reflector::store::Writer::default();
         let store = writer.as_reader();
-        let (changed, _) = watch::channel(0);
+        let (changed, _) = watch::channel(Rebuilt::default());
         PolicyIndex {
             writer,
             store,
@@ -43,7 +52,7 @@ impl PolicyIndex {
     }
 
     /// A receiver that sees a new value after every rebuild (the status writer waits on it).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub fn subscribe(&self) -> watch::Receiver<Rebuilt> {
         self.changed.subscribe()
     }
 
@@ -74,7 +83,10 @@ impl PolicyIndex {
             .collect();
         let (snapshot, errors) = Snapshot::compile(&policies, self.settings.clone());
         self.snapshot.store(Arc::new(snapshot));
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        self.changed.send_modify(|r| {
+            r.count = r.count.wrapping_add(1);
+            r.errors = errors.len();
+        });
         errors
     }
 }

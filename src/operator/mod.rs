@@ -7,7 +7,11 @@
 //! reconciling: the last snapshot, namespace labels and certificate stay in force, and the
 //! watches resume with backoff.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use k8s_openapi::api::core::v1::Secret;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
@@ -19,8 +23,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
-use crate::policy::ImagePolicy;
+use crate::metrics::Metrics;
+use crate::policy::{ImagePolicy, Settings, Snapshot};
+use crate::state::{Readiness, SharedSnapshot};
+use crate::tls::CertResolver;
 
+pub mod certificates;
+pub mod events;
 pub mod index;
 pub mod namespaces;
 pub mod status;
@@ -38,6 +47,10 @@ pub const UNMANAGED_ANNOTATION: &str = "imagegate.dev/unmanaged";
 /// repairs drift within seconds; this bounds the delay if a watch event is ever missed, and
 /// notices an owner ClusterRole that went away.
 pub const WEBHOOK_RESYNC: Duration = Duration::from_secs(60);
+/// How often the TLS Secret is re-read even without a watch event: renewals are due at 2/3
+/// of a validity of at least an hour, so a minute is early enough, and one GET a minute per
+/// replica costs the API server nothing.
+pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// Wait before retrying a failed write (the API server may be unreachable or overloaded);
 /// short enough to repair quickly once it answers again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -87,7 +100,7 @@ pub async fn run_policy_index(client: Client, mut index: PolicyIndex) {
 pub async fn run_status_writer(
     client: Client,
     store: Store<ImagePolicy>,
-    mut changed: watch::Receiver<u64>,
+    mut changed: watch::Receiver<index::Rebuilt>,
     recorder: Option<Recorder>,
 ) {
     loop {
@@ -194,5 +207,184 @@ pub async fn run_webhook_config(
                 },
             }
         }
+    }
+}
+
+/// Keeps the TLS Secret valid and serves its certificate: on every watch event of the Secret,
+/// every [`CERT_CHECK_INTERVAL`], and [`RETRY_DELAY`] after a failure. A new serving
+/// certificate goes into `tls` at once; the CA bundle goes to `ca_bundle` for the webhook
+/// configuration. On failure the certificate in use stays.
+pub async fn run_certificates(
+    client: Client,
+    namespace: String,
+    secret_name: String,
+    params: certificates::CertParams,
+    tls: Arc<CertResolver>,
+    ca_bundle: watch::Sender<Option<String>>,
+    metrics: Option<Arc<Metrics>>,
+) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let fields = format!("metadata.name={secret_name}");
+    let mut events = watcher(api, watcher::Config::default().fields(&fields))
+        .default_backoff()
+        .boxed();
+    let mut check = tokio::time::interval(CERT_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving: Option<String> = None;
+    loop {
+        let now = jiff::Timestamp::now();
+        let retry = match certificates::ensure(
+            client.clone(),
+            &namespace,
+            &secret_name,
+            &params,
+            now,
+        )
+        .await
+        {
+            Ok(material) => {
+                if serving.as_deref() != Some(material.serving.cert_pem.as_str()) {
+                    match tls.set_pem(&material.serving.cert_pem, &material.serving.key_pem) {
+                        Ok(()) => {
+                            tracing::info!(secret = %secret_name, "serving certificate loaded");
+                            serving = Some(material.serving.cert_pem.clone());
+                            if let Some(m) = &metrics {
+                                m.set_cert_not_after(tls.not_after());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot load the serving certificate")
+                        }
+                    }
+                }
+                let bundle = material.ca_bundle();
+                ca_bundle.send_if_modified(|current| {
+                    if current.as_deref() == Some(bundle.as_str()) {
+                        false
+                    } else {
+                        *current = Some(bundle);
+                        true
+                    }
+                });
+                false
+            }
+            Err(e) => {
+                tracing::warn!(secret = %secret_name, error = %e, "cannot reconcile the TLS Secret; retrying");
+                true
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_DELAY), if retry => break,
+                _ = check.tick() => break,
+                event = events.try_next() => match event {
+                    Ok(Some(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                    Ok(Some(_)) => break,
+                    Ok(None) => return,
+                    Err(e) => tracing::warn!(error = %e, "TLS Secret watch failed; retrying"),
+                },
+            }
+        }
+    }
+}
+
+/// What the operator needs to know.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// The operator's namespace (holds the Secret).
+    pub namespace: String,
+    /// The TLS Secret's name.
+    pub secret_name: String,
+    /// The desired webhook configuration.
+    pub webhook: webhook_config::WebhookParams,
+    /// The certificates' names and validity.
+    pub certs: certificates::CertParams,
+    /// The chart's ClusterRole that owns the webhook configuration.
+    pub owner_cluster_role: Option<String>,
+    /// Engine settings for the snapshot.
+    pub settings: Settings,
+}
+
+/// What the webhook server reads, kept current by the operator's tasks.
+pub struct Running {
+    /// The policy snapshot in force.
+    pub snapshot: SharedSnapshot,
+    /// Readiness (policies loaded, draining).
+    pub readiness: Arc<Readiness>,
+    /// Namespace labels.
+    pub namespaces: Arc<NamespaceCache>,
+    /// Break-glass Events.
+    pub events: Arc<events::KubeEventSink>,
+    /// The operator's tasks; abort them on shutdown.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts every operator task on the current runtime.
+pub fn start(
+    client: Client,
+    config: OperatorConfig,
+    tls: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+) -> Running {
+    let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
+        config.settings.clone(),
+    )));
+    let readiness = Arc::new(Readiness::default());
+    let index = PolicyIndex::new(
+        Arc::clone(&snapshot),
+        Arc::clone(&readiness),
+        config.settings.clone(),
+    );
+    let store = index.store();
+    let mut rebuilt = index.subscribe();
+    let changed = index.subscribe();
+    let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
+    let (ns_store, ns_writer) = reflector::store();
+    let namespaces = Arc::new(NamespaceCache::new(ns_store, client.clone()));
+    let (sink, queue) = events::KubeEventSink::new();
+    let (ca_tx, ca_rx) = watch::channel(None);
+
+    let mut tasks = vec![
+        tokio::spawn(run_policy_index(client.clone(), index)),
+        tokio::spawn(run_status_writer(
+            client.clone(),
+            store.clone(),
+            changed,
+            Some(recorder.clone()),
+        )),
+        tokio::spawn(run_namespace_reflector(client.clone(), ns_writer)),
+        tokio::spawn(events::run_event_publisher(recorder, store, queue)),
+        tokio::spawn(run_certificates(
+            client.clone(),
+            config.namespace.clone(),
+            config.secret_name.clone(),
+            config.certs.clone(),
+            tls,
+            ca_tx,
+            Some(Arc::clone(&metrics)),
+        )),
+        tokio::spawn(run_webhook_config(
+            client,
+            config.webhook.clone(),
+            config.owner_cluster_role.clone(),
+            ca_rx,
+        )),
+    ];
+    let snap = Arc::clone(&snapshot);
+    tasks.push(tokio::spawn(async move {
+        while rebuilt.changed().await.is_ok() {
+            let errors = rebuilt.borrow_and_update().errors;
+            let current = snap.load();
+            metrics.set_policy_count(current.policies().len());
+            metrics.set_policy_errors(errors);
+            metrics.set_snapshot_created(current.created());
+        }
+    }));
+    Running {
+        snapshot,
+        readiness,
+        namespaces,
+        events: Arc::new(sink),
+        tasks,
     }
 }
