@@ -397,3 +397,53 @@ async fn ca_and_serving_due_together_still_rotate_in_two_steps() {
     );
     assert!(step1.ca_bundle().contains(existing.ca.cert_pem.trim()));
 }
+
+#[tokio::test]
+async fn first_start_puts_the_new_ca_into_the_webhook_configuration() {
+    use imagegate::operator::webhook_config::{self, Endpoint, FailurePolicy, WebhookParams};
+    let (client, mut api) = mock();
+    let task = spawn(async move {
+        let material = ensure(
+            client.clone(),
+            "imagegate-system",
+            "imagegate-tls",
+            &params(),
+            now(),
+        )
+        .await?;
+        let webhook = WebhookParams {
+            name: "imagegate".into(),
+            endpoint: Endpoint::Service {
+                namespace: "imagegate-system".into(),
+                name: "imagegate".into(),
+            },
+            failure_policy: FailurePolicy::Fail,
+            timeout_seconds: 10,
+            excluded_namespaces: vec!["kube-system".into()],
+            namespace: "imagegate-system".into(),
+        };
+        webhook_config::reconcile(client, &webhook, &material.ca_bundle(), None).await?;
+        Ok::<_, imagegate::operator::Error>(material)
+    });
+    api.next()
+        .await
+        .expect(Method::GET, SECRET)
+        .error(404, "NotFound");
+    let create = api.next().await.expect(Method::POST, SECRETS);
+    let written = material_of(&create.body);
+    create.echo("1");
+    let vwc = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/imagegate";
+    api.next()
+        .await
+        .expect(Method::GET, vwc)
+        .error(404, "NotFound");
+    let apply = api.next().await.expect(Method::PATCH, vwc);
+    let bundle =
+        serde_json::to_value(k8s_openapi::ByteString(written.ca_bundle().into_bytes())).unwrap();
+    for hook in apply.body["webhooks"].as_array().unwrap() {
+        assert_eq!(hook["clientConfig"]["caBundle"], bundle);
+    }
+    apply.echo("1");
+    assert_eq!(join(task).await.unwrap(), written);
+    api.no_more().await;
+}

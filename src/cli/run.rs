@@ -319,4 +319,53 @@ mod tests {
         assert!(parse_validity("30m").is_err());
         assert!(parse_validity("x").is_err());
     }
+
+    #[test]
+    fn flags_make_the_operator_config() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "imagegate",
+            "run",
+            "--namespace",
+            "gate",
+            "--excluded-namespaces",
+            "kube-system,monitoring",
+        ])
+        .unwrap();
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let config = args.operator_config().unwrap();
+        assert_eq!(config.namespace, "gate");
+        assert_eq!(config.secret_name, "imagegate-tls");
+        assert_eq!(config.webhook.name, "imagegate");
+        assert_eq!(config.webhook.timeout_seconds, 10);
+        assert_eq!(config.webhook.failure_policy, FailurePolicy::Fail);
+        assert_eq!(
+            config.webhook.all_excluded(),
+            ["gate", "kube-system", "monitoring"]
+        );
+        assert_eq!(config.certs.sans[3], "imagegate.gate.svc.cluster.local");
+        assert_eq!(args.metrics_addr.0.map(|a| a.port()), Some(9090));
+
+        let cli = crate::cli::Cli::try_parse_from([
+            "imagegate",
+            "run",
+            "--webhook-url",
+            "https://10.1.2.3:8443",
+            "--cert-validity",
+            "48h",
+            "--ca-validity",
+            "24h",
+        ])
+        .unwrap();
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert!(args.operator_config().is_err(), "certificate outlives CA");
+        assert!(
+            crate::cli::Cli::try_parse_from(["imagegate", "run", "--timeout-seconds", "31"])
+                .is_err()
+        );
+    }
 }
