@@ -313,7 +313,7 @@ fn check_image(
         Ok(r) => r,
         Err(e) => {
             let message = format!(
-                "{who}: image {:?} is not a valid image reference: {e}; write it as [REGISTRY/]REPOSITORY[:TAG][@DIGEST], e.g. registry.corp.example/team/app:1.4.2",
+                "{who}: image {:?} is not a valid image reference: {e}",
                 image.image
             );
             for &pi in applying {
