@@ -72,8 +72,10 @@ impl Pattern {
 
     /// Matches one reference on its own (the snapshot matches many patterns at once instead).
     pub fn matches(&self, reference: &Reference) -> bool {
-        let name_ok = self
+        let matcher = self
             .name_matcher
+            .get_or_init(|| self.name_glob.as_ref().map(Glob::compile_matcher));
+        let name_ok = matcher
             .as_ref()
             .is_none_or(|m| m.is_match(reference.name()));
         name_ok && self.suffix_matches(reference)
