@@ -8,7 +8,7 @@ use globset::{GlobSet, GlobSetBuilder};
 
 use super::compile::{CompileError, CompiledPolicy, PatternList, compile};
 use super::crd::ImagePolicy;
-use super::selector::Selector;
+use super::selector::{Selector, SelectorSet};
 use crate::reference::Reference;
 
 /// What happens to an image that no applying policy governs.
@@ -73,8 +73,8 @@ pub struct Snapshot {
     suffix_only: Vec<Use>,
     /// Per policy, the flags that hold for every image (lists containing a bare `**`).
     base: Vec<u8>,
-    /// The distinct namespace selectors; policies usually share a few.
-    selectors: Vec<Selector>,
+    /// The distinct namespace selectors, indexed for matching all at once.
+    selectors: SelectorSet,
     /// Per policy, its index in `selectors` (`None`: every namespace).
     selector_of: Vec<Option<usize>>,
     created: jiff::Timestamp,
@@ -167,19 +167,15 @@ impl Snapshot {
         // set is the fallback that keeps the process up should it ever.
         let names = builder.build().unwrap_or_else(|_| GlobSet::empty());
         let mut selectors: Vec<Selector> = Vec::new();
+        let mut selector_ids: HashMap<&Selector, usize> = HashMap::new();
         let selector_of = policies
             .iter()
             .map(|p| {
                 let s = p.selector.as_ref()?;
-                Some(
-                    selectors
-                        .iter()
-                        .position(|known| known == s)
-                        .unwrap_or_else(|| {
-                            selectors.push(s.clone());
-                            selectors.len() - 1
-                        }),
-                )
+                Some(*selector_ids.entry(s).or_insert_with(|| {
+                    selectors.push(s.clone());
+                    selectors.len() - 1
+                }))
             })
             .collect();
         Snapshot {
@@ -189,7 +185,7 @@ impl Snapshot {
             uses,
             suffix_only,
             base,
-            selectors,
+            selectors: SelectorSet::new(&selectors),
             selector_of,
             created: jiff::Timestamp::now(),
         }
@@ -216,11 +212,7 @@ impl Snapshot {
         &self,
         namespace_labels: &std::collections::BTreeMap<String, String>,
     ) -> Vec<usize> {
-        let verdicts: Vec<bool> = self
-            .selectors
-            .iter()
-            .map(|s| s.matches(namespace_labels))
-            .collect();
+        let verdicts = self.selectors.matching(namespace_labels);
         self.selector_of
             .iter()
             .enumerate()
