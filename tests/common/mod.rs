@@ -70,13 +70,14 @@ impl TestServer {
             policy_file.display().to_string(),
             "--addr".into(),
             "127.0.0.1:0".into(),
-            "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
             "--cert-dir".into(),
             cert_dir.display().to_string(),
             "--shutdown-timeout".into(),
             "2".into(),
         ];
+        if !extra.contains(&"--metrics-addr") {
+            argv.extend(["--metrics-addr".into(), "127.0.0.1:0".into()]);
+        }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Args::try_parse_from(argv).unwrap().serve;
         let prepared = prepare(&args).unwrap();
@@ -101,7 +102,7 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.addr.port())
+        format!("https://127.0.0.1:{}{path}", self.addr.port())
     }
 
     pub fn cert_dir(&self) -> PathBuf {
