@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -116,15 +117,23 @@ impl CheckReport {
 pub fn main(args: CheckArgs) -> ExitCode {
     match run(&args) {
         Ok(report) => {
-            match args.output {
+            let text = match args.output {
                 OutputFormat::Json => match serde_json::to_string_pretty(&report) {
-                    Ok(json) => println!("{json}"),
+                    Ok(json) => json + "\n",
                     Err(e) => {
                         eprintln!("imagegate check: cannot write JSON: {e}");
                         return ExitCode::from(EXIT_BAD_INPUT);
                     }
                 },
-                OutputFormat::Text => print!("{}", render_text(&report)),
+                OutputFormat::Text => render_text(&report),
+            };
+            // A closed pipe (`| head`) is the reader's choice, not an error of ours.
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                eprintln!("imagegate check: cannot write the results: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
             }
             ExitCode::from(report.exit_code())
         }

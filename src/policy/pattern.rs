@@ -22,6 +22,8 @@ pub struct Pattern {
     pub source: String,
     /// The glob over `REGISTRY/REPOSITORY`, normalised; `None` for `**`, which matches every name.
     pub name_glob: Option<Glob>,
+    /// The same glob, compiled on its own, for matching one pattern at a time.
+    name_matcher: Option<GlobMatcher>,
     /// The optional tag or digest constraint.
     pub suffix: Option<Suffix>,
 }
@@ -48,9 +50,11 @@ impl Pattern {
         } else {
             Some(name_glob(path)?)
         };
+        let name_matcher = name_glob.as_ref().map(Glob::compile_matcher);
         Ok(Pattern {
             source: source.to_owned(),
             name_glob,
+            name_matcher,
             suffix,
         })
     }
@@ -66,10 +70,10 @@ impl Pattern {
 
     /// Matches one reference on its own (the snapshot matches many patterns at once instead).
     pub fn matches(&self, reference: &Reference) -> bool {
-        let name_ok = match &self.name_glob {
-            None => true,
-            Some(g) => g.compile_matcher().is_match(reference.name()),
-        };
+        let name_ok = self
+            .name_matcher
+            .as_ref()
+            .is_none_or(|m| m.is_match(reference.name()));
         name_ok && self.suffix_matches(reference)
     }
 }

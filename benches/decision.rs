@@ -1,0 +1,84 @@
+//! A decision against snapshots of 1, 100 and 1,000 policies (DESIGN §10: well under 50 µs at
+//! 1,000 policies), from reading the Pod of a real AdmissionReview to the Decision.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use imagegate::decision::{Input, decide};
+use imagegate::policy::{ImagePolicy, Settings, Snapshot, compile};
+use imagegate::workload::{Workload, WorkloadKind};
+
+/// A realistic mix: every tenth policy governs everything, the others one team's registry path,
+/// with namespace selectors that half of them match.
+fn policies(n: usize) -> Vec<ImagePolicy> {
+    (0..n)
+        .map(|i| {
+            let yaml = match i % 10 {
+                0 => format!(
+                    "metadata: {{name: base-{i}}}\nspec:\n  mode: Warn\n  deniedTags: [latest, '*-dev']\n  deniedImages: ['docker.io/library/busybox:*']"
+                ),
+                _ => format!(
+                    "metadata: {{name: team-{i}}}\nspec:\n  namespaceSelector: {{matchLabels: {{env: {env}}}}}\n  images: ['registry.corp.example/team-{i}/**']\n  allowedImages: ['registry.corp.example/team-{i}/*', 'ghcr.io/corp/team-{i}/**']\n  requireDigest: true\n  breakGlass: {{allowedGroups: [sre], ticketPattern: 'INC-[0-9]+'}}",
+                    env = if i % 2 == 0 { "prod" } else { "dev" }
+                ),
+            };
+            serde_saphyr::from_str(&yaml).expect("benchmark policy")
+        })
+        .collect()
+}
+
+fn pod() -> Workload {
+    let review: serde_json::Value =
+        serde_json::from_str(include_str!("../tests/data/pod-create.json")).expect("fixture");
+    Workload::from_value(WorkloadKind::Pod, &review["request"]["object"]).expect("pod")
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let object = pod();
+    let labels: BTreeMap<String, String> =
+        [("kubernetes.io/metadata.name", "shop"), ("env", "prod")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+    let now = jiff::Timestamp::now();
+    let mut group = c.benchmark_group("decide");
+    for n in [1, 100, 1000] {
+        let compiled = policies(n)
+            .iter()
+            .map(|p| compile(p).expect("compiles"))
+            .collect();
+        let snapshot = Snapshot::new(compiled, Settings::default());
+        group.bench_with_input(BenchmarkId::from_parameter(n), &snapshot, |b, snapshot| {
+            b.iter(|| {
+                let input = Input {
+                    object: &object,
+                    old_object: None,
+                    namespace_labels: &labels,
+                    requester: None,
+                    now,
+                };
+                black_box(decide(snapshot, &input))
+            })
+        });
+    }
+    group.finish();
+
+    let raw = serde_json::to_string(
+        &serde_json::from_str::<serde_json::Value>(include_str!("../tests/data/pod-create.json"))
+            .expect("fixture")["request"]["object"],
+    )
+    .expect("json");
+    c.bench_function("workload/from_json pod-create", |b| {
+        b.iter(|| black_box(Workload::from_json(WorkloadKind::Pod, &raw)))
+    });
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let list = policies(1000);
+    c.bench_function("snapshot/compile 1000 policies", |b| {
+        b.iter(|| black_box(Snapshot::compile(&list, Settings::default())))
+    });
+}
+
+criterion_group!(benches, bench_decide, bench_compile);
+criterion_main!(benches);

@@ -1,0 +1,1094 @@
+//! The Helm chart in `charts/imagegate`: rendered by a real `helm` (Helm 4, and Helm 3 as `helm3`
+//! when installed), every manifest read into its Kubernetes type, and the promises of the chart
+//! checked: a hardened Pod, probes, least-privilege RBAC, the CRD identical to `crds/`, no webhook
+//! configuration rendered (the operator owns it), and a values schema that rejects bad values.
+//!
+//! `.ci/install-helm.sh` installs helm. Without it the helm tests print why they are skipped,
+//! except in CI (`CI` set), where a missing helm is a failure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+const RELEASE: &str = "imagegate";
+const NAMESPACE: &str = "imagegate-system";
+const PRODUCTION_VALUES: &str = "tests/data/chart/production-values.yaml";
+/// The uid the image runs as (Dockerfile `USER`, distroless `nonroot`).
+const NONROOT_UID: i64 = 65532;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart_dir() -> PathBuf {
+    root().join("charts/imagegate")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding helm
+
+/// The helm binaries to test with: `$IMAGEGATE_HELM` or `helm`, and `helm3` when present.
+/// `None` (after saying why) when there is none and this is not CI.
+fn helms() -> Option<Vec<PathBuf>> {
+    let primary = std::env::var_os("IMAGEGATE_HELM").unwrap_or_else(|| "helm".into());
+    let found: Vec<PathBuf> = [PathBuf::from(primary), PathBuf::from("helm3")]
+        .into_iter()
+        .filter(|bin| runs(bin))
+        .collect();
+    if !found.is_empty() {
+        return Some(found);
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    assert!(
+        !in_ci,
+        "helm is not installed (looked for $IMAGEGATE_HELM, helm and helm3 on PATH); \
+         CI must run .ci/install-helm.sh before the tests"
+    );
+    eprintln!(
+        "SKIPPED: the Helm chart tests need helm, which is not on PATH; \
+         run `bash .ci/install-helm.sh` (or set IMAGEGATE_HELM) to run them"
+    );
+    None
+}
+
+fn runs(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn helm(bin: &Path, args: &[&str]) -> Output {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(root())
+        // No user configuration or repositories may change what is rendered.
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("imagegate-helm-config"),
+        )
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("imagegate-helm-cache"),
+        )
+        .env(
+            "HELM_DATA_HOME",
+            std::env::temp_dir().join("imagegate-helm-data"),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering and reading manifests
+
+/// The manifests of `helm template` (hooks included), in order.
+struct Rendered {
+    helm: String,
+    objects: Vec<Value>,
+}
+
+fn render(bin: &Path, extra: &[&str]) -> Rendered {
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        RELEASE,
+        chart.to_str().expect("chart path is UTF-8"),
+        "--namespace",
+        NAMESPACE,
+        "--include-crds",
+    ];
+    args.extend_from_slice(extra);
+    let out = helm(bin, &args);
+    assert!(
+        out.ok,
+        "{} template {extra:?} failed:\n{}",
+        bin.display(),
+        out.stderr
+    );
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&out.stdout)
+        .unwrap_or_else(|e| panic!("helm template output is not YAML: {e}\n{}", out.stdout));
+    Rendered {
+        helm: bin.display().to_string(),
+        objects: docs.into_iter().filter(|d| !d.is_null()).collect(),
+    }
+}
+
+impl Rendered {
+    fn all(&self, kind: &str) -> Vec<&Value> {
+        self.objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
+    fn kinds(&self) -> BTreeSet<String> {
+        self.objects
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Every object of `kind`, read into its type.
+    fn typed<T: DeserializeOwned + serde::Serialize>(&self, kind: &str) -> Vec<T> {
+        self.all(kind).into_iter().map(|v| typed(v)).collect()
+    }
+
+    /// The one object of `kind` named `name`, read into its type.
+    fn one<T: DeserializeOwned + serde::Serialize>(&self, kind: &str, name: &str) -> T {
+        let found: Vec<&Value> = self
+            .all(kind)
+            .into_iter()
+            .filter(|o| o["metadata"]["name"] == name)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "[{}] expected one {kind} {name}, rendered {}",
+            self.helm,
+            found.len()
+        );
+        typed(found[0])
+    }
+
+    fn is_hook(object: &Value) -> bool {
+        object["metadata"]["annotations"]["helm.sh/hook"].is_string()
+    }
+}
+
+/// Reads a manifest into its Kubernetes type and fails on any field the type does not know (a
+/// misspelt or misplaced key in a template, which the API server would drop or reject): the
+/// typed value, written back, must be the manifest itself.
+fn typed<T: DeserializeOwned + serde::Serialize>(manifest: &Value) -> T {
+    let name = format!(
+        "{} {}",
+        manifest["kind"].as_str().unwrap_or("?"),
+        manifest["metadata"]["name"].as_str().unwrap_or("?")
+    );
+    let value: T = serde_json::from_value(manifest.clone())
+        .unwrap_or_else(|e| panic!("{name} does not match its Kubernetes type: {e}"));
+    let back = serde_json::to_value(&value).expect("a Kubernetes object serializes");
+    let (expected, got) = (normalise(manifest.clone()), normalise(back));
+    if expected != got {
+        panic!(
+            "{name} has fields its type does not know or writes differently:\nrendered: {}\ntyped:    {}",
+            serde_json::to_string_pretty(&expected).unwrap_or_default(),
+            serde_json::to_string_pretty(&got).unwrap_or_default()
+        );
+    }
+    value
+}
+
+/// Drops nulls and empty objects/arrays, which the typed side omits.
+fn normalise(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, normalise(v)))
+                .filter(|(_, v)| !is_empty(v))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(normalise).collect()),
+        other => other,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+fn selector_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "imagegate".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), RELEASE.to_owned()),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checks shared by every rendering
+
+/// What one rendering is expected to say, from its values.
+struct Expect<'a> {
+    failure_policy: &'a str,
+    timeout_seconds: &'a str,
+    excluded_namespaces: &'a str,
+    unmatched_images: &'a str,
+    trusted_controller_namespaces: &'a str,
+    secret_name: &'a str,
+    webhook_config_name: &'a str,
+    cert_validity: &'a str,
+    ca_validity: &'a str,
+    log_format: &'a str,
+    replicas: i32,
+    image: &'a str,
+    priority_class: Option<&'a str>,
+}
+
+const DEFAULTS: Expect<'static> = Expect {
+    failure_policy: "Fail",
+    timeout_seconds: "10",
+    excluded_namespaces: "kube-system",
+    unmatched_images: "allow",
+    trusted_controller_namespaces: "kube-system",
+    secret_name: "imagegate-tls",
+    webhook_config_name: "imagegate",
+    cert_validity: "2160h",
+    ca_validity: "87600h",
+    log_format: "json",
+    replicas: 3,
+    image: "ghcr.io/imagegate/imagegate:0.1.0",
+    priority_class: Some("system-cluster-critical"),
+};
+
+const PRODUCTION: Expect<'static> = Expect {
+    failure_policy: "Ignore",
+    timeout_seconds: "5",
+    excluded_namespaces: "kube-system,monitoring",
+    unmatched_images: "deny",
+    trusted_controller_namespaces: "kube-system,platform-controllers",
+    secret_name: "imagegate-serving",
+    webhook_config_name: "imagegate-prod",
+    cert_validity: "720h",
+    ca_validity: "43800h",
+    log_format: "text",
+    replicas: 5,
+    image: "registry.corp.example/platform/imagegate:0.1.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    priority_class: None,
+};
+
+/// The flags `imagegate run` accepts; anything else in the chart's args would stop the Pod.
+const RUN_FLAGS: &[&str] = &[
+    "--namespace",
+    "--service",
+    "--webhook-url",
+    "--addr",
+    "--metrics-addr",
+    "--failure-policy",
+    "--timeout-seconds",
+    "--excluded-namespaces",
+    "--unmatched-images",
+    "--trusted-controller-namespaces",
+    "--cert-validity",
+    "--ca-validity",
+    "--secret-name",
+    "--webhook-config-name",
+    "--owner-cluster-role",
+    "--log-format",
+];
+
+fn check_rendering(r: &Rendered, want: &Expect) {
+    check_no_webhook_configuration(r);
+    check_namespaces(r);
+    check_crd(r);
+    let deployment: Deployment = r.one("Deployment", RELEASE);
+    check_deployment(r, &deployment, want);
+    check_service(r, &deployment);
+    check_rbac(r, want);
+    let pdb: PodDisruptionBudget = r.one("PodDisruptionBudget", RELEASE);
+    let spec = pdb.spec.expect("PDB spec");
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(
+        spec.selector.and_then(|s| s.match_labels),
+        Some(selector_labels()),
+        "the PDB selects the imagegate Pods"
+    );
+    let _: ServiceAccount = r.one("ServiceAccount", RELEASE);
+}
+
+fn check_no_webhook_configuration(r: &Rendered) {
+    let kinds = r.kinds();
+    for kind in [
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+    ] {
+        assert!(
+            !kinds.contains(kind),
+            "[{}] the chart must not render a {kind}: the operator creates and owns it",
+            r.helm
+        );
+    }
+    assert!(
+        !kinds.contains("Secret"),
+        "[{}] the chart renders no Secret: the operator generates its certificates",
+        r.helm
+    );
+}
+
+fn check_namespaces(r: &Rendered) {
+    let cluster_scoped = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+    ];
+    for o in &r.objects {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let ns = &o["metadata"]["namespace"];
+        if cluster_scoped.contains(&kind) {
+            assert!(ns.is_null(), "{kind} is cluster-scoped but has a namespace");
+        } else {
+            assert_eq!(
+                ns, NAMESPACE,
+                "{kind} {} is not in the release namespace",
+                o["metadata"]["name"]
+            );
+        }
+    }
+}
+
+fn check_crd(r: &Rendered) {
+    let crds = r.all("CustomResourceDefinition");
+    assert_eq!(crds.len(), 1, "[{}] one CRD in the chart", r.helm);
+    let committed: Vec<Value> =
+        serde_saphyr::from_multiple(&read(root().join("crds/imagepolicy.yaml")))
+            .expect("crds/imagepolicy.yaml is YAML");
+    let committed: Vec<&Value> = committed.iter().filter(|d| !d.is_null()).collect();
+    assert_eq!(
+        committed, crds,
+        "the chart's CRD differs from crds/imagepolicy.yaml"
+    );
+}
+
+fn check_pod_security(spec: &PodSpec, what: &str) {
+    let pod = spec
+        .security_context
+        .as_ref()
+        .unwrap_or_else(|| panic!("{what}: no pod securityContext"));
+    assert_eq!(pod.run_as_non_root, Some(true), "{what}: runAsNonRoot");
+    assert_eq!(pod.run_as_user, Some(NONROOT_UID), "{what}: runAsUser");
+    assert_eq!(
+        pod.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault"),
+        "{what}: pod seccompProfile"
+    );
+    assert_ne!(spec.host_network, Some(true), "{what}: hostNetwork");
+    assert_ne!(spec.host_pid, Some(true), "{what}: hostPID");
+    assert_ne!(spec.host_ipc, Some(true), "{what}: hostIPC");
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        check_container_security(c, what);
+    }
+}
+
+fn check_container_security(c: &Container, what: &str) {
+    let name = format!("{what}, container {}", c.name);
+    let sc = c
+        .security_context
+        .as_ref()
+        .unwrap_or_else(|| panic!("{name}: no securityContext"));
+    assert_eq!(sc.run_as_non_root, Some(true), "{name}: runAsNonRoot");
+    assert_eq!(sc.run_as_user, Some(NONROOT_UID), "{name}: runAsUser");
+    assert_eq!(
+        sc.read_only_root_filesystem,
+        Some(true),
+        "{name}: readOnlyRootFilesystem"
+    );
+    assert_eq!(
+        sc.allow_privilege_escalation,
+        Some(false),
+        "{name}: allowPrivilegeEscalation"
+    );
+    assert_ne!(sc.privileged, Some(true), "{name}: privileged");
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]), "{name}: drop ALL");
+    assert!(
+        caps.add.as_ref().is_none_or(Vec::is_empty),
+        "{name}: adds capabilities"
+    );
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault"),
+        "{name}: seccompProfile"
+    );
+    let res = c
+        .resources
+        .as_ref()
+        .unwrap_or_else(|| panic!("{name}: no resources"));
+    assert!(res.requests.is_some(), "{name}: no resource requests");
+    assert!(
+        res.limits
+            .as_ref()
+            .is_some_and(|l| l.contains_key("memory")),
+        "{name}: no memory limit"
+    );
+}
+
+fn check_deployment(r: &Rendered, d: &Deployment, want: &Expect) {
+    let spec = d.spec.as_ref().expect("Deployment spec");
+    assert_eq!(spec.replicas, Some(want.replicas), "replicas");
+    assert_eq!(
+        spec.selector.match_labels.as_ref(),
+        Some(&selector_labels())
+    );
+    let template = &spec.template;
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    for (k, v) in selector_labels() {
+        assert_eq!(labels.get(&k), Some(&v), "pod template label {k}");
+    }
+    let pod = template.spec.as_ref().expect("pod spec");
+    check_pod_security(pod, "imagegate Deployment");
+    assert_eq!(pod.service_account_name.as_deref(), Some(RELEASE));
+    assert_eq!(pod.priority_class_name.as_deref(), want.priority_class);
+    assert!(
+        pod.termination_grace_period_seconds
+            .is_some_and(|s| s >= 10),
+        "terminationGracePeriodSeconds leaves time to drain"
+    );
+    let spread: BTreeSet<&str> = pod
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .map(|t| t.topology_key.as_str())
+        .collect();
+    assert_eq!(
+        spread,
+        BTreeSet::from(["topology.kubernetes.io/zone", "kubernetes.io/hostname"]),
+        "replicas spread over zones and nodes"
+    );
+
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some(want.image), "[{}] image", r.helm);
+
+    // Probes over HTTPS on the admission port.
+    for (probe, path) in [
+        (&c.liveness_probe, "/healthz"),
+        (&c.readiness_probe, "/readyz"),
+        (&c.startup_probe, "/healthz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("no HTTP probe on {path}"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"), "probe on {path}");
+        assert_eq!(get.port, IntOrString::String("https".into()));
+    }
+    let ports: BTreeMap<String, i32> = c
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeMap::from([("https".to_owned(), 8443), ("metrics".to_owned(), 9090)])
+    );
+
+    // The namespace comes from the downward API.
+    for var in ["POD_NAMESPACE", "IMAGEGATE_NAMESPACE"] {
+        let env = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == var)
+            .unwrap_or_else(|| panic!("no {var}"));
+        let field = env
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(field, Some("metadata.namespace"), "{var}");
+    }
+
+    // The flags of `imagegate run`, from the values.
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    let flags: BTreeMap<&str, &str> = args[1..]
+        .iter()
+        .map(|a| a.split_once('=').unwrap_or((a, "")))
+        .collect();
+    for flag in flags.keys() {
+        assert!(
+            RUN_FLAGS.contains(flag),
+            "{flag} is not a flag of imagegate run"
+        );
+    }
+    let expected = [
+        ("--service", RELEASE),
+        ("--addr", "0.0.0.0:8443"),
+        ("--metrics-addr", "0.0.0.0:9090"),
+        ("--failure-policy", want.failure_policy),
+        ("--timeout-seconds", want.timeout_seconds),
+        ("--excluded-namespaces", want.excluded_namespaces),
+        ("--unmatched-images", want.unmatched_images),
+        (
+            "--trusted-controller-namespaces",
+            want.trusted_controller_namespaces,
+        ),
+        ("--cert-validity", want.cert_validity),
+        ("--ca-validity", want.ca_validity),
+        ("--secret-name", want.secret_name),
+        ("--webhook-config-name", want.webhook_config_name),
+        ("--owner-cluster-role", RELEASE),
+        ("--log-format", want.log_format),
+    ];
+    for (flag, value) in expected {
+        assert_eq!(flags.get(flag), Some(&value), "[{}] {flag}", r.helm);
+    }
+}
+
+fn check_service(r: &Rendered, d: &Deployment) {
+    let svc: Service = r.one("Service", RELEASE);
+    let spec = svc.spec.expect("Service spec");
+    assert_eq!(spec.selector, Some(selector_labels()));
+    let https = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.port == 443)
+        .expect("the Service listens on 443");
+    assert_eq!(https.target_port, Some(IntOrString::String("https".into())));
+    let pod = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+    let named = pod
+        .and_then(|p| p.containers[0].ports.as_ref())
+        .and_then(|ports| ports.iter().find(|p| p.name.as_deref() == Some("https")))
+        .map(|p| p.container_port);
+    assert_eq!(named, Some(8443), "443 reaches the container's 8443");
+}
+
+/// A permission: API group, resource, verb.
+type Grant = (&'static str, &'static str, &'static str);
+
+/// Everything `imagegate run` may do, and where a name limits it (`None`: no name can, as for
+/// `create`, or the resource is read as a whole).
+fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
+    let vwc = Some(want.webhook_config_name.to_owned());
+    let mut grants = vec![];
+    for verb in ["get", "list", "watch"] {
+        grants.push((("imagegate.dev", "imagepolicies", verb), None));
+        grants.push((("", "namespaces", verb), None));
+        grants.push((
+            (
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+                verb,
+            ),
+            vwc.clone(),
+        ));
+    }
+    for verb in ["patch", "update"] {
+        grants.push((("imagegate.dev", "imagepolicies/status", verb), None));
+        grants.push((
+            (
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+                verb,
+            ),
+            vwc.clone(),
+        ));
+    }
+    grants.push((
+        (
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            "create",
+        ),
+        None,
+    ));
+    grants.push((
+        ("rbac.authorization.k8s.io", "clusterroles", "get"),
+        Some(RELEASE.to_owned()),
+    ));
+    for verb in ["create", "patch"] {
+        grants.push((("", "events", verb), None));
+        grants.push((("events.k8s.io", "events", verb), None));
+    }
+    grants
+}
+
+fn operator_namespace_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
+    let secret = Some(want.secret_name.to_owned());
+    let mut grants = vec![(("", "secrets", "create"), None)];
+    for verb in ["get", "list", "watch", "patch", "update"] {
+        grants.push((("", "secrets", verb), secret.clone()));
+    }
+    grants
+}
+
+/// The (group, resource, verb) → resourceNames a set of rules grants; no wildcard allowed.
+fn granted(rules: &[PolicyRule], what: &str) -> BTreeMap<(String, String, String), Option<String>> {
+    let mut out = BTreeMap::new();
+    for rule in rules {
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "{what}: non-resource URLs"
+        );
+        let names = rule.resource_names.clone().unwrap_or_default();
+        assert!(names.len() <= 1, "{what}: one name per rule: {rule:?}");
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    for part in [group, resource, verb] {
+                        assert!(!part.contains('*'), "{what}: wildcard in {rule:?}");
+                    }
+                    let key = (group.clone(), resource.clone(), verb.clone());
+                    let previous = out.insert(key.clone(), names.first().cloned());
+                    assert!(previous.is_none(), "{what}: {key:?} granted twice");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn as_map(
+    grants: Vec<(Grant, Option<String>)>,
+) -> BTreeMap<(String, String, String), Option<String>> {
+    grants
+        .into_iter()
+        .map(|((g, r, v), n)| ((g.to_owned(), r.to_owned(), v.to_owned()), n))
+        .collect()
+}
+
+fn check_rbac(r: &Rendered, want: &Expect) {
+    // The operator's own roles are exactly the promised grants: nothing wider, nothing missing.
+    let cluster_role: ClusterRole = r.one("ClusterRole", RELEASE);
+    let cluster = granted(
+        cluster_role.rules.as_deref().unwrap_or_default(),
+        "ClusterRole",
+    );
+    assert_eq!(
+        cluster,
+        as_map(operator_cluster_grants(want)),
+        "ClusterRole grants"
+    );
+    assert!(
+        !cluster.keys().any(|(_, res, _)| res == "secrets"),
+        "no Secret access at cluster scope"
+    );
+    let role: Role = r.one("Role", RELEASE);
+    let ns = granted(role.rules.as_deref().unwrap_or_default(), "Role");
+    assert_eq!(ns, as_map(operator_namespace_grants(want)), "Role grants");
+
+    let crb: ClusterRoleBinding = r.one("ClusterRoleBinding", RELEASE);
+    assert_eq!(
+        (crb.role_ref.kind.as_str(), crb.role_ref.name.as_str()),
+        ("ClusterRole", RELEASE)
+    );
+    check_subjects(crb.subjects.as_deref(), RELEASE);
+    let rb: RoleBinding = r.one("RoleBinding", RELEASE);
+    assert_eq!(
+        (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
+        ("Role", RELEASE)
+    );
+    check_subjects(rb.subjects.as_deref(), RELEASE);
+
+    // No other role in the chart grants anything but the cleanup hook's.
+    let roles = r
+        .all("ClusterRole")
+        .into_iter()
+        .chain(r.all("Role"))
+        .filter(|o| o["metadata"]["name"] != RELEASE);
+    for o in roles {
+        assert!(
+            Rendered::is_hook(o),
+            "unexpected role {}",
+            o["metadata"]["name"]
+        );
+    }
+}
+
+fn check_subjects(subjects: Option<&[k8s_openapi::api::rbac::v1::Subject]>, sa: &str) {
+    let subjects = subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1, "one subject");
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, sa);
+    assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE));
+}
+
+/// The pre-delete hook: a hardened Job that stops imagegate and deletes the webhook
+/// configuration by name, with RBAC for exactly that.
+fn check_cleanup_hook(r: &Rendered, want: &Expect, kubectl_image: &str) {
+    let name = format!("{RELEASE}-cleanup");
+    let hook_objects: Vec<&Value> = r.objects.iter().filter(|o| Rendered::is_hook(o)).collect();
+    assert_eq!(
+        hook_objects.len(),
+        6,
+        "SA, ClusterRole(Binding), Role(Binding), Job"
+    );
+    for o in &hook_objects {
+        let ann = &o["metadata"]["annotations"];
+        assert_eq!(ann["helm.sh/hook"], "pre-delete");
+        assert_eq!(
+            ann["helm.sh/hook-delete-policy"],
+            "before-hook-creation,hook-succeeded"
+        );
+        assert_eq!(o["metadata"]["name"], name.as_str());
+    }
+    let job: Job = r.one("Job", &name);
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("Job pod spec");
+    check_pod_security(pod, "cleanup hook");
+    assert_eq!(pod.service_account_name.as_deref(), Some(name.as_str()));
+    let steps: Vec<&Container> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&pod.containers)
+        .collect();
+    for c in &steps {
+        assert_eq!(c.image.as_deref(), Some(kubectl_image));
+        assert_eq!(c.command, Some(vec!["kubectl".to_owned()]));
+    }
+    let last = steps
+        .last()
+        .and_then(|c| c.args.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        &last[..3],
+        [
+            "delete",
+            "validatingwebhookconfiguration",
+            want.webhook_config_name
+        ],
+        "the last step deletes the webhook configuration"
+    );
+    assert!(last.iter().any(|a| a == "--ignore-not-found"));
+
+    let cr: ClusterRole = r.one("ClusterRole", &name);
+    let cluster = granted(
+        cr.rules.as_deref().unwrap_or_default(),
+        "cleanup ClusterRole",
+    );
+    let vwc = Some(want.webhook_config_name.to_owned());
+    let expected: BTreeMap<_, _> = ["get", "list", "watch", "delete"]
+        .into_iter()
+        .map(|v| {
+            (
+                (
+                    "admissionregistration.k8s.io".to_owned(),
+                    "validatingwebhookconfigurations".to_owned(),
+                    v.to_owned(),
+                ),
+                vwc.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(cluster, expected, "cleanup ClusterRole grants");
+    let role: Role = r.one("Role", &name);
+    let ns = granted(role.rules.as_deref().unwrap_or_default(), "cleanup Role");
+    for ((group, resource, _), names) in &ns {
+        assert_eq!((group.as_str(), resource.as_str()), ("apps", "deployments"));
+        assert_eq!(names.as_deref(), Some(RELEASE), "by name only");
+    }
+    let crb: ClusterRoleBinding = r.one("ClusterRoleBinding", &name);
+    check_subjects(crb.subjects.as_deref(), &name);
+    let rb: RoleBinding = r.one("RoleBinding", &name);
+    check_subjects(rb.subjects.as_deref(), &name);
+    let _: ServiceAccount = r.one("ServiceAccount", &name);
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn crd_is_the_same_in_the_binary_the_repository_and_the_chart() {
+    let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        .arg("crd")
+        .output()
+        .expect("run imagegate crd");
+    assert!(out.status.success(), "imagegate crd failed");
+    let generated = String::from_utf8(out.stdout).expect("UTF-8");
+    let fix = "regenerate with `cargo run -q -- crd > crds/imagepolicy.yaml` and copy it to \
+               charts/imagegate/crds/";
+    assert!(
+        read(root().join("crds/imagepolicy.yaml")) == generated,
+        "crds/imagepolicy.yaml differs from `imagegate crd`: {fix}"
+    );
+    assert!(
+        read(chart_dir().join("crds/imagepolicy.yaml")) == generated,
+        "charts/imagegate/crds/imagepolicy.yaml differs from `imagegate crd`: {fix}"
+    );
+}
+
+#[test]
+fn chart_lints_clean() {
+    let Some(helms) = helms() else { return };
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("UTF-8 path");
+    for bin in &helms {
+        for extra in [vec![], vec!["--values", PRODUCTION_VALUES]] {
+            let mut args = vec!["lint", "--strict", chart, "--namespace", NAMESPACE];
+            args.extend(extra.iter().copied());
+            let out = helm(bin, &args);
+            assert!(
+                out.ok,
+                "{} lint {extra:?} failed:\n{}{}",
+                bin.display(),
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn default_values_render_a_hardened_least_privilege_install() {
+    let Some(helms) = helms() else { return };
+    for bin in &helms {
+        let r = render(bin, &[]);
+        check_rendering(&r, &DEFAULTS);
+        check_cleanup_hook(&r, &DEFAULTS, "registry.k8s.io/kubectl:v1.34.0");
+        let kinds = r.kinds();
+        assert!(!kinds.contains("NetworkPolicy"), "NetworkPolicy is opt-in");
+        assert!(
+            !kinds.contains("ServiceMonitor"),
+            "ServiceMonitor is opt-in"
+        );
+        // Every typed kind is read strictly, so an unknown field anywhere fails here.
+        let _: Vec<Deployment> = r.typed("Deployment");
+        let _: Vec<Job> = r.typed("Job");
+        let _: Vec<Service> = r.typed("Service");
+        let _: Vec<ServiceAccount> = r.typed("ServiceAccount");
+        let _: Vec<ClusterRole> = r.typed("ClusterRole");
+        let _: Vec<ClusterRoleBinding> = r.typed("ClusterRoleBinding");
+        let _: Vec<Role> = r.typed("Role");
+        let _: Vec<RoleBinding> = r.typed("RoleBinding");
+        let _: Vec<PodDisruptionBudget> = r.typed("PodDisruptionBudget");
+        let known = [
+            "CustomResourceDefinition",
+            "Deployment",
+            "Job",
+            "Service",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "PodDisruptionBudget",
+        ];
+        for kind in &kinds {
+            assert!(known.contains(&kind.as_str()), "unexpected kind {kind}");
+        }
+    }
+}
+
+#[test]
+fn production_values_render_as_configured() {
+    let Some(helms) = helms() else { return };
+    for bin in &helms {
+        let r = render(bin, &["--values", PRODUCTION_VALUES]);
+        check_rendering(&r, &PRODUCTION);
+        check_cleanup_hook(
+            &r,
+            &PRODUCTION,
+            "registry.corp.example/mirror/kubectl:v1.34.0",
+        );
+        let d: Deployment = r.one("Deployment", RELEASE);
+        let pod = d.spec.and_then(|s| s.template.spec).expect("pod spec");
+        assert_eq!(
+            pod.containers[0].image_pull_policy.as_deref(),
+            Some("Always")
+        );
+        assert_eq!(
+            pod.image_pull_secrets.unwrap_or_default()[0].name,
+            "corp-registry"
+        );
+        assert!(pod.tolerations.is_some_and(|t| t.len() == 1));
+
+        // NetworkPolicy: the webhook port from anywhere, metrics only from the given peers.
+        let np: NetworkPolicy = r.one("NetworkPolicy", RELEASE);
+        let spec = np.spec.expect("NetworkPolicy spec");
+        assert_eq!(
+            spec.pod_selector.and_then(|s| s.match_labels),
+            Some(selector_labels())
+        );
+        assert_eq!(spec.policy_types, Some(vec!["Ingress".to_owned()]));
+        let rules = spec.ingress.unwrap_or_default();
+        assert_eq!(rules.len(), 2);
+        let port = |i: usize| rules[i].ports.as_ref().map(|p| p[0].port.clone());
+        assert_eq!(port(0), Some(Some(IntOrString::String("https".into()))));
+        assert!(
+            rules[0].from.is_none(),
+            "the API server's address is unknowable"
+        );
+        assert_eq!(port(1), Some(Some(IntOrString::String("metrics".into()))));
+        let from = rules[1].from.clone().unwrap_or_default();
+        assert_eq!(from.len(), 1);
+        assert!(from[0].namespace_selector.is_some() && from[0].pod_selector.is_some());
+
+        // ServiceMonitor: no Rust type; checked as JSON.
+        let sm = r.all("ServiceMonitor");
+        assert_eq!(sm.len(), 1);
+        let sm = sm[0];
+        assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
+        assert_eq!(
+            sm["spec"]["selector"]["matchLabels"],
+            serde_json::to_value(selector_labels()).expect("labels")
+        );
+        assert_eq!(sm["spec"]["namespaceSelector"]["matchNames"][0], NAMESPACE);
+        let endpoint = &sm["spec"]["endpoints"][0];
+        assert_eq!(endpoint["port"], "metrics");
+        assert_eq!(endpoint["path"], "/metrics");
+        assert_eq!(endpoint["interval"], "15s");
+        let svc: Service = r.one("Service", RELEASE);
+        assert!(
+            svc.spec
+                .and_then(|s| s.ports)
+                .unwrap_or_default()
+                .iter()
+                .any(|p| p.name.as_deref() == Some("metrics") && p.port == 9090),
+            "the Service exposes the metrics port the ServiceMonitor scrapes"
+        );
+    }
+}
+
+#[test]
+fn optional_parts_can_be_switched_off() {
+    let Some(helms) = helms() else { return };
+    for bin in &helms {
+        let r = render(
+            bin,
+            &[
+                "--set",
+                "cleanupHook.enabled=false",
+                "--set",
+                "podDisruptionBudget.enabled=false",
+                "--set",
+                "metrics.enabled=false",
+                "--set",
+                "networkPolicy.enabled=true",
+                "--set",
+                "preStopSleepSeconds=0",
+            ],
+        );
+        assert!(r.objects.iter().all(|o| !Rendered::is_hook(o)), "no hook");
+        let kinds = r.kinds();
+        assert!(!kinds.contains("Job") && !kinds.contains("PodDisruptionBudget"));
+        let d: Deployment = r.one("Deployment", RELEASE);
+        let c = &d
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod")
+            .containers[0];
+        assert!(c.args.iter().flatten().any(|a| a == "--metrics-addr=off"));
+        assert!(c.lifecycle.is_none());
+        let np: NetworkPolicy = r.one("NetworkPolicy", RELEASE);
+        assert_eq!(
+            np.spec.and_then(|s| s.ingress).map(|i| i.len()),
+            Some(1),
+            "only the webhook port is open without metrics"
+        );
+    }
+}
+
+#[test]
+fn values_schema_rejects_bad_values() {
+    let Some(helms) = helms() else { return };
+    let bad = [
+        ("failurePolicy=Sometimes", "failurePolicy"),
+        ("timeoutSeconds=0", "timeoutSeconds"),
+        ("timeoutSeconds=31", "timeoutSeconds"),
+        ("unmatchedImages=maybe", "unmatchedImages"),
+        ("logFormat=xml", "logFormat"),
+        ("image.pullPolicy=Sometimes", "pullPolicy"),
+        ("image.digest=sha256:abc", "digest"),
+        ("certificates.validity=90d", "validity"),
+        ("excludedNamespaces[0]=Kube_System", "excludedNamespaces"),
+        ("failurPolicy=Ignore", "failurPolicy"),
+    ];
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("UTF-8 path");
+    for bin in &helms {
+        for (set, key) in bad {
+            let out = helm(bin, &["template", RELEASE, chart, "--set", set]);
+            assert!(!out.ok, "{} accepted --set {set}", bin.display());
+            assert!(
+                out.stderr.contains(key),
+                "{}: the error for --set {set} does not name {key}:\n{}",
+                bin.display(),
+                out.stderr
+            );
+        }
+        // The good ends of the ranges pass.
+        for set in [
+            "timeoutSeconds=1",
+            "timeoutSeconds=30",
+            "failurePolicy=Ignore",
+        ] {
+            let out = helm(bin, &["template", RELEASE, chart, "--set", set]);
+            assert!(
+                out.ok,
+                "{} rejected --set {set}:\n{}",
+                bin.display(),
+                out.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn chart_requires_a_supported_kubernetes() {
+    let Some(helms) = helms() else { return };
+    let chart = chart_dir();
+    let chart = chart.to_str().expect("UTF-8 path");
+    for bin in &helms {
+        let old = helm(
+            bin,
+            &["template", RELEASE, chart, "--kube-version", "1.29.0"],
+        );
+        assert!(!old.ok, "{} rendered for Kubernetes 1.29", bin.display());
+        let min = helm(
+            bin,
+            &["template", RELEASE, chart, "--kube-version", "1.30.0"],
+        );
+        assert!(min.ok, "{}: {}", bin.display(), min.stderr);
+    }
+}
+
+#[test]
+fn chart_and_image_agree_on_versions_and_user() {
+    let chart = read(chart_dir().join("Chart.yaml"));
+    let chart: Value = serde_saphyr::from_str(&chart).expect("Chart.yaml is YAML");
+    assert_eq!(chart["apiVersion"], "v2");
+    assert_eq!(
+        chart["appVersion"],
+        env!("CARGO_PKG_VERSION"),
+        "appVersion is the crate's"
+    );
+    let dockerfile = read(root().join("Dockerfile"));
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.trim() == format!("USER {NONROOT_UID}:{NONROOT_UID}")),
+        "the image runs as the uid the chart's securityContext names"
+    );
+}
