@@ -13,6 +13,7 @@ pub mod http;
 pub mod manifests;
 pub mod metrics;
 pub mod namespaces;
+pub mod operator;
 pub mod policy;
 pub mod reference;
 pub mod state;

@@ -129,7 +129,9 @@ pub fn main(args: CheckArgs) -> ExitCode {
             };
             // A closed pipe (`| head`) is the reader's choice, not an error of ours.
             let mut stdout = std::io::stdout().lock();
-            if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush())
+            if let Err(e) = stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
                 && e.kind() != std::io::ErrorKind::BrokenPipe
             {
                 eprintln!("imagegate check: cannot write the results: {e}");

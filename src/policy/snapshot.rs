@@ -8,6 +8,7 @@ use globset::{GlobSet, GlobSetBuilder};
 
 use super::compile::{CompileError, CompiledPolicy, PatternList, compile};
 use super::crd::ImagePolicy;
+use super::selector::Selector;
 use crate::reference::Reference;
 
 /// What happens to an image that no applying policy governs.
@@ -72,6 +73,10 @@ pub struct Snapshot {
     suffix_only: Vec<Use>,
     /// Per policy, the flags that hold for every image (lists containing a bare `**`).
     base: Vec<u8>,
+    /// The distinct namespace selectors; policies usually share a few.
+    selectors: Vec<Selector>,
+    /// Per policy, its index in `selectors` (`None`: every namespace).
+    selector_of: Vec<Option<usize>>,
     created: jiff::Timestamp,
 }
 
@@ -161,6 +166,22 @@ impl Snapshot {
         // Every glob was built on its own already, so building the set cannot fail; an empty
         // set is the fallback that keeps the process up should it ever.
         let names = builder.build().unwrap_or_else(|_| GlobSet::empty());
+        let mut selectors: Vec<Selector> = Vec::new();
+        let selector_of = policies
+            .iter()
+            .map(|p| {
+                let s = p.selector.as_ref()?;
+                Some(
+                    selectors
+                        .iter()
+                        .position(|known| known == s)
+                        .unwrap_or_else(|| {
+                            selectors.push(s.clone());
+                            selectors.len() - 1
+                        }),
+                )
+            })
+            .collect();
         Snapshot {
             policies,
             settings,
@@ -168,6 +189,8 @@ impl Snapshot {
             uses,
             suffix_only,
             base,
+            selectors,
+            selector_of,
             created: jiff::Timestamp::now(),
         }
     }
@@ -185,6 +208,25 @@ impl Snapshot {
     /// When the snapshot was built.
     pub fn created(&self) -> jiff::Timestamp {
         self.created
+    }
+
+    /// The indices of the policies that apply in a namespace with these labels. Each distinct
+    /// selector is evaluated once.
+    pub fn applying(
+        &self,
+        namespace_labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<usize> {
+        let verdicts: Vec<bool> = self
+            .selectors
+            .iter()
+            .map(|s| s.matches(namespace_labels))
+            .collect();
+        self.selector_of
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none_or(|i| verdicts[i]))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Matches an image against every pattern of every policy at once.

@@ -1,0 +1,306 @@
+//! `imagegate check` as a CI job runs it: exit codes, text and JSON output, bad input.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn check(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        .arg("check")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("imagegate runs");
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn examples_are_denied_with_actionable_messages() {
+    let out = check(
+        &["--policies", "examples/policies", "examples/manifests"],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("DENIED   deployment/web-canary in shop-prod"),
+        "{text}"
+    );
+    assert!(
+        text.contains("admission webhook \"workloads.imagegate.dev\" denied the request: Deployment \"web-canary\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("image \"nginx\" (docker.io/library/nginx:latest) is not from an allowed source; use an image matching one of: registry.corp.example/**, ghcr.io/corp/**"),
+        "{text}"
+    );
+    // Another spelling of Docker Hub is still Docker Hub.
+    assert!(text.contains("\"registry-1.docker.io/library/busybox:1.36\" (docker.io/library/busybox:1.36) matches the denied pattern \"docker.io/**\""), "{text}");
+    assert!(
+        text.contains("Warning: imagegate: [pinned-digests/requireDigest]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("7 objects checked: 4 admitted, 3 denied"),
+        "{text}"
+    );
+}
+
+#[test]
+fn admitted_manifests_exit_zero() {
+    let out = check(
+        &[
+            "--policies",
+            "examples/policies",
+            "examples/manifests/namespaces.yaml",
+            "examples/manifests/admitted",
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("DENIED"));
+}
+
+#[test]
+fn json_output_follows_the_contract() {
+    let out = check(
+        &[
+            "--policies",
+            "examples/policies",
+            "--output",
+            "json",
+            "examples/manifests",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let results = report["results"].as_array().unwrap();
+    // Namespace objects supply labels and are not results; everything else is, in input order.
+    assert_eq!(results.len(), 7);
+    assert_eq!(
+        results[0]["source"],
+        "examples/manifests/admitted/dev-sandbox.yaml#1"
+    );
+    let configmap = results.iter().find(|r| r["kind"] == "ConfigMap").unwrap();
+    assert_eq!(configmap["allowed"], true);
+    let canary = results.iter().find(|r| r["name"] == "web-canary").unwrap();
+    assert_eq!(canary["kind"], "Deployment");
+    assert_eq!(canary["namespace"], "shop-prod");
+    assert_eq!(canary["allowed"], false);
+    let v = &canary["violations"][0];
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "canonical",
+            "container",
+            "containerType",
+            "excused",
+            "image",
+            "message",
+            "mode",
+            "policy",
+            "rule"
+        ]
+    );
+    assert_eq!(v["policy"], "production");
+    assert_eq!(v["mode"], "Enforce");
+    assert_eq!(v["rule"], "allowedImages");
+    assert_eq!(v["containerType"], "containers");
+    assert_eq!(v["container"], "web");
+    assert_eq!(v["image"], "nginx");
+    assert_eq!(v["canonical"], "docker.io/library/nginx:latest");
+    assert_eq!(v["excused"], false);
+    let sandbox = &results[0];
+    assert_eq!(sandbox["allowed"], true);
+    assert_eq!(sandbox["warnings"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn stdin_lists_and_json_documents() {
+    let list = r#"{"apiVersion":"v1","kind":"List","items":[
+        {"apiVersion":"v1","kind":"Pod","metadata":{"name":"a","namespace":"shop-prod"},"spec":{"containers":[{"name":"c","image":"nginx:1.27"}]}},
+        {"apiVersion":"v1","kind":"Pod","metadata":{"name":"b"},"spec":{"containers":[{"name":"c","image":"nginx:1.27"}]}}]}"#;
+    let out = check(
+        &[
+            "--policies",
+            "examples/policies",
+            "--namespace-labels",
+            "shop-prod=env=prod",
+            "-o",
+            "json",
+            "-",
+        ],
+        Some(list),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["results"][0]["source"], "<stdin>#1.items[0]");
+    assert_eq!(report["results"][0]["allowed"], false);
+    // No namespace means `default`, where no production policy applies.
+    assert_eq!(report["results"][1]["namespace"], "default");
+    assert_eq!(report["results"][1]["allowed"], true);
+}
+
+#[test]
+fn break_glass_with_requester_and_time() {
+    let pod = "apiVersion: v1
+kind: Pod
+metadata:
+  name: hotfix
+  namespace: shop-prod
+  annotations:
+    imagegate.image-policy.k8s.io/break-glass: INC-4711
+    imagegate.image-policy.k8s.io/break-glass-until: '2026-11-22T18:00:00Z'
+spec:
+  containers: [{name: app, image: 'docker.io/library/nginx:1.27'}]
+";
+    let base = [
+        "--policies",
+        "examples/policies",
+        "--namespace-labels",
+        "shop-prod=env=prod",
+        "--now",
+        "2026-11-22T12:00:00Z",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        args.push("-");
+        check(&args, Some(pod))
+    };
+    let out = with(&["--user", "alice", "--group", "sre-oncall"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("break-glass INC-4711 used for policy \"production\""),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = with(&["--user", "mallory", "--group", "dev"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("[production/breakGlass] break-glass refused"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Without a requester, a policy that names groups cannot honour it.
+    let out = with(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("requester is unknown"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn broken_policy_is_exit_two_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policies.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: ok}\nspec: {requireDigest: true}\n---\napiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: broken}\nspec:\n  allowedImages: [registry.corp.example/**, nginx]\n",
+    )
+    .unwrap();
+    let out = check(
+        &["--policies", file.to_str().unwrap(), "examples/manifests"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{}#2", file.display())), "{err}");
+    assert!(
+        err.contains("policy \"broken\": spec.allowedImages[1]: invalid pattern \"nginx\""),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn bad_input_is_exit_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_yaml = dir.path().join("bad.yaml");
+    std::fs::write(&bad_yaml, "kind: Pod\n  metadata: [\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--policies".into(),
+                "examples/policies".into(),
+                bad_yaml.display().to_string(),
+            ],
+            "invalid YAML",
+        ),
+        (
+            vec![
+                "--policies".into(),
+                "examples/policies".into(),
+                "does/not/exist.yaml".into(),
+            ],
+            "does/not/exist.yaml: cannot read",
+        ),
+        (
+            vec![
+                "--policies".into(),
+                bad_yaml.display().to_string(),
+                "examples/manifests".into(),
+            ],
+            "bad.yaml: invalid YAML",
+        ),
+        (
+            vec![
+                "--policies".into(),
+                "examples/policies".into(),
+                "--now".into(),
+                "yesterday".into(),
+                "examples/manifests".into(),
+            ],
+            "not an RFC 3339 time",
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = check(&args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    // A workload whose containers cannot be read is bad input too.
+    let out = check(
+        &["--policies", "examples/policies", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: 7}\n"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("<stdin>#1: cannot read the Pod object"),
+        "{}",
+        stderr(&out)
+    );
+}
