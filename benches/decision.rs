@@ -9,19 +9,22 @@ use imagegate::decision::{Input, decide};
 use imagegate::policy::{ImagePolicy, Settings, Snapshot, compile};
 use imagegate::workload::{Workload, WorkloadKind};
 
-/// A realistic mix: every tenth policy governs everything, the others one team's registry path,
-/// with namespace selectors that half of them match.
-fn policies(n: usize) -> Vec<ImagePolicy> {
+/// A realistic cluster: a few cluster-wide baselines (one in 200 policies, Warn mode) and one
+/// policy per team, selected by the namespace's `team` label and governing that team's part of
+/// the company registry. With `all_apply`, every team policy applies to the namespace instead
+/// (selected by `env: prod`), which is the worst case for the per-policy loop.
+fn policies(n: usize, all_apply: bool) -> Vec<ImagePolicy> {
     (0..n)
         .map(|i| {
-            let yaml = match i % 10 {
-                0 => format!(
-                    "metadata: {{name: base-{i}}}\nspec:\n  mode: Warn\n  deniedTags: [latest, '*-dev']\n  deniedImages: ['docker.io/library/busybox:*']"
-                ),
-                _ => format!(
-                    "metadata: {{name: team-{i}}}\nspec:\n  namespaceSelector: {{matchLabels: {{env: {env}}}}}\n  images: ['registry.corp.example/team-{i}/**']\n  allowedImages: ['registry.corp.example/team-{i}/*', 'ghcr.io/corp/team-{i}/**']\n  requireDigest: true\n  breakGlass: {{allowedGroups: [sre], ticketPattern: 'INC-[0-9]+'}}",
-                    env = if i % 2 == 0 { "prod" } else { "dev" }
-                ),
+            let yaml = if i % 200 == 0 {
+                format!(
+                    "metadata: {{name: baseline-{i}}}\nspec:\n  mode: Warn\n  deniedTags: [latest, '*-dev']\n  deniedImages: ['docker.io/library/busybox:*']"
+                )
+            } else {
+                let selector = if all_apply { "env: prod".to_owned() } else { format!("team: t{i}") };
+                format!(
+                    "metadata: {{name: team-{i}}}\nspec:\n  namespaceSelector: {{matchLabels: {{{selector}}}}}\n  images: ['registry.corp.example/team-{i}/**']\n  allowedImages: ['registry.corp.example/team-{i}/*', 'ghcr.io/corp/team-{i}/**']\n  requireDigest: true\n  breakGlass: {{allowedGroups: [sre], ticketPattern: 'INC-[0-9]+'}}"
+                )
             };
             serde_saphyr::from_str(&yaml).expect("benchmark policy")
         })
@@ -36,32 +39,37 @@ fn pod() -> Workload {
 
 fn bench_decide(c: &mut Criterion) {
     let object = pod();
-    let labels: BTreeMap<String, String> =
-        [("kubernetes.io/metadata.name", "shop"), ("env", "prod")]
-            .map(|(k, v)| (k.into(), v.into()))
-            .into();
+    let labels: BTreeMap<String, String> = [
+        ("kubernetes.io/metadata.name", "shop"),
+        ("env", "prod"),
+        ("team", "t7"),
+    ]
+    .map(|(k, v)| (k.into(), v.into()))
+    .into();
     let now = jiff::Timestamp::now();
-    let mut group = c.benchmark_group("decide");
-    for n in [1, 100, 1000] {
-        let compiled = policies(n)
-            .iter()
-            .map(|p| compile(p).expect("compiles"))
-            .collect();
-        let snapshot = Snapshot::new(compiled, Settings::default());
-        group.bench_with_input(BenchmarkId::from_parameter(n), &snapshot, |b, snapshot| {
-            b.iter(|| {
-                let input = Input {
-                    object: &object,
-                    old_object: None,
-                    namespace_labels: &labels,
-                    requester: None,
-                    now,
-                };
-                black_box(decide(snapshot, &input))
-            })
-        });
+    for (group_name, all_apply) in [("decide", false), ("decide_all_apply", true)] {
+        let mut group = c.benchmark_group(group_name);
+        for n in [1, 100, 1000] {
+            let compiled = policies(n, all_apply)
+                .iter()
+                .map(|p| compile(p).expect("compiles"))
+                .collect();
+            let snapshot = Snapshot::new(compiled, Settings::default());
+            group.bench_with_input(BenchmarkId::from_parameter(n), &snapshot, |b, snapshot| {
+                b.iter(|| {
+                    let input = Input {
+                        object: &object,
+                        old_object: None,
+                        namespace_labels: &labels,
+                        requester: None,
+                        now,
+                    };
+                    black_box(decide(snapshot, &input))
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 
     let raw = serde_json::to_string(
         &serde_json::from_str::<serde_json::Value>(include_str!("../tests/data/pod-create.json"))
@@ -74,7 +82,7 @@ fn bench_decide(c: &mut Criterion) {
 }
 
 fn bench_compile(c: &mut Criterion) {
-    let list = policies(1000);
+    let list = policies(1000, false);
     c.bench_function("snapshot/compile 1000 policies", |b| {
         b.iter(|| black_box(Snapshot::compile(&list, Settings::default())))
     });

@@ -1,7 +1,7 @@
 //! Decisions: a workload against a snapshot. [`decide`] is a pure function of the snapshot, the
 //! object (and the old object on UPDATE), the namespace's labels, the requester and the time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::{self, Write as _};
 
 use serde::Serialize;
@@ -114,6 +114,12 @@ pub struct Violation {
     /// The field path of the image (for AdmissionReview causes).
     #[serde(skip)]
     pub field_path: String,
+    /// The image's position in [`Workload::images`].
+    #[serde(skip)]
+    pub image_index: usize,
+    /// The policy's position in the snapshot; `None` for [`NO_POLICY`].
+    #[serde(skip)]
+    pub policy_index: Option<usize>,
 }
 
 impl Violation {
@@ -220,18 +226,7 @@ impl Violation {
 
 /// Decides whether the object's images are allowed.
 pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
-    let applying: Vec<usize> = snapshot
-        .policies()
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| {
-            p.selector
-                .as_ref()
-                .is_none_or(|s| s.matches(input.namespace_labels))
-        })
-        .map(|(i, _)| i)
-        .collect();
-
+    let applying = snapshot.applying(input.namespace_labels);
     let mut decision = Decision {
         policies: applying
             .iter()
@@ -247,55 +242,97 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
         ..Decision::default()
     };
 
-    for image in &input.object.images {
-        let unchanged = input.old_object.is_some_and(|old| {
-            old.images.iter().any(|o| {
-                o.container_type == image.container_type
-                    && o.container == image.container
-                    && o.image == image.image
-            })
-        });
-        check_image(
-            snapshot,
-            &applying,
+    let old_images: HashSet<(ContainerType, &str, &str)> = input
+        .old_object
+        .iter()
+        .flat_map(|old| &old.images)
+        .map(|o| (o.container_type, o.container.as_str(), o.image.as_str()))
+        .collect();
+    let mut canonicals = Vec::with_capacity(input.object.images.len());
+    for (index, image) in input.object.images.iter().enumerate() {
+        let unchanged = old_images.contains(&(
+            image.container_type,
+            image.container.as_str(),
+            image.image.as_str(),
+        ));
+        let target = Target {
+            index,
             image,
             unchanged,
+        };
+        canonicals.push(check_image(
+            snapshot,
+            &applying,
+            &target,
             &mut decision.violations,
-        );
+        ));
     }
 
-    for &pi in &applying {
-        apply_break_glass(
-            &snapshot.policies()[pi],
-            snapshot.settings(),
-            input,
-            &mut decision,
-        );
+    let asks_break_glass = input
+        .object
+        .annotations
+        .contains_key(BREAK_GLASS_ANNOTATION)
+        || input
+            .object
+            .annotations
+            .contains_key(BREAK_GLASS_UNTIL_ANNOTATION);
+    if asks_break_glass {
+        // The violations each policy may excuse: those of new or changed images.
+        let mut by_policy: Vec<Vec<usize>> = vec![Vec::new(); snapshot.policies().len()];
+        for (vi, v) in decision.violations.iter().enumerate() {
+            if let Some(pi) = v.policy_index
+                && !v.unchanged
+            {
+                by_policy[pi].push(vi);
+            }
+        }
+        for (pi, mine) in by_policy.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
+            apply_break_glass(
+                &snapshot.policies()[pi],
+                snapshot.settings(),
+                input,
+                mine,
+                &mut decision,
+            );
+        }
     }
 
     decision.allowed = !decision.violations.iter().any(Violation::denies);
     decision.warnings = warnings(&decision);
-    decision.images = input
-        .object
-        .images
-        .iter()
-        .map(|image| image_verdict(image, &decision.violations))
-        .collect();
+    decision.images = image_verdicts(input.object, canonicals, &decision.violations);
     decision
 }
 
+/// One image being checked, with its position in the object.
+struct Target<'a> {
+    index: usize,
+    image: &'a ImageUse,
+    unchanged: bool,
+}
+
+/// Checks one image against every applying policy; returns its canonical form.
 fn check_image(
     snapshot: &Snapshot,
     applying: &[usize],
-    image: &ImageUse,
-    unchanged: bool,
+    target: &Target<'_>,
     out: &mut Vec<Violation>,
-) {
-    let who = format!("{} {:?}", image.container_type.noun(), image.container);
+) -> Option<String> {
+    let Target {
+        index,
+        image,
+        unchanged,
+    } = *target;
     let violation =
-        |policy: &str, mode: Mode, rule: Rule, canonical: Option<&str>, message: String| {
+        |policy: Option<usize>, rule: Rule, canonical: Option<&str>, message: String| {
+            let (name, mode) = match policy {
+                Some(pi) => (
+                    snapshot.policies()[pi].name.as_str(),
+                    snapshot.policies()[pi].mode,
+                ),
+                None => (NO_POLICY, Mode::Enforce),
+            };
             Violation {
-                policy: policy.to_owned(),
+                policy: name.to_owned(),
                 mode,
                 rule,
                 container_type: image.container_type,
@@ -306,41 +343,32 @@ fn check_image(
                 excused: false,
                 unchanged,
                 field_path: image.field_path.clone(),
+                image_index: index,
+                policy_index: policy,
             }
         };
+    let who = || format!("{} {:?}", image.container_type.noun(), image.container);
 
     let reference = match Reference::parse(&image.image) {
         Ok(r) => r,
         Err(e) => {
             let message = format!(
-                "{who}: image {:?} is not a valid image reference: {e}",
+                "{}: image {:?} is not a valid image reference: {e}",
+                who(),
                 image.image
             );
             for &pi in applying {
-                let p = &snapshot.policies()[pi];
-                out.push(violation(
-                    &p.name,
-                    p.mode,
-                    Rule::Reference,
-                    None,
-                    message.clone(),
-                ));
+                out.push(violation(Some(pi), Rule::Reference, None, message.clone()));
             }
             if applying.is_empty() && snapshot.settings().unmatched_images == UnmatchedImages::Deny
             {
-                out.push(violation(
-                    NO_POLICY,
-                    Mode::Enforce,
-                    Rule::Reference,
-                    None,
-                    message,
-                ));
+                out.push(violation(None, Rule::Reference, None, message));
             }
-            return;
+            return None;
         }
     };
     let canonical = reference.canonical();
-    let shown = format!("{who}: image {:?} ({canonical})", image.image);
+    let shown = || format!("{}: image {:?} ({canonical})", who(), image.image);
     let matches = snapshot.match_image(&reference);
     let mut governed = false;
 
@@ -351,7 +379,7 @@ fn check_image(
         governed = true;
         let p = &snapshot.policies()[pi];
         let mut fail =
-            |rule, message| out.push(violation(&p.name, p.mode, rule, Some(canonical), message));
+            |rule, message| out.push(violation(Some(pi), rule, Some(canonical), message));
 
         if let Some(allowed) = &p.allowed_images
             && !matches.allowed(pi)
@@ -359,7 +387,8 @@ fn check_image(
             fail(
                 Rule::AllowedImages,
                 format!(
-                    "{shown} is not from an allowed source; use an image matching one of: {}",
+                    "{} is not from an allowed source; use an image matching one of: {}",
+                    shown(),
                     allowed.sources().join(", ")
                 ),
             );
@@ -374,7 +403,8 @@ fn check_image(
             fail(
                 Rule::DeniedImages,
                 format!(
-                    "{shown} matches the denied pattern {hit:?}; use an image from another registry or repository"
+                    "{} matches the denied pattern {hit:?}; use an image from another registry or repository",
+                    shown()
                 ),
             );
         }
@@ -382,7 +412,8 @@ fn check_image(
             fail(
                 Rule::RequireDigest,
                 format!(
-                    "{shown} is not pinned by digest; refer to it as {}@sha256:<digest>",
+                    "{} is not pinned by digest; refer to it as {}@sha256:<digest>",
+                    shown(),
                     reference.name()
                 ),
             );
@@ -398,7 +429,8 @@ fn check_image(
             fail(
                 Rule::DeniedTags,
                 format!(
-                    "{shown} uses the tag {tag:?}{implicit}, which is denied (denied tags: {}); use a specific version tag or pin a digest",
+                    "{} uses the tag {tag:?}{implicit}, which is denied (denied tags: {}); use a specific version tag or pin a digest",
+                    shown(),
                     p.denied_tags.join(", ")
                 ),
             );
@@ -419,7 +451,8 @@ fn check_image(
                 fail(
                     Rule::RequirePullPolicyAlways,
                     format!(
-                        "{shown} has {field} {effective}{how}; set {field}: Always, or pin the image by digest"
+                        "{} has {field} {effective}{how}; set {field}: Always, or pin the image by digest",
+                        shown()
                     ),
                 );
             }
@@ -428,13 +461,16 @@ fn check_image(
 
     if !governed && snapshot.settings().unmatched_images == UnmatchedImages::Deny {
         out.push(violation(
-            NO_POLICY,
-            Mode::Enforce,
+            None,
             Rule::UnmatchedImages,
             Some(canonical),
-            format!("{shown} is governed by no image policy that applies here, and imagegate denies unmatched images; ask your platform team which registries are allowed"),
+            format!(
+                "{} is governed by no image policy that applies here, and imagegate denies unmatched images; ask your platform team which registries are allowed",
+                shown()
+            ),
         ));
     }
+    Some(canonical.to_owned())
 }
 
 /// The pull policy Kubernetes would use: as written, else `Always` for `latest` (or no tag)
@@ -447,47 +483,38 @@ fn effective_pull_policy<'a>(image: &'a ImageUse, reference: &Reference) -> (&'a
     }
 }
 
+/// Applies the object's break-glass request to one policy's violations (`mine`, indices into
+/// `decision.violations`, non-empty).
 fn apply_break_glass(
     policy: &CompiledPolicy,
     settings: &Settings,
     input: &Input<'_>,
+    mine: &[usize],
     decision: &mut Decision,
 ) {
-    let mine = |v: &Violation| v.policy == policy.name && !v.unchanged;
-    if !decision.violations.iter().any(mine) {
-        return;
-    }
     let ticket = input.object.annotations.get(BREAK_GLASS_ANNOTATION);
     let until = input.object.annotations.get(BREAK_GLASS_UNTIL_ANNOTATION);
-    if ticket.is_none() && until.is_none() {
-        return;
-    }
     match check_break_glass(policy, settings, ticket, until, input) {
         Ok((ticket, until)) => {
-            let mut excused = 0;
-            for v in decision.violations.iter_mut().filter(|v| mine(v)) {
-                v.excused = true;
-                excused += 1;
+            for &vi in mine {
+                decision.violations[vi].excused = true;
             }
             decision.break_glass.push(BreakGlassUse {
                 policy: policy.name.clone(),
                 ticket,
                 until,
                 requester: input.requester.map(|r| r.username.clone()),
-                excused,
+                excused: mine.len(),
             });
         }
         Err(why) => {
             // One `breakGlass` violation per policy, carried by the first image it concerns.
-            let first = decision.violations.iter().find(|v| mine(v)).cloned();
-            if let Some(first) = first {
-                decision.violations.push(Violation {
-                    rule: Rule::BreakGlass,
-                    canonical: first.canonical.clone(),
-                    message: format!("break-glass refused by policy {:?}: {why}", policy.name),
-                    ..first
-                });
-            }
+            let first = decision.violations[mine[0]].clone();
+            decision.violations.push(Violation {
+                rule: Rule::BreakGlass,
+                message: format!("break-glass refused by policy {:?}: {why}", policy.name),
+                ..first
+            });
         }
     }
 }
@@ -598,14 +625,13 @@ fn warnings(decision: &Decision) -> Vec<String> {
     out
 }
 
-fn image_verdict(image: &ImageUse, violations: &[Violation]) -> ImageVerdict {
-    let mine = violations.iter().filter(|v| {
-        v.container_type == image.container_type
-            && v.container == image.container
-            && v.image == image.image
-    });
-    let mut verdict = Verdict::Allowed;
-    for v in mine {
+fn image_verdicts(
+    object: &Workload,
+    canonicals: Vec<Option<String>>,
+    violations: &[Violation],
+) -> Vec<ImageVerdict> {
+    let mut verdicts = vec![Verdict::Allowed; object.images.len()];
+    for v in violations {
         let this = if v.denies() {
             Verdict::Denied
         } else if v.excused {
@@ -615,17 +641,23 @@ fn image_verdict(image: &ImageUse, violations: &[Violation]) -> ImageVerdict {
         } else {
             Verdict::Audited
         };
-        verdict = verdict.max_with(this);
+        if let Some(verdict) = verdicts.get_mut(v.image_index) {
+            *verdict = verdict.max_with(this);
+        }
     }
-    ImageVerdict {
-        container_type: image.container_type,
-        container: image.container.clone(),
-        image: image.image.clone(),
-        canonical: Reference::parse(&image.image)
-            .ok()
-            .map(|r| r.canonical().to_owned()),
-        verdict,
-    }
+    object
+        .images
+        .iter()
+        .zip(canonicals)
+        .zip(verdicts)
+        .map(|((image, canonical), verdict)| ImageVerdict {
+            container_type: image.container_type,
+            container: image.container.clone(),
+            image: image.image.clone(),
+            canonical,
+            verdict,
+        })
+        .collect()
 }
 
 impl Verdict {

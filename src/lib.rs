@@ -4,11 +4,19 @@
 //! over plain data. The adapters around it serve the core over HTTPS, run the operator, and
 //! provide the command line.
 
+pub mod admission;
+pub mod certs;
 pub mod cli;
 pub mod decision;
+pub mod events;
+pub mod http;
 pub mod manifests;
+pub mod metrics;
 pub mod namespaces;
+pub mod operator;
 pub mod policy;
 pub mod reference;
 pub mod state;
+pub mod telemetry;
+pub mod tls;
 pub mod workload;

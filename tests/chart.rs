@@ -596,17 +596,16 @@ fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
             vwc.clone(),
         ));
     }
-    for verb in ["patch", "update"] {
-        grants.push((("imagegate.dev", "imagepolicies/status", verb), None));
-        grants.push((
-            (
-                "admissionregistration.k8s.io",
-                "validatingwebhookconfigurations",
-                verb,
-            ),
-            vwc.clone(),
-        ));
-    }
+    // Server-side apply is a patch, both for the status and the webhook configuration.
+    grants.push((("imagegate.dev", "imagepolicies/status", "patch"), None));
+    grants.push((
+        (
+            "admissionregistration.k8s.io",
+            "validatingwebhookconfigurations",
+            "patch",
+        ),
+        vwc.clone(),
+    ));
     grants.push((
         (
             "admissionregistration.k8s.io",
@@ -619,8 +618,8 @@ fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
         ("rbac.authorization.k8s.io", "clusterroles", "get"),
         Some(RELEASE.to_owned()),
     ));
+    // events.k8s.io/v1 only; the core events resource is not used.
     for verb in ["create", "patch"] {
-        grants.push((("", "events", verb), None));
         grants.push((("events.k8s.io", "events", verb), None));
     }
     grants
@@ -629,7 +628,8 @@ fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
 fn operator_namespace_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
     let secret = Some(want.secret_name.to_owned());
     let mut grants = vec![(("", "secrets", "create"), None)];
-    for verb in ["get", "list", "watch", "patch", "update"] {
+    // Rotation is an update with the resourceVersion read (optimistic concurrency), never a patch.
+    for verb in ["get", "list", "watch", "update"] {
         grants.push((("", "secrets", verb), secret.clone()));
     }
     grants

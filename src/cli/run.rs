@@ -1,10 +1,371 @@
 //! `imagegate run`: the operator and webhook against a cluster.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::cli::{EngineArgs, LogFormat};
+use crate::http::{AppState, ServerConfig, run_server};
+use crate::metrics::Metrics;
+use crate::operator::certificates::{CertParams, service_sans};
+use crate::operator::webhook_config::{Endpoint, FailurePolicy, WebhookParams};
+use crate::operator::{self, OperatorConfig};
+use crate::tls::CertResolver;
+
+/// Where Kubernetes mounts the Pod's namespace.
+pub const SERVICE_ACCOUNT_NAMESPACE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+/// The namespace when neither `--namespace` nor the Pod's namespace is known.
+pub const DEFAULT_NAMESPACE: &str = "imagegate-system";
+/// The shortest accepted certificate validity: renewal happens at 2/3 of it and the Secret is
+/// checked every minute, so anything shorter would leave no margin.
+pub const MIN_VALIDITY: Duration = Duration::from_secs(3600);
+/// After SIGTERM, how long `/readyz` answers 503 while requests are still served, so the
+/// Service's endpoints drop this Pod before its listener closes.
+pub const DRAIN_DELAY: Duration = Duration::from_secs(5);
+
 /// Arguments of `imagegate run`.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Namespace of the Secret and the Service (default: the Pod's namespace, else
+    /// imagegate-system). Always excluded from the webhooks.
+    #[arg(long, env = "IMAGEGATE_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The Service the API server calls; the serving certificate covers its DNS names.
+    #[arg(long, env = "IMAGEGATE_SERVICE", default_value = "imagegate")]
+    pub service: String,
+
+    /// Call this URL instead of the Service (https://HOST[:PORT]); the certificate covers HOST.
+    #[arg(long, env = "IMAGEGATE_WEBHOOK_URL", value_parser = parse_webhook_url)]
+    pub webhook_url: Option<WebhookUrl>,
+
+    /// HTTPS listen address.
+    #[arg(long, env = "IMAGEGATE_ADDR", default_value = "0.0.0.0:8443")]
+    pub addr: SocketAddr,
+
+    /// Plain-HTTP metrics address, or `off`.
+    #[arg(long, env = "IMAGEGATE_METRICS_ADDR", default_value = "0.0.0.0:9090", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+
+    /// failurePolicy of the webhooks.
+    #[arg(
+        long,
+        env = "IMAGEGATE_FAILURE_POLICY",
+        value_enum,
+        default_value = "Fail"
+    )]
+    pub failure_policy: FailurePolicy,
+
+    /// timeoutSeconds of the webhooks (1 to 30).
+    #[arg(long, env = "IMAGEGATE_TIMEOUT_SECONDS", default_value = "10",
+          value_parser = clap::value_parser!(i32).range(1..=30))]
+    pub timeout_seconds: i32,
+
+    /// Namespaces never sent to the webhooks (comma-separated); --namespace is always added.
+    #[arg(
+        long,
+        env = "IMAGEGATE_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub excluded_namespaces: Vec<String>,
+
+    /// Validity of a new serving certificate (h/m/s), renewed at 2/3 of it.
+    #[arg(long, env = "IMAGEGATE_CERT_VALIDITY", default_value = "2160h", value_parser = parse_validity)]
+    pub cert_validity: Duration,
+
+    /// Validity of a new CA (h/m/s), rotated at 2/3 of it.
+    #[arg(long, env = "IMAGEGATE_CA_VALIDITY", default_value = "87600h", value_parser = parse_validity)]
+    pub ca_validity: Duration,
+
+    /// The Secret holding the CA and serving certificate.
+    #[arg(long, env = "IMAGEGATE_SECRET_NAME", default_value = "imagegate-tls")]
+    pub secret_name: String,
+
+    /// The ValidatingWebhookConfiguration to manage.
+    #[arg(
+        long,
+        env = "IMAGEGATE_WEBHOOK_CONFIG_NAME",
+        default_value = "imagegate"
+    )]
+    pub webhook_config_name: String,
+
+    /// The ClusterRole (from the Helm chart) that owns the webhook configuration, so that
+    /// uninstalling the chart deletes it.
+    #[arg(long, env = "IMAGEGATE_OWNER_CLUSTER_ROLE")]
+    pub owner_cluster_role: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// A `--webhook-url`: the base URL and its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// The URL without a trailing `/`.
+    pub base: String,
+    /// The host (DNS name or IP address, without brackets or port).
+    pub host: String,
+}
+
+/// Parses `https://HOST[:PORT][/PATH]`.
+pub fn parse_webhook_url(text: &str) -> Result<WebhookUrl, String> {
+    let rest = text.strip_prefix("https://").ok_or_else(|| {
+        format!("{text:?}: the webhook URL must start with https:// (the API server only calls webhooks over TLS)")
+    })?;
+    if rest.contains(['?', '#']) || rest.contains(char::is_whitespace) {
+        return Err(format!(
+            "{text:?}: the webhook URL may not contain a query, fragment or spaces"
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(format!(
+            "{text:?}: the webhook URL may not contain user information"
+        ));
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() {
+        return Err(format!("{text:?}: the webhook URL has no host"));
+    }
+    if let Some((_, port)) = authority
+        .rsplit_once(':')
+        .filter(|_| !authority.ends_with(']'))
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("{text:?}: {port:?} is not a port"));
+    }
+    Ok(WebhookUrl {
+        base: text.trim_end_matches('/').to_owned(),
+        host: host.to_ascii_lowercase(),
+    })
+}
+
+/// `--metrics-addr`: an address, or `None` for `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("{text:?} is not HOST:PORT or off"))
+}
+
+fn parse_validity(text: &str) -> Result<Duration, String> {
+    let d = crate::policy::parse_duration(text)?;
+    if d < MIN_VALIDITY {
+        return Err(format!("{text:?} is too short; use at least 1h"));
+    }
+    Ok(d)
+}
+
+/// The Pod's namespace, else [`DEFAULT_NAMESPACE`].
+pub fn default_namespace() -> String {
+    std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+}
+
+impl RunArgs {
+    /// The operator's configuration from these flags.
+    pub fn operator_config(&self) -> anyhow::Result<OperatorConfig> {
+        if self.cert_validity > self.ca_validity {
+            anyhow::bail!(
+                "--cert-validity ({:?}) may not exceed --ca-validity ({:?}): a certificate cannot outlive its CA",
+                self.cert_validity,
+                self.ca_validity
+            );
+        }
+        let namespace = self.namespace.clone().unwrap_or_else(default_namespace);
+        let (endpoint, sans) = match &self.webhook_url {
+            Some(url) => (Endpoint::Url(url.base.clone()), vec![url.host.clone()]),
+            None => (
+                Endpoint::Service {
+                    namespace: namespace.clone(),
+                    name: self.service.clone(),
+                },
+                service_sans(&self.service, &namespace),
+            ),
+        };
+        Ok(OperatorConfig {
+            webhook: WebhookParams {
+                name: self.webhook_config_name.clone(),
+                endpoint,
+                failure_policy: self.failure_policy,
+                timeout_seconds: self.timeout_seconds,
+                excluded_namespaces: self.excluded_namespaces.clone(),
+                namespace: namespace.clone(),
+            },
+            certs: CertParams {
+                sans,
+                cert_validity: self.cert_validity,
+                ca_validity: self.ca_validity,
+            },
+            namespace,
+            secret_name: self.secret_name.clone(),
+            owner_cluster_role: self.owner_cluster_role.clone(),
+            settings: self.engine.settings(),
+        })
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
 
 /// Runs `imagegate run`.
-pub async fn main(_args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("run is not built yet")
+pub async fn main(args: RunArgs) -> anyhow::Result<()> {
+    crate::telemetry::init(args.log_format);
+    let config = args.operator_config()?;
+    let client = kube::Client::try_default().await.context(
+        "cannot configure the Kubernetes client (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",
+    )?;
+    tracing::info!(
+        namespace = %config.namespace,
+        secret = %config.secret_name,
+        webhook_config = %config.webhook.name,
+        "starting the operator"
+    );
+    let tls = CertResolver::new();
+    let metrics = Arc::new(Metrics::new());
+    let running = operator::start(client, config, Arc::clone(&tls), Arc::clone(&metrics));
+    let state = AppState {
+        snapshot: Arc::clone(&running.snapshot),
+        namespaces: running.namespaces.clone(),
+        events: running.events.clone(),
+        tls,
+        readiness: Arc::clone(&running.readiness),
+        metrics,
+    };
+    let mut server = ServerConfig::new(args.addr, args.metrics_addr.0);
+    server.drain_delay = DRAIN_DELAY;
+    let result = run_server(server, state, shutdown_signal()).await;
+    for task in &running.tasks {
+        task.abort();
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls() {
+        let u = parse_webhook_url("https://10.0.0.5:8443").unwrap();
+        assert_eq!(u.host, "10.0.0.5");
+        assert_eq!(u.base, "https://10.0.0.5:8443");
+        let u = parse_webhook_url("https://Dev.Example:8443/").unwrap();
+        assert_eq!(u.host, "dev.example");
+        assert_eq!(u.base, "https://Dev.Example:8443");
+        let u = parse_webhook_url("https://[::1]:8443").unwrap();
+        assert_eq!(u.host, "::1");
+        assert!(parse_webhook_url("http://10.0.0.5:8443").is_err());
+        assert!(parse_webhook_url("https://:8443").is_err());
+        assert!(parse_webhook_url("https://h:x").is_err());
+        assert!(parse_webhook_url("https://h/x?y").is_err());
+    }
+
+    #[test]
+    fn metrics_addr_off() {
+        assert_eq!(parse_metrics_addr("off").unwrap(), MetricsAddr(None));
+        assert!(parse_metrics_addr("0.0.0.0:9090").unwrap().0.is_some());
+        assert!(parse_metrics_addr("nope").is_err());
+    }
+
+    #[test]
+    fn validity_has_a_floor() {
+        assert_eq!(
+            parse_validity("2160h").unwrap(),
+            Duration::from_secs(2160 * 3600)
+        );
+        assert!(parse_validity("30m").is_err());
+        assert!(parse_validity("x").is_err());
+    }
+
+    #[test]
+    fn flags_make_the_operator_config() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "imagegate",
+            "run",
+            "--namespace",
+            "gate",
+            "--excluded-namespaces",
+            "kube-system,monitoring",
+        ])
+        .unwrap();
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let config = args.operator_config().unwrap();
+        assert_eq!(config.namespace, "gate");
+        assert_eq!(config.secret_name, "imagegate-tls");
+        assert_eq!(config.webhook.name, "imagegate");
+        assert_eq!(config.webhook.timeout_seconds, 10);
+        assert_eq!(config.webhook.failure_policy, FailurePolicy::Fail);
+        assert_eq!(
+            config.webhook.all_excluded(),
+            ["gate", "kube-system", "monitoring"]
+        );
+        assert_eq!(config.certs.sans[3], "imagegate.gate.svc.cluster.local");
+        assert_eq!(args.metrics_addr.0.map(|a| a.port()), Some(9090));
+
+        let cli = crate::cli::Cli::try_parse_from([
+            "imagegate",
+            "run",
+            "--webhook-url",
+            "https://10.1.2.3:8443",
+            "--cert-validity",
+            "48h",
+            "--ca-validity",
+            "24h",
+        ])
+        .unwrap();
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert!(args.operator_config().is_err(), "certificate outlives CA");
+        assert!(
+            crate::cli::Cli::try_parse_from(["imagegate", "run", "--timeout-seconds", "31"])
+                .is_err()
+        );
+    }
 }

@@ -2,6 +2,8 @@
 //! matches `REGISTRY/REPOSITORY`. Many patterns are matched at once through one
 //! [`globset::GlobSet`] per snapshot (see [`super::Snapshot`]).
 
+use std::sync::OnceLock;
+
 use globset::{Glob, GlobBuilder, GlobMatcher};
 
 use crate::reference::{self, Reference};
@@ -22,8 +24,9 @@ pub struct Pattern {
     pub source: String,
     /// The glob over `REGISTRY/REPOSITORY`, normalised; `None` for `**`, which matches every name.
     pub name_glob: Option<Glob>,
-    /// The same glob, compiled on its own, for matching one pattern at a time.
-    name_matcher: Option<GlobMatcher>,
+    /// The same glob compiled on its own, for matching one pattern at a time; built on first
+    /// use, since snapshots match through their set and most patterns never need it.
+    name_matcher: OnceLock<Option<GlobMatcher>>,
     /// The optional tag or digest constraint.
     pub suffix: Option<Suffix>,
 }
@@ -50,11 +53,10 @@ impl Pattern {
         } else {
             Some(name_glob(path)?)
         };
-        let name_matcher = name_glob.as_ref().map(Glob::compile_matcher);
         Ok(Pattern {
             source: source.to_owned(),
             name_glob,
-            name_matcher,
+            name_matcher: OnceLock::new(),
             suffix,
         })
     }
@@ -70,8 +72,10 @@ impl Pattern {
 
     /// Matches one reference on its own (the snapshot matches many patterns at once instead).
     pub fn matches(&self, reference: &Reference) -> bool {
-        let name_ok = self
+        let matcher = self
             .name_matcher
+            .get_or_init(|| self.name_glob.as_ref().map(Glob::compile_matcher));
+        let name_ok = matcher
             .as_ref()
             .is_none_or(|m| m.is_match(reference.name()));
         name_ok && self.suffix_matches(reference)

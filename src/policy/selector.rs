@@ -1,16 +1,16 @@
 //! A compiled `LabelSelector` over namespace labels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// A label selector, checked once at compile time.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     requirements: Vec<Requirement>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Requirement {
     Equals(String, String),
     In(String, Vec<String>),
@@ -89,5 +89,145 @@ impl Selector {
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::DoesNotExist(k) => !labels.contains_key(k),
         })
+    }
+}
+
+/// Many selectors, matched at once. Selectors made only of `matchLabels` (the common case) are
+/// found through an index on their label pairs, so the cost grows with the namespace's labels
+/// and the selectors that match, not with the number of selectors.
+#[derive(Debug, Clone, Default)]
+pub struct SelectorSet {
+    len: usize,
+    /// Label key → value → equality-only selectors that require that pair.
+    by_pair: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// For each selector, how many pairs an equality-only selector requires.
+    pairs_needed: Vec<usize>,
+    /// Selectors with other requirements, evaluated one by one.
+    general: Vec<(usize, Selector)>,
+}
+
+impl SelectorSet {
+    /// Indexes `selectors`; results of [`SelectorSet::matching`] use their positions.
+    pub fn new(selectors: &[Selector]) -> SelectorSet {
+        let mut set = SelectorSet {
+            len: selectors.len(),
+            pairs_needed: vec![0; selectors.len()],
+            ..Default::default()
+        };
+        for (id, selector) in selectors.iter().enumerate() {
+            let pairs: Option<Vec<(&String, &String)>> = selector
+                .requirements
+                .iter()
+                .map(|r| match r {
+                    Requirement::Equals(k, v) => Some((k, v)),
+                    _ => None,
+                })
+                .collect();
+            match pairs {
+                Some(pairs) => {
+                    set.pairs_needed[id] = pairs.len();
+                    for (k, v) in pairs {
+                        set.by_pair
+                            .entry(k.clone())
+                            .or_default()
+                            .entry(v.clone())
+                            .or_default()
+                            .push(id);
+                    }
+                }
+                None => set.general.push((id, selector.clone())),
+            }
+        }
+        set
+    }
+
+    /// For each selector, whether `labels` satisfy it.
+    pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<bool> {
+        let mut hits = vec![0usize; self.len];
+        for (k, v) in labels {
+            if let Some(ids) = self.by_pair.get(k).and_then(|values| values.get(v)) {
+                for &id in ids {
+                    hits[id] += 1;
+                }
+            }
+        }
+        let mut out: Vec<bool> = hits
+            .iter()
+            .zip(&self.pairs_needed)
+            .map(|(h, n)| h == n)
+            .collect();
+        for (id, selector) in &self.general {
+            out[*id] = selector.matches(labels);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(yaml: &str) -> Selector {
+        let s: LabelSelector = serde_saphyr::from_str(yaml).unwrap();
+        Selector::compile(&s, "spec.namespaceSelector").unwrap()
+    }
+
+    #[test]
+    fn set_agrees_with_each_selector() {
+        let selectors = [
+            selector("{}"),
+            selector("matchLabels: {env: prod}"),
+            selector("matchLabels: {env: prod, team: a}"),
+            selector("matchLabels: {team: b}"),
+            selector("matchExpressions: [{key: env, operator: In, values: [prod, staging]}]"),
+            selector("matchExpressions: [{key: env, operator: NotIn, values: [prod]}]"),
+            selector("matchExpressions: [{key: pci, operator: Exists}]"),
+            selector("matchExpressions: [{key: pci, operator: DoesNotExist}]"),
+            selector(
+                "{matchLabels: {env: prod}, matchExpressions: [{key: team, operator: NotIn, values: [a]}]}",
+            ),
+        ];
+        let set = SelectorSet::new(&selectors);
+        let label_sets: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("env", "prod")],
+            &[("env", "prod"), ("team", "a")],
+            &[("env", "staging"), ("team", "b"), ("pci", "")],
+            &[("env", "dev"), ("team", "a")],
+        ];
+        for labels in label_sets {
+            let labels: BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let want: Vec<bool> = selectors.iter().map(|s| s.matches(&labels)).collect();
+            assert_eq!(set.matching(&labels), want, "{labels:?}");
+        }
+        assert_eq!(
+            set.matching(
+                &[
+                    ("env".to_string(), "prod".to_string()),
+                    ("team".to_string(), "a".to_string())
+                ]
+                .into()
+            ),
+            [true, true, true, false, true, false, false, true, false]
+        );
+    }
+
+    #[test]
+    fn invalid_operators_name_the_field() {
+        let s: LabelSelector =
+            serde_saphyr::from_str("matchExpressions: [{key: a, operator: Equals, values: [b]}]")
+                .unwrap();
+        let (field, message) = Selector::compile(&s, "spec.namespaceSelector").unwrap_err();
+        assert_eq!(field, "spec.namespaceSelector.matchExpressions[0].operator");
+        assert!(message.contains("use In, NotIn, Exists or DoesNotExist"));
+        let s: LabelSelector =
+            serde_saphyr::from_str("matchExpressions: [{key: a, operator: In}]").unwrap();
+        assert_eq!(
+            Selector::compile(&s, "p").unwrap_err().0,
+            "p.matchExpressions[0].values"
+        );
     }
 }

@@ -8,6 +8,7 @@ use globset::{GlobSet, GlobSetBuilder};
 
 use super::compile::{CompileError, CompiledPolicy, PatternList, compile};
 use super::crd::ImagePolicy;
+use super::selector::{Selector, SelectorSet};
 use crate::reference::Reference;
 
 /// What happens to an image that no applying policy governs.
@@ -72,6 +73,10 @@ pub struct Snapshot {
     suffix_only: Vec<Use>,
     /// Per policy, the flags that hold for every image (lists containing a bare `**`).
     base: Vec<u8>,
+    /// The distinct namespace selectors, indexed for matching all at once.
+    selectors: SelectorSet,
+    /// Per policy, its index in `selectors` (`None`: every namespace).
+    selector_of: Vec<Option<usize>>,
     created: jiff::Timestamp,
 }
 
@@ -161,6 +166,18 @@ impl Snapshot {
         // Every glob was built on its own already, so building the set cannot fail; an empty
         // set is the fallback that keeps the process up should it ever.
         let names = builder.build().unwrap_or_else(|_| GlobSet::empty());
+        let mut selectors: Vec<Selector> = Vec::new();
+        let mut selector_ids: HashMap<&Selector, usize> = HashMap::new();
+        let selector_of = policies
+            .iter()
+            .map(|p| {
+                let s = p.selector.as_ref()?;
+                Some(*selector_ids.entry(s).or_insert_with(|| {
+                    selectors.push(s.clone());
+                    selectors.len() - 1
+                }))
+            })
+            .collect();
         Snapshot {
             policies,
             settings,
@@ -168,6 +185,8 @@ impl Snapshot {
             uses,
             suffix_only,
             base,
+            selectors: SelectorSet::new(&selectors),
+            selector_of,
             created: jiff::Timestamp::now(),
         }
     }
@@ -185,6 +204,21 @@ impl Snapshot {
     /// When the snapshot was built.
     pub fn created(&self) -> jiff::Timestamp {
         self.created
+    }
+
+    /// The indices of the policies that apply in a namespace with these labels. Each distinct
+    /// selector is evaluated once.
+    pub fn applying(
+        &self,
+        namespace_labels: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<usize> {
+        let verdicts = self.selectors.matching(namespace_labels);
+        self.selector_of
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none_or(|i| verdicts[i]))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Matches an image against every pattern of every policy at once.

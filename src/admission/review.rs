@@ -1,0 +1,727 @@
+//! `AdmissionReview` (`admission.k8s.io/v1`): what the API server asks on `POST /validate`, and
+//! the answer. The request envelope is read with `object` and `oldObject` left as raw JSON; only
+//! the kinds imagegate checks are then read, and only as far as a decision needs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{
+    BadRequest, MAX_AUDIT_ANNOTATION_CHARS, MAX_CAUSES, MAX_MESSAGE_CHARS, client_warnings,
+    truncate,
+};
+use crate::decision::{Decision, Input, Requester, decide};
+use crate::metrics::{AdmissionResult, decision_label};
+use crate::namespaces::Labels;
+use crate::policy::crd::GROUP as POLICY_GROUP;
+use crate::policy::{ImagePolicy, Snapshot, compile};
+use crate::workload::{Workload, WorkloadKind};
+
+/// The only AdmissionReview version imagegate speaks.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The kind of the review.
+pub const KIND: &str = "AdmissionReview";
+const WHAT: &str = "admission.k8s.io/v1 AdmissionReview";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    request: Option<RequestIn>,
+}
+
+#[derive(Deserialize, Default)]
+struct GroupVersionKind {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+#[derive(Deserialize, Default)]
+struct UserInfo {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn {
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    kind: Option<GroupVersionKind>,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    operation: Option<String>,
+    #[serde(default)]
+    user_info: Option<UserInfo>,
+    #[serde(default)]
+    object: Option<Box<RawValue>>,
+    #[serde(default)]
+    old_object: Option<Box<RawValue>>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+/// What a request asks imagegate to check.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A kind, subresource or operation that imagegate does not check: admitted; the reason.
+    Skip(&'static str),
+    /// A Pod or workload; `old` on UPDATE.
+    Workload {
+        kind: WorkloadKind,
+        object: Workload,
+        old: Option<Workload>,
+    },
+    /// An ImagePolicy to validate.
+    Policy(Box<ImagePolicy>),
+    /// The object cannot be read: denied with this reason (fail closed).
+    Unreadable(String),
+}
+
+/// One AdmissionReview request, read.
+#[derive(Debug, Clone)]
+pub struct AdmissionRequest {
+    pub uid: String,
+    /// `request.kind.group` and `.kind`, e.g. `apps`, `Deployment`.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub sub_resource: String,
+    /// `request.name`, else the object's name or `generateName`.
+    pub name: String,
+    /// `request.namespace`, else the object's, else `default`.
+    pub namespace: String,
+    pub operation: String,
+    pub requester: Requester,
+    pub dry_run: bool,
+    pub target: Target,
+}
+
+/// Reads an AdmissionReview body. Only a body that is not an AdmissionReview with a `uid`,
+/// `kind` and `operation` is an error; an unreadable object is a [`Target::Unreadable`].
+pub fn parse_admission_review(body: &[u8]) -> Result<AdmissionRequest, BadRequest> {
+    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| BadRequest::Malformed {
+        expected: WHAT,
+        message: e.to_string(),
+    })?;
+    if review.api_version != API_VERSION || review.kind != KIND {
+        return Err(BadRequest::WrongType {
+            expected_api_version: API_VERSION,
+            expected_kind: KIND,
+            api_version: review.api_version,
+            kind: review.kind,
+        });
+    }
+    let missing = |field| BadRequest::Missing {
+        expected: WHAT,
+        field,
+    };
+    let request = review.request.ok_or_else(|| missing("request"))?;
+    let uid = request
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| missing("request.uid"))?;
+    let gvk = request
+        .kind
+        .filter(|k| !k.kind.is_empty())
+        .ok_or_else(|| missing("request.kind"))?;
+    let operation = request
+        .operation
+        .filter(|o| !o.is_empty())
+        .ok_or_else(|| missing("request.operation"))?;
+    let sub_resource = request.sub_resource.unwrap_or_default();
+    let user = request.user_info.unwrap_or_default();
+    let requester = Requester {
+        username: user.username.unwrap_or_default(),
+        groups: user.groups.unwrap_or_default(),
+    };
+
+    let target = target(
+        &gvk,
+        &sub_resource,
+        &operation,
+        request.object.as_deref(),
+        request.old_object.as_deref(),
+    );
+    let (object_name, object_namespace) = match &target {
+        Target::Workload { object, .. } => (object.name.clone(), object.namespace.clone()),
+        Target::Policy(p) => (p.metadata.name.clone().unwrap_or_default(), None),
+        _ => (String::new(), None),
+    };
+    let name = request
+        .name
+        .filter(|n| !n.is_empty())
+        .unwrap_or(object_name);
+    let namespace = request
+        .namespace
+        .filter(|n| !n.is_empty())
+        .or(object_namespace)
+        .unwrap_or_else(|| "default".to_owned());
+    Ok(AdmissionRequest {
+        uid,
+        group: gvk.group,
+        version: gvk.version,
+        kind: gvk.kind,
+        sub_resource,
+        name,
+        namespace,
+        operation,
+        requester,
+        dry_run: request.dry_run.unwrap_or(false),
+        target,
+    })
+}
+
+fn target(
+    gvk: &GroupVersionKind,
+    sub_resource: &str,
+    operation: &str,
+    object: Option<&RawValue>,
+    old_object: Option<&RawValue>,
+) -> Target {
+    if operation != "CREATE" && operation != "UPDATE" {
+        return Target::Skip("only CREATE and UPDATE are checked");
+    }
+    if gvk.group == POLICY_GROUP && gvk.kind == "ImagePolicy" {
+        if !sub_resource.is_empty() {
+            return Target::Skip("ImagePolicy subresources are not checked");
+        }
+        let Some(object) = object else {
+            return Target::Unreadable("the request carries no ImagePolicy object".to_owned());
+        };
+        return match serde_json::from_str::<ImagePolicy>(object.get()) {
+            Ok(p) => Target::Policy(Box::new(p)),
+            Err(e) => Target::Unreadable(format!("cannot read the ImagePolicy: {e}")),
+        };
+    }
+    let Some(kind) = WorkloadKind::from_group_kind(&gvk.group, &gvk.kind) else {
+        return Target::Skip("this kind has no images to check");
+    };
+    let checked_subresource = sub_resource.is_empty()
+        || (kind == WorkloadKind::Pod && sub_resource == "ephemeralcontainers");
+    if !checked_subresource {
+        return Target::Skip("this subresource cannot change images");
+    }
+    let Some(object) = object else {
+        return Target::Unreadable(format!(
+            "the request carries no {} object to check",
+            kind.as_str()
+        ));
+    };
+    let object = match Workload::from_json(kind, object.get()) {
+        Ok(w) => w,
+        Err(e) => return Target::Unreadable(e.to_string()),
+    };
+    // On UPDATE only new or changed images may deny. An old object that cannot be read counts
+    // as absent: every image is then checked, which can only deny more, never less.
+    let old = if operation == "UPDATE" {
+        old_object.and_then(|o| Workload::from_json(kind, o.get()).ok())
+    } else {
+        None
+    };
+    Target::Workload { kind, object, old }
+}
+
+/// The result of checking one request.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Not checked: admitted.
+    Skipped(&'static str),
+    /// A workload decision.
+    Decided(Decision),
+    /// A policy that compiles (`Ok`) or not (`Err`: field path and message).
+    Policy(Result<(), crate::policy::CompileError>),
+    /// Denied without a decision: the object or its namespace cannot be read.
+    Refused(String),
+}
+
+impl Outcome {
+    /// Whether the request is admitted.
+    pub fn allowed(&self) -> bool {
+        match self {
+            Outcome::Skipped(_) => true,
+            Outcome::Decided(d) => d.allowed,
+            Outcome::Policy(r) => r.is_ok(),
+            Outcome::Refused(_) => false,
+        }
+    }
+
+    /// The result label for metrics.
+    pub fn result(&self) -> AdmissionResult {
+        match self {
+            Outcome::Skipped(_) => AdmissionResult::skipped,
+            _ if self.allowed() => AdmissionResult::allowed,
+            _ => AdmissionResult::denied,
+        }
+    }
+
+    /// The `decision` audit annotation and decision record value.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Decided(d) => decision_label(d),
+            Outcome::Policy(Ok(())) => "allowed",
+            Outcome::Policy(Err(_)) | Outcome::Refused(_) => "denied",
+        }
+    }
+}
+
+impl AdmissionRequest {
+    /// Whether [`decide`](Self::decide) needs the namespace's labels.
+    pub fn needs_namespace_labels(&self) -> bool {
+        matches!(self.target, Target::Workload { .. })
+    }
+
+    /// Decides the request. `labels` is the namespace's labels, or why they are unknown (which
+    /// denies a workload: labels are never assumed).
+    pub fn decide(
+        &self,
+        snapshot: &Snapshot,
+        labels: Result<&Labels, &str>,
+        now: jiff::Timestamp,
+    ) -> Outcome {
+        match &self.target {
+            Target::Skip(why) => Outcome::Skipped(why),
+            Target::Unreadable(why) => Outcome::Refused(why.clone()),
+            Target::Policy(p) => Outcome::Policy(compile(p).map(|_| ())),
+            Target::Workload { object, old, .. } => match labels {
+                Err(why) => Outcome::Refused(format!(
+                    "the labels of namespace {:?} cannot be read, so the policies that apply are unknown: {why}",
+                    self.namespace
+                )),
+                Ok(labels) => Outcome::Decided(decide(
+                    snapshot,
+                    &Input {
+                        object,
+                        old_object: old.as_ref(),
+                        namespace_labels: labels,
+                        requester: Some(&self.requester),
+                        now,
+                    },
+                )),
+            },
+        }
+    }
+
+    /// The AdmissionReview answer to this request.
+    pub fn response(&self, outcome: &Outcome) -> ReviewOut {
+        let mut response = ResponseOut {
+            uid: self.uid.clone(),
+            allowed: outcome.allowed(),
+            status: None,
+            warnings: Vec::new(),
+            audit_annotations: BTreeMap::new(),
+        };
+        match outcome {
+            Outcome::Skipped(_) => {}
+            Outcome::Refused(why) => {
+                response.status = Some(StatusOut::forbidden(
+                    truncate(
+                        &format!(
+                            "{} {:?} in namespace {:?} is denied by image policy: {why}",
+                            self.kind, self.name, self.namespace
+                        ),
+                        MAX_MESSAGE_CHARS,
+                    ),
+                    Vec::new(),
+                ));
+                response
+                    .audit_annotations
+                    .insert("decision".to_owned(), "denied".to_owned());
+            }
+            Outcome::Policy(Ok(())) => {
+                response
+                    .audit_annotations
+                    .insert("decision".to_owned(), "allowed".to_owned());
+            }
+            Outcome::Policy(Err(e)) => {
+                response.status = Some(StatusOut {
+                    status: "Failure",
+                    code: 422,
+                    reason: "Invalid",
+                    message: truncate(
+                        &format!("ImagePolicy {:?} is invalid: {e}", self.name),
+                        MAX_MESSAGE_CHARS,
+                    ),
+                    details: Some(DetailsOut {
+                        causes: vec![CauseOut {
+                            field: e.field.clone(),
+                            reason: "FieldValueInvalid".to_owned(),
+                            message: e.message.clone(),
+                        }],
+                    }),
+                });
+                response
+                    .audit_annotations
+                    .insert("decision".to_owned(), "denied".to_owned());
+            }
+            Outcome::Decided(d) => {
+                if !d.allowed {
+                    let causes = d
+                        .denials()
+                        .take(MAX_CAUSES)
+                        .map(|v| CauseOut {
+                            field: v.field_path.clone(),
+                            reason: v.rule.as_str().to_owned(),
+                            message: v.message.clone(),
+                        })
+                        .collect();
+                    response.status = Some(StatusOut::forbidden(
+                        truncate(
+                            &d.denial_message(&self.kind, &self.name, &self.namespace),
+                            MAX_MESSAGE_CHARS,
+                        ),
+                        causes,
+                    ));
+                }
+                response.warnings = client_warnings(&d.warnings);
+                response.audit_annotations = audit_annotations(d, outcome.label());
+            }
+        }
+        ReviewOut {
+            api_version: API_VERSION,
+            kind: KIND,
+            response,
+        }
+    }
+}
+
+/// The audit annotations of a decision: `decision`, `policies`, and `break-glass` when used.
+pub fn audit_annotations(d: &Decision, label: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    out.insert("decision".to_owned(), label.to_owned());
+    let policies: Vec<String> = d
+        .policies
+        .iter()
+        .map(|p| match p.generation {
+            Some(g) => format!("{}@{g}:{}", p.name, p.mode),
+            None => format!("{}:{}", p.name, p.mode),
+        })
+        .collect();
+    out.insert(
+        "policies".to_owned(),
+        truncate(&policies.join(","), MAX_AUDIT_ANNOTATION_CHARS),
+    );
+    if !d.break_glass.is_empty() {
+        let uses: Vec<String> = d
+            .break_glass
+            .iter()
+            .map(|b| format!("ticket={} policy={} until={}", b.ticket, b.policy, b.until))
+            .collect();
+        out.insert(
+            "break-glass".to_owned(),
+            truncate(&uses.join("; "), MAX_AUDIT_ANNOTATION_CHARS),
+        );
+    }
+    out
+}
+
+/// An AdmissionReview answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewOut {
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    pub response: ResponseOut,
+}
+
+/// `response` of an AdmissionReview answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseOut {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusOut>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub audit_annotations: BTreeMap<String, String>,
+}
+
+/// `response.status`: a `metav1.Status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusOut {
+    pub status: &'static str,
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<DetailsOut>,
+}
+
+impl StatusOut {
+    fn forbidden(message: String, causes: Vec<CauseOut>) -> StatusOut {
+        StatusOut {
+            status: "Failure",
+            code: 403,
+            reason: "Forbidden",
+            message,
+            details: (!causes.is_empty()).then_some(DetailsOut { causes }),
+        }
+    }
+}
+
+/// `status.details`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetailsOut {
+    pub causes: Vec<CauseOut>,
+}
+
+/// One `status.details.causes` entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct CauseOut {
+    pub field: String,
+    pub reason: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Settings, Snapshot};
+
+    fn review(request: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request
+        }))
+        .unwrap()
+    }
+
+    fn pod(images: &[&str]) -> serde_json::Value {
+        let containers: Vec<_> = images
+            .iter()
+            .enumerate()
+            .map(|(i, im)| serde_json::json!({"name": format!("c{i}"), "image": im}))
+            .collect();
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": containers}})
+    }
+
+    fn request(
+        kind: (&str, &str),
+        sub: &str,
+        op: &str,
+        object: serde_json::Value,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "uid": "u-1", "kind": {"group": kind.0, "version": "v1", "kind": kind.1},
+            "subResource": sub, "namespace": "ns", "operation": op,
+            "userInfo": {"username": "alice", "groups": ["dev"]}, "object": object
+        })
+    }
+
+    #[test]
+    fn bad_envelopes_are_bad_requests() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"not json".to_vec(), "not a valid"),
+            (b"[]".to_vec(), "expected apiVersion"),
+            (b"{\"apiVersion\": 1}".to_vec(), "not a valid"),
+            (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#.to_vec(), "expected apiVersion"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"ImageReview"}"#.to_vec(), "expected apiVersion"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(), "no request"),
+            (review(serde_json::json!({"kind": {"kind": "Pod"}, "operation": "CREATE"})), "no request.uid"),
+            (review(serde_json::json!({"uid": "", "kind": {"kind": "Pod"}, "operation": "CREATE"})), "no request.uid"),
+            (review(serde_json::json!({"uid": "x", "operation": "CREATE"})), "no request.kind"),
+            (review(serde_json::json!({"uid": "x", "kind": {"kind": "Pod"}})), "no request.operation"),
+            (review(serde_json::json!({"uid": 7, "kind": {"kind": "Pod"}, "operation": "CREATE"})), "invalid type"),
+        ];
+        for (body, expected) in cases {
+            let e = parse_admission_review(&body).unwrap_err();
+            assert!(e.to_string().contains(expected), "{e} lacks {expected:?}");
+        }
+        // Deep nesting never overflows the stack: the envelope is an error, a deep object is
+        // unreadable (denied).
+        let nest = |inner: &str| format!("{}{inner}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_admission_review(nest("").as_bytes()).is_err());
+        let deep_request = format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}}"#,
+            nest("")
+        );
+        assert!(parse_admission_review(deep_request.as_bytes()).is_err());
+        let deep_object = String::from_utf8(review(request(
+            ("", "Pod"),
+            "",
+            "CREATE",
+            serde_json::Value::Null,
+        )))
+        .unwrap()
+        .replace("null", &nest("1"));
+        let target = parse_admission_review(deep_object.as_bytes())
+            .unwrap()
+            .target;
+        assert!(matches!(target, Target::Unreadable(_)), "{target:?}");
+    }
+
+    #[test]
+    fn dispatches_by_kind_subresource_and_operation() {
+        let p = pod(&["nginx"]);
+        let target = |kind, sub, op, obj: &serde_json::Value| {
+            parse_admission_review(&review(request(kind, sub, op, obj.clone())))
+                .unwrap()
+                .target
+        };
+        assert!(matches!(
+            target(("", "Pod"), "", "CREATE", &p),
+            Target::Workload {
+                kind: WorkloadKind::Pod,
+                ..
+            }
+        ));
+        assert!(matches!(
+            target(("", "Pod"), "ephemeralcontainers", "UPDATE", &p),
+            Target::Workload { .. }
+        ));
+        assert!(matches!(
+            target(("", "Pod"), "status", "UPDATE", &p),
+            Target::Skip(_)
+        ));
+        assert!(matches!(
+            target(("", "Pod"), "", "DELETE", &p),
+            Target::Skip(_)
+        ));
+        assert!(matches!(
+            target(("", "Pod"), "", "CONNECT", &p),
+            Target::Skip(_)
+        ));
+        assert!(matches!(
+            target(("", "ConfigMap"), "", "CREATE", &p),
+            Target::Skip(_)
+        ));
+        assert!(matches!(
+            target(("apps", "Deployment"), "scale", "UPDATE", &p),
+            Target::Skip(_)
+        ));
+        assert!(matches!(
+            target(("", "Pod"), "", "CREATE", &serde_json::Value::Null),
+            Target::Unreadable(_)
+        ));
+        assert!(matches!(
+            target(
+                ("", "Pod"),
+                "",
+                "CREATE",
+                &serde_json::json!({"spec": {"containers": 5}})
+            ),
+            Target::Unreadable(_)
+        ));
+        for (g, k) in [
+            ("apps", "Deployment"),
+            ("apps", "ReplicaSet"),
+            ("apps", "StatefulSet"),
+            ("apps", "DaemonSet"),
+            ("batch", "Job"),
+            ("batch", "CronJob"),
+            ("", "ReplicationController"),
+        ] {
+            assert!(
+                matches!(
+                    target((g, k), "", "CREATE", &serde_json::json!({})),
+                    Target::Workload { .. }
+                ),
+                "{k}"
+            );
+        }
+        let policy = serde_json::json!({"apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy", "metadata": {"name": "x"}, "spec": {"deniedTags": ["latest"]}});
+        assert!(matches!(
+            target(("imagegate.dev", "ImagePolicy"), "", "CREATE", &policy),
+            Target::Policy(_)
+        ));
+        assert!(matches!(
+            target(
+                ("imagegate.dev", "ImagePolicy"),
+                "status",
+                "UPDATE",
+                &policy
+            ),
+            Target::Skip(_)
+        ));
+    }
+
+    #[test]
+    fn refusals_and_invalid_policies_deny_with_the_reason() {
+        let snapshot = Snapshot::empty(Settings::default());
+        let labels = Labels::new();
+        let now = jiff::Timestamp::now();
+        let req = parse_admission_review(&review(request(
+            ("", "Pod"),
+            "",
+            "CREATE",
+            serde_json::Value::Null,
+        )))
+        .unwrap();
+        let outcome = req.decide(&snapshot, Ok(&labels), now);
+        let out = serde_json::to_value(req.response(&outcome)).unwrap();
+        assert_eq!(out["response"]["uid"], "u-1");
+        assert_eq!(out["response"]["allowed"], false);
+        assert_eq!(out["response"]["status"]["code"], 403);
+        assert!(
+            out["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no Pod object")
+        );
+
+        let req = parse_admission_review(&review(request(("", "Pod"), "", "CREATE", pod(&["a"]))))
+            .unwrap();
+        let outcome = req.decide(&snapshot, Err("timed out"), now);
+        assert!(!outcome.allowed());
+        let out = serde_json::to_value(req.response(&outcome)).unwrap();
+        assert!(
+            out["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("timed out")
+        );
+
+        let policy = serde_json::json!({"apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy", "metadata": {"name": "x"}, "spec": {"allowedImages": ["not a pattern"]}});
+        let req = parse_admission_review(&review(request(
+            ("imagegate.dev", "ImagePolicy"),
+            "",
+            "CREATE",
+            policy,
+        )))
+        .unwrap();
+        let outcome = req.decide(&snapshot, Ok(&labels), now);
+        let out = serde_json::to_value(req.response(&outcome)).unwrap();
+        assert_eq!(out["response"]["allowed"], false, "{out}");
+        assert_eq!(
+            out["response"]["status"]["details"]["causes"][0]["field"], "spec.allowedImages[0]",
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn skipped_requests_are_admitted_quietly() {
+        let snapshot = Snapshot::empty(Settings::default());
+        let req = parse_admission_review(&review(request(
+            ("", "Pod"),
+            "",
+            "DELETE",
+            serde_json::Value::Null,
+        )))
+        .unwrap();
+        let outcome = req.decide(&snapshot, Ok(&Labels::new()), jiff::Timestamp::now());
+        let out = serde_json::to_value(req.response(&outcome)).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": "u-1", "allowed": true}})
+        );
+    }
+}

@@ -1,0 +1,377 @@
+//! Prometheus metrics, all in one `prometheus-client` registry with the prefix `imagegate_`.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `imagegate_admissions_total` | counter | `endpoint` (validate, imagereview), `result` (allowed, denied, skipped, bad_request) |
+//! | `imagegate_decisions_total` | counter | `policy`, `mode`, `result` (allowed, denied, warned, audited, excused): one per applying policy per decision |
+//! | `imagegate_violations_total` | counter | `rule`, `mode` |
+//! | `imagegate_break_glass_total` | counter | `policy` |
+//! | `imagegate_request_duration_seconds` | histogram | `endpoint` |
+//! | `imagegate_policies` | gauge | – policies in force |
+//! | `imagegate_policy_errors` | gauge | – policies left out because they do not compile |
+//! | `imagegate_snapshot_created_timestamp_seconds` | gauge | – when the snapshot in force was built (age = `time() - …`) |
+//! | `imagegate_certificate_not_after_timestamp_seconds` | gauge | – when the serving certificate expires |
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::decision::{Decision, Verdict};
+use crate::policy::Mode;
+
+/// Request latency buckets: 100 µs doubling to about 3.3 s. A decision takes microseconds; the
+/// upper buckets catch namespace lookups and overload, up to the API server's webhook timeout.
+const LATENCY_BUCKET_START_SECONDS: f64 = 0.000_1;
+const LATENCY_BUCKET_FACTOR: f64 = 2.0;
+const LATENCY_BUCKET_COUNT: u16 = 16;
+
+/// The HTTP endpoint a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Endpoint {
+    validate,
+    imagereview,
+}
+
+/// What became of one admission request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AdmissionResult {
+    /// Checked and admitted.
+    allowed,
+    /// Checked and denied (fail-closed denials of unreadable objects included).
+    denied,
+    /// A kind, subresource or operation imagegate does not check: admitted unchecked.
+    skipped,
+    /// Not a valid review: answered with HTTP 4xx.
+    bad_request,
+}
+
+/// What one policy made of one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum PolicyResult {
+    allowed,
+    denied,
+    warned,
+    audited,
+    excused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AdmissionLabels {
+    endpoint: Endpoint,
+    result: AdmissionResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    policy: String,
+    mode: &'static str,
+    result: PolicyResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ViolationLabels {
+    rule: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PolicyLabel {
+    policy: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: Endpoint,
+}
+
+type LatencyFamily = Family<EndpointLabel, Histogram, fn() -> Histogram>;
+
+/// The metrics of one process. Cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    admissions: Family<AdmissionLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    violations: Family<ViolationLabels, Counter>,
+    break_glass: Family<PolicyLabel, Counter>,
+    latency: LatencyFamily,
+    policies: Gauge,
+    policy_errors: Gauge,
+    snapshot_created: Gauge<f64, AtomicU64>,
+    cert_not_after: Gauge<f64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        LATENCY_BUCKET_START_SECONDS,
+        LATENCY_BUCKET_FACTOR,
+        LATENCY_BUCKET_COUNT,
+    ))
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("imagegate");
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let violations = Family::<ViolationLabels, Counter>::default();
+        let break_glass = Family::<PolicyLabel, Counter>::default();
+        let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
+        let policies = Gauge::default();
+        let policy_errors = Gauge::default();
+        let snapshot_created = Gauge::<f64, AtomicU64>::default();
+        let cert_not_after = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "admissions",
+            "Admission requests by endpoint and result",
+            admissions.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Decisions by applying policy, its mode and what it made of the object",
+            decisions.clone(),
+        );
+        registry.register(
+            "violations",
+            "Policy violations by rule and mode",
+            violations.clone(),
+        );
+        registry.register(
+            "break_glass",
+            "Honoured break-glass exceptions by policy",
+            break_glass.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request's body being read to its answer",
+            prometheus_client::registry::Unit::Seconds,
+            latency.clone(),
+        );
+        registry.register("policies", "Policies in force", policies.clone());
+        registry.register(
+            "policy_errors",
+            "Policies left out of the snapshot because they do not compile",
+            policy_errors.clone(),
+        );
+        registry.register(
+            "snapshot_created_timestamp_seconds",
+            "When the policy snapshot in force was built (Unix time)",
+            snapshot_created.clone(),
+        );
+        registry.register(
+            "certificate_not_after_timestamp_seconds",
+            "When the serving certificate expires (Unix time; 0 when none is loaded)",
+            cert_not_after.clone(),
+        );
+        Metrics {
+            registry,
+            admissions,
+            decisions,
+            violations,
+            break_glass,
+            latency,
+            policies,
+            policy_errors,
+            snapshot_created,
+            cert_not_after,
+        }
+    }
+
+    /// Sets the number of policies in force.
+    pub fn set_policy_count(&self, count: usize) {
+        self.policies.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the number of policies that do not compile.
+    pub fn set_policy_errors(&self, count: usize) {
+        self.policy_errors
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Sets when the snapshot in force was built.
+    pub fn set_snapshot_created(&self, at: jiff::Timestamp) {
+        self.snapshot_created.set(seconds(at));
+    }
+
+    /// Sets when the serving certificate expires (`None`: no certificate).
+    pub fn set_cert_not_after(&self, at: Option<jiff::Timestamp>) {
+        self.cert_not_after.set(at.map_or(0.0, seconds));
+    }
+
+    /// Counts one honoured break-glass exception.
+    pub fn record_break_glass(&self, policy: &str) {
+        self.break_glass
+            .get_or_create(&PolicyLabel {
+                policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one answered request and its latency.
+    pub fn record_admission(
+        &self,
+        endpoint: Endpoint,
+        result: AdmissionResult,
+        latency: std::time::Duration,
+    ) {
+        self.admissions
+            .get_or_create(&AdmissionLabels { endpoint, result })
+            .inc();
+        self.latency
+            .get_or_create(&EndpointLabel { endpoint })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Counts a decision per applying policy, its violations and break-glass uses.
+    pub fn record_decision(&self, decision: &Decision) {
+        for p in &decision.policies {
+            let mine = decision.violations.iter().filter(|v| v.policy == p.name);
+            let mut result = PolicyResult::allowed;
+            for v in mine {
+                let this = if v.denies() {
+                    PolicyResult::denied
+                } else if v.excused {
+                    PolicyResult::excused
+                } else if v.unchanged || v.mode == Mode::Warn {
+                    PolicyResult::warned
+                } else {
+                    PolicyResult::audited
+                };
+                result = result.max_severity(this);
+            }
+            self.decisions
+                .get_or_create(&DecisionLabels {
+                    policy: p.name.clone(),
+                    mode: p.mode.as_str(),
+                    result,
+                })
+                .inc();
+        }
+        for v in &decision.violations {
+            self.violations
+                .get_or_create(&ViolationLabels {
+                    rule: v.rule.as_str(),
+                    mode: v.mode.as_str(),
+                })
+                .inc();
+        }
+        for used in &decision.break_glass {
+            self.record_break_glass(&used.policy);
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl PolicyResult {
+    fn rank(self) -> u8 {
+        match self {
+            PolicyResult::allowed => 0,
+            PolicyResult::audited => 1,
+            PolicyResult::warned => 2,
+            PolicyResult::excused => 3,
+            PolicyResult::denied => 4,
+        }
+    }
+
+    fn max_severity(self, other: PolicyResult) -> PolicyResult {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// The overall verdict of a decision, as the `decision` audit annotation says it.
+pub fn decision_label(decision: &Decision) -> &'static str {
+    if !decision.allowed {
+        return "denied";
+    }
+    let worst = decision
+        .images
+        .iter()
+        .map(|i| i.verdict)
+        .max_by_key(|v| match v {
+            Verdict::Allowed => 0,
+            Verdict::Audited => 1,
+            Verdict::Warned => 2,
+            Verdict::Excused => 3,
+            Verdict::Denied => 4,
+        });
+    if !decision.break_glass.is_empty() {
+        return "excused";
+    }
+    match worst {
+        Some(Verdict::Warned) => "warned",
+        Some(Verdict::Audited) => "audited",
+        Some(Verdict::Excused) => "excused",
+        _ => "allowed",
+    }
+}
+
+fn seconds(at: jiff::Timestamp) -> f64 {
+    at.as_millisecond() as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_prefix() {
+        let m = Metrics::new();
+        m.set_policy_count(3);
+        m.record_break_glass("prod");
+        m.record_admission(
+            Endpoint::validate,
+            AdmissionResult::denied,
+            std::time::Duration::from_millis(1),
+        );
+        m.set_cert_not_after(Some(jiff::Timestamp::from_second(1_000).unwrap()));
+        let text = m.encode();
+        assert!(text.contains("imagegate_policies 3"), "{text}");
+        assert!(
+            text.contains("imagegate_break_glass_total{policy=\"prod\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagegate_admissions_total{endpoint=\"validate\",result=\"denied\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagegate_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagegate_certificate_not_after_timestamp_seconds 1000"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! The policy index: a reflector store of ImagePolicies, driven by watch events, that rebuilds
+//! the [`Snapshot`] and swaps it in on every change (apply, delete, re-list).
+
+use std::sync::Arc;
+
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use crate::policy::{CompileError, ImagePolicy, Settings, Snapshot};
+use crate::state::{Readiness, SharedSnapshot};
+
+/// Holds the store of ImagePolicies and keeps the shared snapshot in step with it.
+pub struct PolicyIndex {
+    writer: reflector::store::Writer<ImagePolicy>,
+    store: Store<ImagePolicy>,
+    snapshot: SharedSnapshot,
+    readiness: Arc<Readiness>,
+    settings: Settings,
+    changed: watch::Sender<Rebuilt>,
+}
+
+/// What the last rebuild produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Counts rebuilds (wrapping).
+    pub count: u64,
+    /// How many policies were left out because they do not compile.
+    pub errors: usize,
+}
+
+impl PolicyIndex {
+    /// An empty index that will write into `snapshot` and mark `readiness` after the first
+    /// full list.
+    pub fn new(snapshot: SharedSnapshot, readiness: Arc<Readiness>, settings: Settings) -> Self {
+        let writer = reflector::store::Writer::default();
+        let store = writer.as_reader();
+        let (changed, _) = watch::channel(Rebuilt::default());
+        PolicyIndex {
+            writer,
+            store,
+            snapshot,
+            readiness,
+            settings,
+            changed,
+        }
+    }
+
+    /// A read handle on the store of policies.
+    pub fn store(&self) -> Store<ImagePolicy> {
+        self.store.clone()
+    }
+
+    /// A receiver that sees a new value after every rebuild (the status writer waits on it).
+    pub fn subscribe(&self) -> watch::Receiver<Rebuilt> {
+        self.changed.subscribe()
+    }
+
+    /// Applies one watch event. An applied or deleted policy, or the end of a (re-)list,
+    /// rebuilds the snapshot from the store and swaps it in; the errors of the policies left
+    /// out are returned. The start of a re-list and the objects it delivers only fill a buffer:
+    /// until it completes, the previous snapshot stays in force.
+    pub fn apply(&mut self, event: &watcher::Event<ImagePolicy>) -> Option<Vec<CompileError>> {
+        self.writer.apply_watcher_event(event);
+        match event {
+            watcher::Event::Init | watcher::Event::InitApply(_) => None,
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
+                let errors = self.rebuild();
+                if matches!(event, watcher::Event::InitDone) {
+                    self.readiness.set_policies_loaded();
+                }
+                Some(errors)
+            }
+        }
+    }
+
+    fn rebuild(&mut self) -> Vec<CompileError> {
+        let policies: Vec<ImagePolicy> = self
+            .store
+            .state()
+            .iter()
+            .map(|p| ImagePolicy::clone(p))
+            .collect();
+        let (snapshot, errors) = Snapshot::compile(&policies, self.settings.clone());
+        self.snapshot.store(Arc::new(snapshot));
+        self.changed.send_modify(|r| {
+            r.count = r.count.wrapping_add(1);
+            r.errors = errors.len();
+        });
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ImagePolicySpec;
+    use arc_swap::ArcSwap;
+
+    fn policy(name: &str, allowed: &str) -> ImagePolicy {
+        ImagePolicy::new(
+            name,
+            ImagePolicySpec {
+                allowed_images: Some(vec![allowed.to_owned()]),
+                ..ImagePolicySpec::default()
+            },
+        )
+    }
+
+    fn names(s: &SharedSnapshot) -> Vec<String> {
+        s.load().policies().iter().map(|p| p.name.clone()).collect()
+    }
+
+    #[test]
+    fn follows_watch_events() {
+        let shared: SharedSnapshot =
+            Arc::new(ArcSwap::from_pointee(Snapshot::empty(Settings::default())));
+        let ready = Arc::new(Readiness::default());
+        let mut index = PolicyIndex::new(shared.clone(), ready.clone(), Settings::default());
+
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitApply(policy("a", "docker.io/**")));
+        assert!(!ready.policies_loaded(), "ready before the first full list");
+        assert!(names(&shared).is_empty());
+        index.apply(&watcher::Event::InitApply(policy("bad", "not a pattern[")));
+        let errors = index.apply(&watcher::Event::InitDone).unwrap();
+        assert!(ready.policies_loaded());
+        assert_eq!(names(&shared), ["a"]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].policy, "bad");
+
+        index.apply(&watcher::Event::Apply(policy("b", "ghcr.io/**")));
+        assert_eq!(names(&shared), ["a", "b"]);
+
+        index.apply(&watcher::Event::Delete(policy("a", "docker.io/**")));
+        assert_eq!(names(&shared), ["b"]);
+
+        // A re-list that no longer contains `b` drops it only once complete.
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitApply(policy("c", "quay.io/**")));
+        assert_eq!(names(&shared), ["b"]);
+        index.apply(&watcher::Event::InitDone);
+        assert_eq!(names(&shared), ["c"]);
+    }
+}

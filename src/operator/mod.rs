@@ -1,0 +1,390 @@
+//! The operator half of `imagegate run`: watches ImagePolicies and Namespaces, writes policy
+//! status, keeps the TLS Secret and the ValidatingWebhookConfiguration in the desired state.
+//!
+//! Every write is idempotent (server-side apply with field manager `imagegate`, create-or-read,
+//! updates guarded by `resourceVersion`), so any number of replicas run side by side without a
+//! leader. Each task reconciles from what it reads, so an API server outage only delays
+//! reconciling: the last snapshot, namespace labels and certificate stay in force, and the
+//! watches resume with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use k8s_openapi::api::core::v1::Secret;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::policy::{ImagePolicy, Settings, Snapshot};
+use crate::state::{Readiness, SharedSnapshot};
+use crate::tls::CertResolver;
+
+pub mod certificates;
+pub mod events;
+pub mod index;
+pub mod namespaces;
+pub mod status;
+pub mod webhook_config;
+
+pub use index::PolicyIndex;
+pub use namespaces::NamespaceCache;
+
+/// The field manager of every server-side apply, and the Events' reporting controller.
+pub const FIELD_MANAGER: &str = "imagegate";
+/// An object with this annotation set to `"true"` is left alone by the operator.
+pub const UNMANAGED_ANNOTATION: &str = "imagegate.dev/unmanaged";
+
+/// How often the webhook configuration is re-checked even without a watch event: the watch
+/// repairs drift within seconds; this bounds the delay if a watch event is ever missed, and
+/// notices an owner ClusterRole that went away.
+pub const WEBHOOK_RESYNC: Duration = Duration::from_secs(60);
+/// How often the TLS Secret is re-read even without a watch event: renewals are due at 2/3
+/// of a validity of at least an hour, so a minute is early enough, and one GET a minute per
+/// replica costs the API server nothing.
+pub const CERT_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// Wait before retrying a failed write (the API server may be unreachable or overloaded);
+/// short enough to repair quickly once it answers again.
+pub const RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// What went wrong talking to the API server or building an object.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the API server failed.
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be encoded as JSON.
+    #[error("cannot encode an object as JSON: {0}")]
+    Json(serde_json::Error),
+    /// An object read from the API server is not usable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Feeds ImagePolicy watch events into `index` for as long as the process runs. Watch errors
+/// are logged and retried with kube-runtime's backoff; the snapshot in force stays meanwhile.
+pub async fn run_policy_index(client: Client, mut index: PolicyIndex) {
+    let api: Api<ImagePolicy> = Api::all(client);
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => {
+                if let Some(errors) = index.apply(&event) {
+                    tracing::debug!(
+                        policies = index.store().len(),
+                        left_out = errors.len(),
+                        "policy snapshot rebuilt"
+                    );
+                    for e in errors {
+                        tracing::warn!(policy = %e.policy, field = %e.field, message = %e.message,
+                            "policy does not compile and is left out");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "ImagePolicy watch failed; retrying"),
+        }
+    }
+}
+
+/// Writes each policy's status whenever the index changes, and retries failed writes.
+pub async fn run_status_writer(
+    client: Client,
+    store: Store<ImagePolicy>,
+    mut changed: watch::Receiver<index::Rebuilt>,
+    recorder: Option<Recorder>,
+) {
+    loop {
+        let mut failed = false;
+        for policy in store.state() {
+            let compiled = crate::policy::compile(&policy);
+            let result = compiled.as_ref().map(|_| ());
+            match status::reconcile(client.clone(), &policy, result, recorder.as_ref()).await {
+                Ok(true) => tracing::info!(policy = %policy.name_any(), "status written"),
+                Ok(false) => {}
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(policy = %policy.name_any(), error = %e, "cannot write status");
+                }
+            }
+        }
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_DELAY) => {}
+                r = changed.changed() => if r.is_err() { return },
+            }
+        } else if changed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps `writer` (the namespace store) in step with the cluster's Namespaces.
+pub async fn run_namespace_reflector(client: Client, writer: reflector::store::Writer<Namespace>) {
+    let api: Api<Namespace> = Api::all(client);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "Namespace watch failed; retrying");
+        }
+    }
+}
+
+/// Keeps the webhook configuration in the desired state: on every watch event of the object,
+/// every change of the CA bundle, and every [`WEBHOOK_RESYNC`]. Nothing is written before the
+/// first CA bundle is known.
+pub async fn run_webhook_config(
+    client: Client,
+    params: webhook_config::WebhookParams,
+    owner_cluster_role: Option<String>,
+    mut ca_bundle: watch::Receiver<Option<String>>,
+) {
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let fields = format!("metadata.name={}", params.name);
+    let mut events = watcher(api, watcher::Config::default().fields(&fields))
+        .default_backoff()
+        .boxed();
+    let mut resync = tokio::time::interval(WEBHOOK_RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let ca = ca_bundle.borrow_and_update().clone();
+        let mut retry = false;
+        if let Some(ca) = ca {
+            match webhook_config::reconcile(
+                client.clone(),
+                &params,
+                &ca,
+                owner_cluster_role.as_deref(),
+            )
+            .await
+            {
+                Ok(webhook_config::Outcome::Applied) => {
+                    tracing::info!(name = %params.name, "webhook configuration applied")
+                }
+                Ok(webhook_config::Outcome::Unmanaged) => tracing::debug!(
+                    name = %params.name,
+                    "webhook configuration is marked {UNMANAGED_ANNOTATION}; left alone"
+                ),
+                Ok(webhook_config::Outcome::OwnerGone) => tracing::warn!(
+                    name = %params.name,
+                    "the owner ClusterRole is gone (uninstalling?); webhook configuration not written"
+                ),
+                Ok(webhook_config::Outcome::UpToDate) => {}
+                Err(e) => {
+                    retry = true;
+                    tracing::warn!(name = %params.name, error = %e,
+                        "cannot reconcile the webhook configuration; retrying")
+                }
+            }
+        }
+        // Wait for the next reason to look again.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_DELAY), if retry => break,
+                r = ca_bundle.changed() => {
+                    if r.is_err() { return }
+                    break;
+                }
+                _ = resync.tick() => break,
+                event = events.try_next() => match event {
+                    // Objects of a (re-)list arrive one by one; look once the list is complete.
+                    Ok(Some(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                    Ok(Some(_)) => break,
+                    Ok(None) => return,
+                    Err(e) => tracing::warn!(error = %e, "webhook configuration watch failed; retrying"),
+                },
+            }
+        }
+    }
+}
+
+/// Keeps the TLS Secret valid and serves its certificate: on every watch event of the Secret,
+/// every [`CERT_CHECK_INTERVAL`], and [`RETRY_DELAY`] after a failure. A new serving
+/// certificate goes into `tls` at once; the CA bundle goes to `ca_bundle` for the webhook
+/// configuration. On failure the certificate in use stays.
+pub async fn run_certificates(
+    client: Client,
+    namespace: String,
+    secret_name: String,
+    params: certificates::CertParams,
+    tls: Arc<CertResolver>,
+    ca_bundle: watch::Sender<Option<String>>,
+    metrics: Option<Arc<Metrics>>,
+) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let fields = format!("metadata.name={secret_name}");
+    let mut events = watcher(api, watcher::Config::default().fields(&fields))
+        .default_backoff()
+        .boxed();
+    let mut check = tokio::time::interval(CERT_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving: Option<String> = None;
+    loop {
+        let now = jiff::Timestamp::now();
+        let retry = match certificates::ensure(
+            client.clone(),
+            &namespace,
+            &secret_name,
+            &params,
+            now,
+        )
+        .await
+        {
+            Ok(material) => {
+                if serving.as_deref() != Some(material.serving.cert_pem.as_str()) {
+                    match tls.set_pem(&material.serving.cert_pem, &material.serving.key_pem) {
+                        Ok(()) => {
+                            tracing::info!(secret = %secret_name, "serving certificate loaded");
+                            serving = Some(material.serving.cert_pem.clone());
+                            if let Some(m) = &metrics {
+                                m.set_cert_not_after(tls.not_after());
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot load the serving certificate")
+                        }
+                    }
+                }
+                let bundle = material.ca_bundle();
+                ca_bundle.send_if_modified(|current| {
+                    if current.as_deref() == Some(bundle.as_str()) {
+                        false
+                    } else {
+                        *current = Some(bundle);
+                        true
+                    }
+                });
+                false
+            }
+            Err(e) => {
+                tracing::warn!(secret = %secret_name, error = %e, "cannot reconcile the TLS Secret; retrying");
+                true
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RETRY_DELAY), if retry => break,
+                _ = check.tick() => break,
+                event = events.try_next() => match event {
+                    Ok(Some(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                    Ok(Some(_)) => break,
+                    Ok(None) => return,
+                    Err(e) => tracing::warn!(error = %e, "TLS Secret watch failed; retrying"),
+                },
+            }
+        }
+    }
+}
+
+/// What the operator needs to know.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// The operator's namespace (holds the Secret).
+    pub namespace: String,
+    /// The TLS Secret's name.
+    pub secret_name: String,
+    /// The desired webhook configuration.
+    pub webhook: webhook_config::WebhookParams,
+    /// The certificates' names and validity.
+    pub certs: certificates::CertParams,
+    /// The chart's ClusterRole that owns the webhook configuration.
+    pub owner_cluster_role: Option<String>,
+    /// Engine settings for the snapshot.
+    pub settings: Settings,
+}
+
+/// What the webhook server reads, kept current by the operator's tasks.
+pub struct Running {
+    /// The policy snapshot in force.
+    pub snapshot: SharedSnapshot,
+    /// Readiness (policies loaded, draining).
+    pub readiness: Arc<Readiness>,
+    /// Namespace labels.
+    pub namespaces: Arc<NamespaceCache>,
+    /// Break-glass Events.
+    pub events: Arc<events::KubeEventSink>,
+    /// The operator's tasks; abort them on shutdown.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts every operator task on the current runtime.
+pub fn start(
+    client: Client,
+    config: OperatorConfig,
+    tls: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+) -> Running {
+    let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
+        config.settings.clone(),
+    )));
+    let readiness = Arc::new(Readiness::default());
+    let index = PolicyIndex::new(
+        Arc::clone(&snapshot),
+        Arc::clone(&readiness),
+        config.settings.clone(),
+    );
+    let store = index.store();
+    let mut rebuilt = index.subscribe();
+    let changed = index.subscribe();
+    let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
+    let (ns_store, ns_writer) = reflector::store();
+    let namespaces = Arc::new(NamespaceCache::new(ns_store, client.clone()));
+    let (sink, queue) = events::KubeEventSink::new();
+    let (ca_tx, ca_rx) = watch::channel(None);
+
+    let mut tasks = vec![
+        tokio::spawn(run_policy_index(client.clone(), index)),
+        tokio::spawn(run_status_writer(
+            client.clone(),
+            store.clone(),
+            changed,
+            Some(recorder.clone()),
+        )),
+        tokio::spawn(run_namespace_reflector(client.clone(), ns_writer)),
+        tokio::spawn(events::run_event_publisher(recorder, store, queue)),
+        tokio::spawn(run_certificates(
+            client.clone(),
+            config.namespace.clone(),
+            config.secret_name.clone(),
+            config.certs.clone(),
+            tls,
+            ca_tx,
+            Some(Arc::clone(&metrics)),
+        )),
+        tokio::spawn(run_webhook_config(
+            client,
+            config.webhook.clone(),
+            config.owner_cluster_role.clone(),
+            ca_rx,
+        )),
+    ];
+    let snap = Arc::clone(&snapshot);
+    tasks.push(tokio::spawn(async move {
+        while rebuilt.changed().await.is_ok() {
+            let errors = rebuilt.borrow_and_update().errors;
+            let current = snap.load();
+            metrics.set_policy_count(current.policies().len());
+            metrics.set_policy_errors(errors);
+            metrics.set_snapshot_created(current.created());
+        }
+    }));
+    Running {
+        snapshot,
+        readiness,
+        namespaces,
+        events: Arc::new(sink),
+        tasks,
+    }
+}
