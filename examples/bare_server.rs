@@ -2,7 +2,10 @@
 //! configuration and certificate resolver as imagegate, answering every `POST /validate` with a
 //! fixed AdmissionReview. Whatever imagegate costs beyond this is its own work.
 //!
-//! `cargo run --release --example bare_server -- ADDR CERT_PEM KEY_PEM`
+//! `cargo run --release --example bare_server -- ADDR CERT_PEM KEY_PEM [BODY_FILE]`
+//!
+//! With `BODY_FILE`, it answers with those bytes instead, so that it can send exactly what
+//! imagegate sends and the comparison measures imagegate's work, not the size of its answer.
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 
@@ -16,18 +19,22 @@ async fn main() -> anyhow::Result<()> {
     let addr = args.next().ok_or_else(|| anyhow::anyhow!(usage))?;
     let cert = std::fs::read_to_string(args.next().ok_or_else(|| anyhow::anyhow!(usage))?)?;
     let key = std::fs::read_to_string(args.next().ok_or_else(|| anyhow::anyhow!(usage))?)?;
+    let body: &'static str = match args.next() {
+        Some(file) => Box::leak(std::fs::read_to_string(file)?.into_boxed_str()),
+        None => BODY,
+    };
     let resolver = imagegate::tls::CertResolver::new();
     resolver.set_pem(&cert, &key)?;
     let config = imagegate::tls::server_config(resolver);
-    HttpServer::new(|| {
+    HttpServer::new(move || {
         App::new()
             .app_data(web::PayloadConfig::new(imagegate::http::MAX_BODY_BYTES))
             .route(
                 "/validate",
-                web::post().to(|_body: web::Bytes| async {
+                web::post().to(move |_body: web::Bytes| async move {
                     HttpResponse::Ok()
                         .content_type("application/json")
-                        .body(BODY)
+                        .body(body)
                 }),
             )
     })

@@ -173,46 +173,62 @@ impl Workload {
     where
         D: serde::Deserializer<'de>,
     {
-        let (meta, template_meta, spec) = match kind {
+        Ok(WorkloadObject::deserialize(de)?.into_workload(kind))
+    }
+}
+
+/// The parts of any checked kind's object that a decision needs, read in one pass: the pod
+/// spec fields of a Pod, `spec.template` of the workload controllers and
+/// `spec.jobTemplate.spec.template` of a CronJob (the paths never collide, so one shape serves
+/// every kind). The webhook reads it straight out of the AdmissionReview body.
+#[derive(Debug, Deserialize, Default)]
+pub struct WorkloadObject {
+    #[serde(default, deserialize_with = "null_default")]
+    metadata: Meta,
+    #[serde(default, deserialize_with = "null_default")]
+    spec: AnySpec,
+}
+
+impl WorkloadObject {
+    /// The workload, reading the object as `kind`.
+    pub fn into_workload(self, kind: WorkloadKind) -> Workload {
+        let WorkloadObject {
+            metadata: meta,
+            spec,
+        } = self;
+        let (annotations, pod) = match kind {
             WorkloadKind::Pod => {
-                let pod = Object::<PodSpec>::deserialize(de)?;
-                (pod.metadata, None, pod.spec)
+                let pod = PodSpec {
+                    containers: spec.containers,
+                    init_containers: spec.init_containers,
+                    ephemeral_containers: spec.ephemeral_containers,
+                    volumes: spec.volumes,
+                };
+                (meta.annotations, pod)
             }
             WorkloadKind::CronJob => {
-                let cron = Object::<CronJobSpec>::deserialize(de)?;
-                let t = cron.spec.job_template.spec.template;
-                (cron.metadata, Some(t.metadata), t.spec)
+                let t = spec.job_template.spec.template;
+                (t.metadata.annotations, t.spec)
             }
-            _ => {
-                let w = Object::<TemplateSpec>::deserialize(de)?;
-                (
-                    w.metadata,
-                    Some(w.spec.template.metadata),
-                    w.spec.template.spec,
-                )
-            }
-        };
-        let annotations = match template_meta {
-            Some(t) => t.annotations,
-            None => meta.annotations.clone(),
+            _ => (spec.template.metadata.annotations, spec.template.spec),
         };
         let name = if meta.name.is_empty() {
             meta.generate_name
         } else {
             meta.name
         };
-        Ok(Workload {
+        Workload {
             name,
             namespace: meta.namespace.filter(|ns| !ns.is_empty()),
             annotations,
-            images: spec.images(kind.pod_spec_path()),
-        })
+            images: pod.images(kind.pod_spec_path()),
+        }
     }
 }
 
 // The minimal wire shapes. `null` is accepted wherever the API server may send it.
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Meta {
     #[serde(default, deserialize_with = "null_default")]
@@ -225,22 +241,32 @@ struct Meta {
     annotations: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
-#[serde(bound(deserialize = "S: Deserialize<'de> + Default"))]
-struct Object<S> {
+/// A pod spec's fields and the template fields of the controllers, side by side (spelled out
+/// rather than `#[serde(flatten)]`, which would buffer the whole spec).
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AnySpec {
     #[serde(default, deserialize_with = "null_default")]
-    metadata: Meta,
+    containers: Vec<Container>,
     #[serde(default, deserialize_with = "null_default")]
-    spec: S,
+    init_containers: Vec<Container>,
+    #[serde(default, deserialize_with = "null_default")]
+    ephemeral_containers: Vec<Container>,
+    #[serde(default, deserialize_with = "null_default")]
+    volumes: Vec<Volume>,
+    #[serde(default, deserialize_with = "null_default")]
+    template: PodTemplate,
+    #[serde(default, deserialize_with = "null_default")]
+    job_template: JobTemplate,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 struct TemplateSpec {
     #[serde(default, deserialize_with = "null_default")]
     template: PodTemplate,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 struct PodTemplate {
     #[serde(default, deserialize_with = "null_default")]
     metadata: Meta,
@@ -248,20 +274,13 @@ struct PodTemplate {
     spec: PodSpec,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct CronJobSpec {
-    #[serde(default, deserialize_with = "null_default")]
-    job_template: JobTemplate,
-}
-
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 struct JobTemplate {
     #[serde(default, deserialize_with = "null_default")]
     spec: TemplateSpec,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct PodSpec {
     #[serde(default, deserialize_with = "null_default")]
@@ -274,7 +293,7 @@ struct PodSpec {
     volumes: Vec<Volume>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Container {
     #[serde(default, deserialize_with = "null_default")]
@@ -285,7 +304,7 @@ struct Container {
     image_pull_policy: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 struct Volume {
     #[serde(default, deserialize_with = "null_default")]
     name: String,
@@ -293,7 +312,7 @@ struct Volume {
     image: Option<ImageVolumeSource>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ImageVolumeSource {
     #[serde(default, deserialize_with = "null_default")]

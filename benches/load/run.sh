@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
 # Load test over HTTPS keep-alive: `imagegate serve` against a bare actix-web + rustls server
-# returning a fixed body (examples/bare_server.rs), same machine, same load, same client.
-# Prints requests/s and p50/p99 latency for both, and imagegate's share of the bare throughput
-# (target: at least 80 %).
+# (examples/bare_server.rs) that answers every request with a fixed body: the very bytes
+# imagegate answers for the same request, so both send the same response and the difference
+# is imagegate's own work (reading the AdmissionReview, deciding, writing the answer, the
+# decision record and metrics). Same machine, same load, same client, two scenarios:
+#
+#   admitted  tests/data/pod-create.json as captured (namespace wh-test: only the Warn-mode
+#             example policy applies, and it has nothing to say)
+#   denied    the same Pod in namespace shop-prod (env=prod): the production policy denies it
+#             with five violations
+#
+# Prints requests/s and p50/p99 latency for each server and scenario, and imagegate's share of
+# the bare throughput (target: at least 80 %).
 #
 #   benches/load/run.sh                 # defaults below
 #   DURATION=30s CONNECTIONS=64 benches/load/run.sh
 #
-# Uses `oha` when installed (else `cargo install oha --locked`), or Debian's `wrk`.
+# Uses `oha` when installed, else Debian's `wrk` (`apt-get install wrk`), else installs oha.
 set -euo pipefail
 
-DURATION=${DURATION:-15s}          # long enough for a stable rate, short enough for CI
+DURATION=${DURATION:-10s}          # long enough for a stable rate, short enough to run often
 CONNECTIONS=${CONNECTIONS:-32}     # concurrent keep-alive connections
 THREADS=${THREADS:-2}              # load generator threads (wrk)
 IMAGEGATE_PORT=${IMAGEGATE_PORT:-18443}
 BARE_PORT=${BARE_PORT:-18444}
-BODY=${BODY:-tests/data/pod-create.json}
+FIXTURE=tests/data/pod-create.json
 
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 work=$(mktemp -d)
 pids=()
+bare_pid=
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}" $bare_pid; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}" $bare_pid; do wait "$pid" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -40,18 +50,16 @@ cargo build --release --bin imagegate --example bare_server
 bin=$root/target/release
 
 "$bin/imagegate" serve --policies examples/policies --addr "127.0.0.1:$IMAGEGATE_PORT" \
-    --metrics-addr off --cert-dir "$work/certs" --namespace-labels wh-test=env=prod \
+    --metrics-addr off --cert-dir "$work/certs" --namespace-labels shop-prod=env=prod \
     --log-format json >"$work/imagegate.out" 2>"$work/imagegate.log" &
 pids+=($!)
-for _ in $(seq 100); do [[ -s $work/certs/tls.key ]] && break; sleep 0.1; done
-"$bin/examples/bare_server" "127.0.0.1:$BARE_PORT" "$work/certs/tls.crt" "$work/certs/tls.key" &
-pids+=($!)
-for port in "$IMAGEGATE_PORT" "$BARE_PORT"; do
-    for _ in $(seq 100); do
-        curl -s -o /dev/null --cacert "$work/certs/ca.crt" -X POST "https://127.0.0.1:$port/validate" -d '{}' && break
-        sleep 0.1
-    done
+for _ in $(seq 100); do
+    curl -sf -o /dev/null --cacert "$work/certs/ca.crt" "https://127.0.0.1:$IMAGEGATE_PORT/readyz" && break
+    sleep 0.1
 done
+
+cp "$FIXTURE" "$work/admitted.json"
+sed 's/"namespace": *"wh-test"/"namespace":"shop-prod"/g' "$FIXTURE" >"$work/denied.json"
 
 # One run: prints "RPS P50_MS P99_MS".
 measure() {
@@ -71,7 +79,7 @@ PY
         cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open("$root/$BODY", "rb")); wrk.body = f:read("*a"); f:close()
+local f = assert(io.open("$BODY", "rb")); wrk.body = f:read("*a"); f:close()
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %.0f %.3f %.3f\n", summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000))
@@ -83,10 +91,27 @@ LUA
     esac
 }
 
-echo "tool: $tool, duration $DURATION, $CONNECTIONS connections, body $BODY ($(wc -c <"$BODY") bytes)"
-read -r bare_rps bare_p50 bare_p99 < <(measure "https://127.0.0.1:$BARE_PORT/validate")
-read -r ig_rps ig_p50 ig_p99 < <(measure "https://127.0.0.1:$IMAGEGATE_PORT/validate")
-printf '%-10s %12s %10s %10s\n' server 'requests/s' 'p50 ms' 'p99 ms'
-printf '%-10s %12s %10s %10s\n' bare "$bare_rps" "$bare_p50" "$bare_p99"
-printf '%-10s %12s %10s %10s\n' imagegate "$ig_rps" "$ig_p50" "$ig_p99"
-python3 -c "print(f'imagegate / bare: {$ig_rps / $bare_rps * 100:.1f} % of the requests/s (target >= 80 %)')"
+echo "tool: $tool, $DURATION per run, $CONNECTIONS connections, body $FIXTURE ($(wc -c <"$FIXTURE") bytes)"
+printf '%-10s %-10s %12s %10s %10s %8s\n' scenario server 'requests/s' 'p50 ms' 'p99 ms' 'answer'
+for scenario in admitted denied; do
+    export BODY=$work/$scenario.json
+    answer=$work/$scenario.answer
+    curl -sf --cacert "$work/certs/ca.crt" -H 'Content-Type: application/json' \
+        --data-binary "@$BODY" "https://127.0.0.1:$IMAGEGATE_PORT/validate" >"$answer"
+    grep -q '"allowed":'"$([[ $scenario == admitted ]] && echo true || echo false)" "$answer" \
+        || { echo "unexpected answer for $scenario: $(cat "$answer")" >&2; exit 1; }
+    "$bin/examples/bare_server" "127.0.0.1:$BARE_PORT" "$work/certs/tls.crt" "$work/certs/tls.key" "$answer" &
+    bare_pid=$!
+    for _ in $(seq 100); do
+        curl -s -o /dev/null --cacert "$work/certs/ca.crt" -X POST "https://127.0.0.1:$BARE_PORT/validate" -d '{}' && break
+        sleep 0.1
+    done
+    read -r bare_rps bare_p50 bare_p99 < <(measure "https://127.0.0.1:$BARE_PORT/validate")
+    read -r ig_rps ig_p50 ig_p99 < <(measure "https://127.0.0.1:$IMAGEGATE_PORT/validate")
+    kill "$bare_pid"; wait "$bare_pid" 2>/dev/null || true; bare_pid=
+    size=$(wc -c <"$answer")
+    printf '%-10s %-10s %12s %10s %10s %8s\n' "$scenario" bare "$bare_rps" "$bare_p50" "$bare_p99" "$size B"
+    printf '%-10s %-10s %12s %10s %10s %8s\n' "$scenario" imagegate "$ig_rps" "$ig_p50" "$ig_p99" "$size B"
+    python3 -c "print(f'{\"$scenario\":10} imagegate / bare: {$ig_rps / $bare_rps * 100:.1f} % of the requests/s (target >= 80 %)')"
+done
+echo "decision records written: $(grep -c imagegate::decision "$work/imagegate.log" || true)"

@@ -61,6 +61,10 @@ pub enum BadRequest {
 
 /// `s` cut to at most `max` characters, ending in `…` when cut.
 pub fn truncate(s: &str, max: usize) -> String {
+    // A string of at most `max` bytes has at most `max` characters.
+    if s.len() <= max {
+        return s.to_owned();
+    }
     match s.char_indices().nth(max.saturating_sub(1)) {
         Some((cut, _)) if s[cut..].chars().nth(1).is_some() => format!("{}…", &s[..cut]),
         _ => s.to_owned(),

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::decision::{Decision, Requester};
+use crate::decision::{AppliedPolicy, BreakGlassUse, Decision, ImageVerdict, Requester};
+use crate::telemetry;
 
 /// The log target of decision records.
 pub const TARGET: &str = "imagegate::decision";
@@ -33,8 +34,40 @@ pub struct RecordContext<'a> {
     pub latency: Duration,
 }
 
-fn json<T: Serialize + ?Sized>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| format!("\"unserializable: {e}\""))
+/// One decision record, as written.
+#[derive(Serialize)]
+struct Record<'a> {
+    timestamp: jiff::Timestamp,
+    level: &'static str,
+    target: &'static str,
+    message: String,
+    endpoint: &'a str,
+    uid: &'a str,
+    kind: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    operation: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<&'a [String]>,
+    dry_run: bool,
+    now: jiff::Timestamp,
+    allowed: bool,
+    decision: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    images: Option<&'a [ImageVerdict]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policies: Option<&'a [AppliedPolicy]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    break_glass_ticket: Option<String>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    break_glass: &'a [BreakGlassUse],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    violations: Option<Vec<ViolationRecord<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    latency_us: u64,
 }
 
 #[derive(Serialize)]
@@ -52,9 +85,74 @@ struct ViolationRecord<'a> {
     message: &'a str,
 }
 
+impl<'a> Record<'a> {
+    fn new(ctx: &RecordContext<'a>, allowed: bool, label: &'a str) -> Record<'a> {
+        Record {
+            timestamp: jiff::Timestamp::now(),
+            level: "INFO",
+            target: TARGET,
+            message: format!(
+                "{} {} {}/{}: {label}",
+                ctx.operation, ctx.kind, ctx.namespace, ctx.name
+            ),
+            endpoint: ctx.endpoint,
+            uid: ctx.uid,
+            kind: ctx.kind,
+            namespace: ctx.namespace,
+            name: ctx.name,
+            operation: ctx.operation,
+            user: ctx.requester.map(|r| r.username.as_str()),
+            groups: ctx.requester.map(|r| r.groups.as_slice()),
+            dry_run: ctx.dry_run,
+            now: ctx.now,
+            allowed,
+            decision: label,
+            images: None,
+            policies: None,
+            break_glass_ticket: None,
+            break_glass: &[],
+            violations: None,
+            reason: None,
+            latency_us: u64::try_from(ctx.latency.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Writes the record: one JSON line, or a text event with `--log-format text`.
+    fn emit(&self) {
+        match telemetry::json_records() {
+            Some(false) => {}
+            Some(true) => {
+                let mut line = Vec::with_capacity(LINE_CAPACITY);
+                if serde_json::to_writer(&mut line, self).is_ok() {
+                    line.push(b'\n');
+                    telemetry::write_record(&line);
+                }
+            }
+            None => tracing::info!(
+                target: TARGET,
+                uid = self.uid,
+                user = self.user,
+                allowed = self.allowed,
+                violations = self.violations.as_ref().map_or(0, Vec::len),
+                reason = self.reason,
+                latency_us = self.latency_us,
+                "{}",
+                self.message
+            ),
+        }
+    }
+}
+
+/// The usual size of a record, so serialising it seldom reallocates.
+const LINE_CAPACITY: usize = 2048;
+
 /// Writes the record of a decision.
 pub fn decision(ctx: &RecordContext<'_>, decision: &Decision, label: &str) {
-    let violations: Vec<ViolationRecord<'_>> = decision
+    record_of(ctx, decision, label).emit();
+}
+
+fn record_of<'a>(ctx: &RecordContext<'a>, decision: &'a Decision, label: &'a str) -> Record<'a> {
+    let violations = decision
         .violations
         .iter()
         .map(|v| ViolationRecord {
@@ -75,59 +173,89 @@ pub fn decision(ctx: &RecordContext<'_>, decision: &Decision, label: &str) {
         .iter()
         .map(|b| b.ticket.as_str())
         .collect();
-    tracing::info!(
-        target: TARGET,
-        endpoint = ctx.endpoint,
-        uid = ctx.uid,
-        kind = ctx.kind,
-        namespace = ctx.namespace,
-        name = ctx.name,
-        operation = ctx.operation,
-        user = ctx.requester.map(|r| r.username.as_str()),
-        groups = ctx.requester.map(|r| json(&r.groups)),
-        dry_run = ctx.dry_run,
-        now = %ctx.now,
-        allowed = decision.allowed,
-        decision = label,
-        images = json(&decision.images),
-        policies = json(&decision.policies),
-        break_glass_ticket = (!tickets.is_empty()).then(|| tickets.join(",")),
-        break_glass = (!decision.break_glass.is_empty()).then(|| json(&decision.break_glass)),
-        violations = json(&violations),
-        latency_us = u64::try_from(ctx.latency.as_micros()).unwrap_or(u64::MAX),
-        "{} {} {}/{}: {}",
-        ctx.operation,
-        ctx.kind,
-        ctx.namespace,
-        ctx.name,
-        label
-    );
+    Record {
+        images: Some(&decision.images),
+        policies: Some(&decision.policies),
+        break_glass_ticket: (!tickets.is_empty()).then(|| tickets.join(",")),
+        break_glass: &decision.break_glass,
+        violations: Some(violations),
+        ..Record::new(ctx, decision.allowed, label)
+    }
 }
 
 /// Writes the record of a request denied without a decision (unreadable object or namespace)
 /// or of a validated ImagePolicy.
 pub fn verdict(ctx: &RecordContext<'_>, allowed: bool, label: &str, reason: &str) {
-    tracing::info!(
-        target: TARGET,
-        endpoint = ctx.endpoint,
-        uid = ctx.uid,
-        kind = ctx.kind,
-        namespace = ctx.namespace,
-        name = ctx.name,
-        operation = ctx.operation,
-        user = ctx.requester.map(|r| r.username.as_str()),
-        groups = ctx.requester.map(|r| json(&r.groups)),
-        dry_run = ctx.dry_run,
-        now = %ctx.now,
-        allowed,
-        decision = label,
-        reason,
-        latency_us = u64::try_from(ctx.latency.as_micros()).unwrap_or(u64::MAX),
-        "{} {} {}/{}: {}",
-        ctx.operation,
-        ctx.kind,
-        ctx.namespace,
-        ctx.name,
-        label
-    );
+    Record {
+        reason: Some(reason),
+        ..Record::new(ctx, allowed, label)
+    }
+    .emit();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Input, decide};
+    use crate::policy::{Settings, Snapshot, compile};
+    use crate::workload::{Workload, WorkloadKind};
+
+    #[test]
+    fn a_record_is_one_nested_json_object_with_what_replay_needs() {
+        let policy = serde_saphyr::from_str(
+            "metadata: {name: p, generation: 3}\nspec: {deniedTags: [latest]}",
+        )
+        .unwrap();
+        let snapshot = Snapshot::new(vec![compile(&policy).unwrap()], Settings::default());
+        let pod = serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+        let object = Workload::from_value(WorkloadKind::Pod, &pod).unwrap();
+        let requester = Requester {
+            username: "alice".into(),
+            groups: vec!["dev".into()],
+        };
+        let labels = Default::default();
+        let now: jiff::Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
+        let d = decide(
+            &snapshot,
+            &Input {
+                object: &object,
+                old_object: None,
+                namespace_labels: &labels,
+                requester: Some(&requester),
+                now,
+            },
+        );
+        let ctx = RecordContext {
+            endpoint: "validate",
+            uid: "u-1",
+            kind: "Pod",
+            namespace: "shop",
+            name: "web",
+            operation: "CREATE",
+            requester: Some(&requester),
+            dry_run: false,
+            now,
+            latency: Duration::from_micros(42),
+        };
+        let line = serde_json::to_value(record_of(&ctx, &d, "denied")).unwrap();
+        assert_eq!(line["target"], TARGET);
+        assert_eq!(line["message"], "CREATE Pod shop/web: denied");
+        assert_eq!(line["user"], "alice");
+        assert_eq!(line["groups"], serde_json::json!(["dev"]));
+        assert_eq!(line["now"], "2026-11-22T12:00:00Z");
+        assert_eq!(line["allowed"], false);
+        assert_eq!(
+            line["images"][0]["canonical"],
+            "docker.io/library/nginx:latest"
+        );
+        assert_eq!(line["images"][0]["verdict"], "denied");
+        assert_eq!(
+            line["policies"],
+            serde_json::json!([{"name": "p", "generation": 3, "mode": "Enforce"}])
+        );
+        assert_eq!(line["violations"][0]["rule"], "deniedTags");
+        assert_eq!(line["violations"][0]["field"], "spec.containers[0].image");
+        assert_eq!(line["latency_us"], 42);
+        assert!(line.get("reason").is_none() && line.get("break_glass").is_none());
+    }
 }

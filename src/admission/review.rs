@@ -16,7 +16,7 @@ use crate::metrics::{AdmissionResult, decision_label};
 use crate::namespaces::Labels;
 use crate::policy::crd::GROUP as POLICY_GROUP;
 use crate::policy::{ImagePolicy, Snapshot, compile};
-use crate::workload::{Workload, WorkloadKind};
+use crate::workload::{Workload, WorkloadKind, WorkloadObject};
 
 /// The only AdmissionReview version imagegate speaks.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -24,15 +24,18 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 pub const KIND: &str = "AdmissionReview";
 const WHAT: &str = "admission.k8s.io/v1 AdmissionReview";
 
+/// The review envelope; `O` is how `object` and `oldObject` are read (see
+/// [`parse_admission_review`]).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn {
+#[serde(bound(deserialize = "O: Deserialize<'de>"))]
+struct ReviewIn<O> {
     #[serde(default)]
     api_version: String,
     #[serde(default)]
     kind: String,
     #[serde(default)]
-    request: Option<RequestIn>,
+    request: Option<RequestIn<O>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -55,7 +58,8 @@ struct UserInfo {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn {
+#[serde(bound(deserialize = "O: Deserialize<'de>"))]
+struct RequestIn<O> {
     #[serde(default)]
     uid: Option<String>,
     #[serde(default)]
@@ -71,9 +75,9 @@ struct RequestIn {
     #[serde(default)]
     user_info: Option<UserInfo>,
     #[serde(default)]
-    object: Option<Box<RawValue>>,
+    object: Option<O>,
     #[serde(default)]
-    old_object: Option<Box<RawValue>>,
+    old_object: Option<O>,
     #[serde(default)]
     dry_run: Option<bool>,
 }
@@ -117,10 +121,38 @@ pub struct AdmissionRequest {
 /// Reads an AdmissionReview body. Only a body that is not an AdmissionReview with a `uid`,
 /// `kind` and `operation` is an error; an unreadable object is a [`Target::Unreadable`].
 pub fn parse_admission_review(body: &[u8]) -> Result<AdmissionRequest, BadRequest> {
-    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| BadRequest::Malformed {
-        expected: WHAT,
-        message: e.to_string(),
-    })?;
+    // Fast path, one pass over the body: the object read straight into the shape every
+    // checked kind shares. It serves Pods and workloads whose objects read cleanly; anything
+    // else (ImagePolicies, unreadable objects, bodies that are not reviews) takes the careful
+    // path, which reads the envelope first and then the object, and says what is wrong.
+    if let Ok(review) = serde_json::from_slice::<ReviewIn<WorkloadObject>>(body)
+        && let Some(request) = &review.request
+        && let Some(gvk) = &request.kind
+        && WorkloadKind::from_group_kind(&gvk.group, &gvk.kind).is_some()
+    {
+        return from_review(review, |gvk, sub, op, object, old| {
+            workload_target(gvk, sub, op, object, old, |kind, o: WorkloadObject| {
+                Ok(o.into_workload(kind))
+            })
+        });
+    }
+    parse_carefully(body)
+}
+
+/// Reads the envelope with the objects left as raw JSON, then each object on its own.
+fn parse_carefully(body: &[u8]) -> Result<AdmissionRequest, BadRequest> {
+    let review: ReviewIn<Box<RawValue>> =
+        serde_json::from_slice(body).map_err(|e| BadRequest::Malformed {
+            expected: WHAT,
+            message: e.to_string(),
+        })?;
+    from_review(review, target)
+}
+
+fn from_review<O>(
+    review: ReviewIn<O>,
+    target: impl FnOnce(&GroupVersionKind, &str, &str, Option<O>, Option<O>) -> Target,
+) -> Result<AdmissionRequest, BadRequest> {
     if review.api_version != API_VERSION || review.kind != KIND {
         return Err(BadRequest::WrongType {
             expected_api_version: API_VERSION,
@@ -157,8 +189,8 @@ pub fn parse_admission_review(body: &[u8]) -> Result<AdmissionRequest, BadReques
         &gvk,
         &sub_resource,
         &operation,
-        request.object.as_deref(),
-        request.old_object.as_deref(),
+        request.object,
+        request.old_object,
     );
     let (object_name, object_namespace) = match &target {
         Target::Workload { object, .. } => (object.name.clone(), object.namespace.clone()),
@@ -193,13 +225,13 @@ fn target(
     gvk: &GroupVersionKind,
     sub_resource: &str,
     operation: &str,
-    object: Option<&RawValue>,
-    old_object: Option<&RawValue>,
+    object: Option<Box<RawValue>>,
+    old_object: Option<Box<RawValue>>,
 ) -> Target {
-    if operation != "CREATE" && operation != "UPDATE" {
-        return Target::Skip("only CREATE and UPDATE are checked");
-    }
     if gvk.group == POLICY_GROUP && gvk.kind == "ImagePolicy" {
+        if operation != "CREATE" && operation != "UPDATE" {
+            return Target::Skip("only CREATE and UPDATE are checked");
+        }
         if !sub_resource.is_empty() {
             return Target::Skip("ImagePolicy subresources are not checked");
         }
@@ -210,6 +242,28 @@ fn target(
             Ok(p) => Target::Policy(Box::new(p)),
             Err(e) => Target::Unreadable(format!("cannot read the ImagePolicy: {e}")),
         };
+    }
+    workload_target(
+        gvk,
+        sub_resource,
+        operation,
+        object,
+        old_object,
+        |kind, o: Box<RawValue>| Workload::from_json(kind, o.get()).map_err(|e| e.to_string()),
+    )
+}
+
+/// The target for a Pod or workload, reading its objects with `read`.
+fn workload_target<O>(
+    gvk: &GroupVersionKind,
+    sub_resource: &str,
+    operation: &str,
+    object: Option<O>,
+    old_object: Option<O>,
+    read: impl Fn(WorkloadKind, O) -> Result<Workload, String>,
+) -> Target {
+    if operation != "CREATE" && operation != "UPDATE" {
+        return Target::Skip("only CREATE and UPDATE are checked");
     }
     let Some(kind) = WorkloadKind::from_group_kind(&gvk.group, &gvk.kind) else {
         return Target::Skip("this kind has no images to check");
@@ -225,14 +279,14 @@ fn target(
             kind.as_str()
         ));
     };
-    let object = match Workload::from_json(kind, object.get()) {
+    let object = match read(kind, object) {
         Ok(w) => w,
-        Err(e) => return Target::Unreadable(e.to_string()),
+        Err(e) => return Target::Unreadable(e),
     };
     // On UPDATE only new or changed images may deny. An old object that cannot be read counts
     // as absent: every image is then checked, which can only deny more, never less.
     let old = if operation == "UPDATE" {
-        old_object.and_then(|o| Workload::from_json(kind, o.get()).ok())
+        old_object.and_then(|o| read(kind, o).ok())
     } else {
         None
     };
@@ -495,6 +549,27 @@ pub struct CauseOut {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn fast_and_careful_paths_read_every_fixture_alike() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".json") || name.starts_with("imagereview") {
+                continue;
+            }
+            let body = std::fs::read(&path).unwrap();
+            let fast = format!("{:?}", parse_admission_review(&body).unwrap());
+            let careful = format!("{:?}", parse_carefully(&body).unwrap());
+            assert_eq!(fast, careful, "{name}");
+            assert!(fast.contains("Workload"), "{name} is a workload review");
+            checked += 1;
+        }
+        assert!(checked >= 7, "only {checked} fixtures");
+    }
+
     use super::*;
     use crate::policy::{Settings, Snapshot};
 

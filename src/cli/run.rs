@@ -252,7 +252,7 @@ async fn shutdown_signal() {
 
 /// Runs `imagegate run`.
 pub async fn main(args: RunArgs) -> anyhow::Result<()> {
-    crate::telemetry::init(args.log_format);
+    let _telemetry = crate::telemetry::init(args.log_format);
     let config = args.operator_config()?;
     let client = kube::Client::try_default().await.context(
         "cannot configure the Kubernetes client (from KUBECONFIG, ~/.kube/config or the in-cluster service account)",

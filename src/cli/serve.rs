@@ -486,7 +486,7 @@ pub async fn shutdown_signal() {
 
 /// Runs `imagegate serve`.
 pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
-    crate::telemetry::init(args.log_format);
+    let _telemetry = crate::telemetry::init(args.log_format);
     let prepared = prepare(&args)?;
     let addr = prepared.local_addr();
     let host = match addr.ip() {
