@@ -96,6 +96,42 @@ pub async fn run_policy_index(client: Client, mut index: PolicyIndex) {
     }
 }
 
+/// Starts the policy tasks on the current runtime: the ImagePolicy watch that feeds `index`
+/// (and through it the shared snapshot and readiness), the status writer, and the policy
+/// metrics. They run for the life of the process; abort the returned tasks to stop them.
+pub fn start_policies(
+    client: Client,
+    index: PolicyIndex,
+    recorder: Option<Recorder>,
+    metrics: Arc<Metrics>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let store = index.store();
+    let snapshot = index.snapshot();
+    let status_changes = index.subscribe();
+    let metric_changes = index.subscribe();
+    vec![
+        tokio::spawn(run_policy_index(client.clone(), index)),
+        tokio::spawn(run_status_writer(client, store, status_changes, recorder)),
+        tokio::spawn(run_policy_metrics(snapshot, metric_changes, metrics)),
+    ]
+}
+
+/// Sets the policy metrics (policies in force, policies left out, snapshot time) after every
+/// rebuild of the snapshot.
+pub async fn run_policy_metrics(
+    snapshot: SharedSnapshot,
+    mut rebuilt: watch::Receiver<index::Rebuilt>,
+    metrics: Arc<Metrics>,
+) {
+    while rebuilt.changed().await.is_ok() {
+        let errors = rebuilt.borrow_and_update().errors;
+        let current = snapshot.load();
+        metrics.set_policy_count(current.policies().len());
+        metrics.set_policy_errors(errors);
+        metrics.set_snapshot_created(current.created());
+    }
+}
+
 /// Writes each policy's status whenever the index changes, and retries failed writes.
 pub async fn run_status_writer(
     client: Client,
@@ -336,22 +372,19 @@ pub fn start(
         config.settings.clone(),
     );
     let store = index.store();
-    let mut rebuilt = index.subscribe();
-    let changed = index.subscribe();
     let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
     let (ns_store, ns_writer) = reflector::store();
     let namespaces = Arc::new(NamespaceCache::new(ns_store, client.clone()));
     let (sink, queue) = events::KubeEventSink::new();
     let (ca_tx, ca_rx) = watch::channel(None);
 
-    let mut tasks = vec![
-        tokio::spawn(run_policy_index(client.clone(), index)),
-        tokio::spawn(run_status_writer(
-            client.clone(),
-            store.clone(),
-            changed,
-            Some(recorder.clone()),
-        )),
+    let mut tasks = start_policies(
+        client.clone(),
+        index,
+        Some(recorder.clone()),
+        Arc::clone(&metrics),
+    );
+    tasks.extend([
         tokio::spawn(run_namespace_reflector(client.clone(), ns_writer)),
         tokio::spawn(events::run_event_publisher(recorder, store, queue)),
         tokio::spawn(run_certificates(
@@ -361,7 +394,7 @@ pub fn start(
             config.certs.clone(),
             tls,
             ca_tx,
-            Some(Arc::clone(&metrics)),
+            Some(metrics),
         )),
         tokio::spawn(run_webhook_config(
             client,
@@ -369,17 +402,7 @@ pub fn start(
             config.owner_cluster_role.clone(),
             ca_rx,
         )),
-    ];
-    let snap = Arc::clone(&snapshot);
-    tasks.push(tokio::spawn(async move {
-        while rebuilt.changed().await.is_ok() {
-            let errors = rebuilt.borrow_and_update().errors;
-            let current = snap.load();
-            metrics.set_policy_count(current.policies().len());
-            metrics.set_policy_errors(errors);
-            metrics.set_snapshot_created(current.created());
-        }
-    }));
+    ]);
     Running {
         snapshot,
         readiness,
