@@ -378,15 +378,15 @@ pub fn start(
     let (sink, queue) = events::KubeEventSink::new();
     let (ca_tx, ca_rx) = watch::channel(None);
 
-    let mut tasks = start_policies(
-        client.clone(),
-        index,
-        Some(recorder.clone()),
-        Arc::clone(&metrics),
-    );
+    let mut tasks = start_policies(client.clone(), index, Some(recorder), Arc::clone(&metrics));
     tasks.extend([
         tokio::spawn(run_namespace_reflector(client.clone(), ns_writer)),
-        tokio::spawn(events::run_event_publisher(recorder, store, queue)),
+        tokio::spawn(events::run_event_publisher(
+            client.clone(),
+            FIELD_MANAGER.into(),
+            store,
+            queue,
+        )),
         tokio::spawn(run_certificates(
             client.clone(),
             config.namespace.clone(),
