@@ -192,7 +192,9 @@ pub async fn run_webhook_config(
     let mut events = watcher(api, watcher::Config::default().fields(&fields))
         .default_backoff()
         .boxed();
-    let mut resync = tokio::time::interval(WEBHOOK_RESYNC);
+    // The first tick is one period away: the loop reconciles once before waiting anyway.
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + WEBHOOK_RESYNC, WEBHOOK_RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let ca = ca_bundle.borrow_and_update().clone();
@@ -264,7 +266,11 @@ pub async fn run_certificates(
     let mut events = watcher(api, watcher::Config::default().fields(&fields))
         .default_backoff()
         .boxed();
-    let mut check = tokio::time::interval(CERT_CHECK_INTERVAL);
+    // The first tick is one period away: the loop reconciles once before waiting anyway.
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + CERT_CHECK_INTERVAL,
+        CERT_CHECK_INTERVAL,
+    );
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut serving: Option<String> = None;
     loop {
