@@ -2,9 +2,9 @@
 //! path only queues the event (never blocks, never awaits the API server); a task publishes it.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef as StoreRef, Store};
+use kube::{Client, Resource};
 use tokio::sync::mpsc;
 
 use super::status::{EVENT_NOTE_LIMIT, truncate};
@@ -85,8 +85,15 @@ pub fn policy_reference(store: &Store<ImagePolicy>, name: &str) -> ObjectReferen
 
 /// Publishes queued break-glass events as Warning Events on their policy until the sink is
 /// dropped.
+///
+/// Each exception becomes an Event of its own. kube's `Recorder` folds events with the same
+/// reason, action and object into a series that keeps the note of the first one, so a second
+/// exception on the same policy within minutes would only bump a count and lose its ticket,
+/// object and requester. Its cache belongs to the recorder, so a fresh recorder per event always
+/// creates a new Event.
 pub async fn run_event_publisher(
-    recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
     store: Store<ImagePolicy>,
     mut queue: mpsc::Receiver<BreakGlassEvent>,
 ) {
@@ -98,6 +105,7 @@ pub async fn run_event_publisher(
             action: "Admit".to_owned(),
             secondary: None,
         };
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         if let Err(err) = recorder
             .publish(&event, &policy_reference(&store, &e.policy))
             .await

@@ -51,6 +51,11 @@ impl PolicyIndex {
         self.store.clone()
     }
 
+    /// The shared snapshot this index swaps.
+    pub fn snapshot(&self) -> SharedSnapshot {
+        Arc::clone(&self.snapshot)
+    }
+
     /// A receiver that sees a new value after every rebuild (the status writer waits on it).
     pub fn subscribe(&self) -> watch::Receiver<Rebuilt> {
         self.changed.subscribe()

@@ -96,6 +96,42 @@ pub async fn run_policy_index(client: Client, mut index: PolicyIndex) {
     }
 }
 
+/// Starts the policy tasks on the current runtime: the ImagePolicy watch that feeds `index`
+/// (and through it the shared snapshot and readiness), the status writer, and the policy
+/// metrics. They run for the life of the process; abort the returned tasks to stop them.
+pub fn start_policies(
+    client: Client,
+    index: PolicyIndex,
+    recorder: Option<Recorder>,
+    metrics: Arc<Metrics>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let store = index.store();
+    let snapshot = index.snapshot();
+    let status_changes = index.subscribe();
+    let metric_changes = index.subscribe();
+    vec![
+        tokio::spawn(run_policy_index(client.clone(), index)),
+        tokio::spawn(run_status_writer(client, store, status_changes, recorder)),
+        tokio::spawn(run_policy_metrics(snapshot, metric_changes, metrics)),
+    ]
+}
+
+/// Sets the policy metrics (policies in force, policies left out, snapshot time) after every
+/// rebuild of the snapshot.
+pub async fn run_policy_metrics(
+    snapshot: SharedSnapshot,
+    mut rebuilt: watch::Receiver<index::Rebuilt>,
+    metrics: Arc<Metrics>,
+) {
+    while rebuilt.changed().await.is_ok() {
+        let errors = rebuilt.borrow_and_update().errors;
+        let current = snapshot.load();
+        metrics.set_policy_count(current.policies().len());
+        metrics.set_policy_errors(errors);
+        metrics.set_snapshot_created(current.created());
+    }
+}
+
 /// Writes each policy's status whenever the index changes, and retries failed writes.
 pub async fn run_status_writer(
     client: Client,
@@ -156,7 +192,9 @@ pub async fn run_webhook_config(
     let mut events = watcher(api, watcher::Config::default().fields(&fields))
         .default_backoff()
         .boxed();
-    let mut resync = tokio::time::interval(WEBHOOK_RESYNC);
+    // The first tick is one period away: the loop reconciles once before waiting anyway.
+    let mut resync =
+        tokio::time::interval_at(tokio::time::Instant::now() + WEBHOOK_RESYNC, WEBHOOK_RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let ca = ca_bundle.borrow_and_update().clone();
@@ -228,7 +266,11 @@ pub async fn run_certificates(
     let mut events = watcher(api, watcher::Config::default().fields(&fields))
         .default_backoff()
         .boxed();
-    let mut check = tokio::time::interval(CERT_CHECK_INTERVAL);
+    // The first tick is one period away: the loop reconciles once before waiting anyway.
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + CERT_CHECK_INTERVAL,
+        CERT_CHECK_INTERVAL,
+    );
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut serving: Option<String> = None;
     loop {
@@ -336,24 +378,21 @@ pub fn start(
         config.settings.clone(),
     );
     let store = index.store();
-    let mut rebuilt = index.subscribe();
-    let changed = index.subscribe();
     let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
     let (ns_store, ns_writer) = reflector::store();
     let namespaces = Arc::new(NamespaceCache::new(ns_store, client.clone()));
     let (sink, queue) = events::KubeEventSink::new();
     let (ca_tx, ca_rx) = watch::channel(None);
 
-    let mut tasks = vec![
-        tokio::spawn(run_policy_index(client.clone(), index)),
-        tokio::spawn(run_status_writer(
-            client.clone(),
-            store.clone(),
-            changed,
-            Some(recorder.clone()),
-        )),
+    let mut tasks = start_policies(client.clone(), index, Some(recorder), Arc::clone(&metrics));
+    tasks.extend([
         tokio::spawn(run_namespace_reflector(client.clone(), ns_writer)),
-        tokio::spawn(events::run_event_publisher(recorder, store, queue)),
+        tokio::spawn(events::run_event_publisher(
+            client.clone(),
+            FIELD_MANAGER.into(),
+            store,
+            queue,
+        )),
         tokio::spawn(run_certificates(
             client.clone(),
             config.namespace.clone(),
@@ -361,7 +400,7 @@ pub fn start(
             config.certs.clone(),
             tls,
             ca_tx,
-            Some(Arc::clone(&metrics)),
+            Some(metrics),
         )),
         tokio::spawn(run_webhook_config(
             client,
@@ -369,17 +408,7 @@ pub fn start(
             config.owner_cluster_role.clone(),
             ca_rx,
         )),
-    ];
-    let snap = Arc::clone(&snapshot);
-    tasks.push(tokio::spawn(async move {
-        while rebuilt.changed().await.is_ok() {
-            let errors = rebuilt.borrow_and_update().errors;
-            let current = snap.load();
-            metrics.set_policy_count(current.policies().len());
-            metrics.set_policy_errors(errors);
-            metrics.set_snapshot_created(current.created());
-        }
-    }));
+    ]);
     Running {
         snapshot,
         readiness,

@@ -46,9 +46,22 @@ impl NamespaceLabels for NamespaceCache {
                 Ok(Some(ns)) => Ok(labels_of(&ns, &name)),
                 Ok(None) => Err(format!("namespace {name} does not exist")),
                 Err(e) => Err(format!(
-                    "cannot read the labels of namespace {name} from the API server: {e}"
+                    "cannot read the labels of namespace {name} from the API server: {}",
+                    reason(&e)
                 )),
             }
         })
+    }
+}
+
+/// Why a request failed, for a denial message: the API server's own answer (code, reason and
+/// message) rather than kube's display of an API error, which appends a debug dump of it.
+fn reason(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!(
+            "it answered {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        e => e.to_string(),
     }
 }

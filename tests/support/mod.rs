@@ -41,6 +41,20 @@ impl Call {
         self.uri.split_once('?').map(|(_, q)| q).unwrap_or_default()
     }
 
+    /// The value of one query parameter, percent-decoded; `None` when absent.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.query()
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| percent_decode(v))
+    }
+
+    /// Whether this is a watch request (`?watch=true`), as opposed to a list or a get.
+    pub fn is_watch(&self) -> bool {
+        self.param("watch").as_deref() == Some("true")
+    }
+
     /// Asserts the method and path.
     pub fn expect(self, method: Method, path: &str) -> Call {
         assert_eq!(
@@ -69,6 +83,23 @@ impl Call {
         self.respond(200, body)
     }
 
+    /// Answers a watch request with these events (`{"type": …, "object": …}`), one JSON
+    /// document a line as the API server streams them; the watch then ends, as when the API
+    /// server closes it.
+    pub fn watch_events(self, events: &[Value]) {
+        let mut body = Vec::new();
+        for e in events {
+            serde_json::to_writer(&mut body, e).expect("JSON");
+            body.push(b'\n');
+        }
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("response");
+        self.respond.send_response(response);
+    }
+
     /// Answers with a `Status` error of `code` and `reason`.
     pub fn error(self, code: u16, reason: &str) {
         self.respond(
@@ -85,6 +116,30 @@ impl Call {
         body["metadata"]["resourceVersion"] = json!(resource_version);
         self.ok(body)
     }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).expect("ASCII");
+                out.push(u8::from_str_radix(hex, 16).expect("percent escape"));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("UTF-8 query")
 }
 
 /// A client over a mock service, and the test's side of it.
