@@ -767,6 +767,25 @@ spec:
 ";
 
     #[test]
+    fn break_glass_annotations_are_read_from_objects() {
+        for key in [BREAK_GLASS_ANNOTATION, BREAK_GLASS_UNTIL_ANNOTATION] {
+            assert!(key.starts_with(crate::workload::ANNOTATION_PREFIX), "{key}");
+        }
+        let w = pod(
+            &[],
+            &[
+                (BREAK_GLASS_ANNOTATION, "INC-1"),
+                ("example.com/other", "x"),
+            ],
+        );
+        assert_eq!(
+            w.annotations.len(),
+            1,
+            "only imagegate's annotations are kept"
+        );
+    }
+
+    #[test]
     fn rule_table() {
         let digest_pinned = format!("registry.corp.example/app@{DIGEST}");
         let tagged_and_pinned = format!("registry.corp.example/app:latest@{DIGEST}");

@@ -130,8 +130,9 @@ pub struct Workload {
     pub name: String,
     /// The object's namespace, if it says.
     pub namespace: Option<String>,
-    /// The annotations that carry break-glass: the pod template's for workloads, the Pod's own
-    /// for Pods.
+    /// The annotations that carry break-glass (those under [`ANNOTATION_PREFIX`]): the pod
+    /// template's for workloads, the Pod's own for Pods. Other annotations are skipped while
+    /// reading, since none of them can change a decision.
     pub annotations: BTreeMap<String, String>,
     /// Every image, in spec order: init containers, containers, ephemeral containers, volumes.
     pub images: Vec<ImageUse>,
@@ -237,8 +238,48 @@ struct Meta {
     generate_name: String,
     #[serde(default)]
     namespace: Option<String>,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, deserialize_with = "imagegate_annotations")]
     annotations: BTreeMap<String, String>,
+}
+
+/// The annotation prefix imagegate reads; the legacy `ImagePolicyWebhook` plugin forwards keys
+/// of this form too.
+pub const ANNOTATION_PREFIX: &str = "imagegate.image-policy.k8s.io/";
+
+/// Reads an annotation map keeping only imagegate's keys; other values are skipped unread
+/// (`kubectl.kubernetes.io/last-applied-configuration` alone can be most of an object).
+fn imagegate_annotations<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of annotations")
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key.starts_with(ANNOTATION_PREFIX) {
+                    out.insert(key.into_owned(), map.next_value::<String>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+    }
+    de.deserialize_any(Visitor)
 }
 
 /// A pod spec's fields and the template fields of the controllers, side by side (spelled out
