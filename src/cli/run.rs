@@ -225,31 +225,6 @@ impl RunArgs {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutdown signal received");
-}
-
 /// Runs `imagegate run`.
 pub async fn main(args: RunArgs) -> anyhow::Result<()> {
     let _telemetry = crate::telemetry::init(args.log_format);
@@ -276,7 +251,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut server = ServerConfig::new(args.addr, args.metrics_addr.0);
     server.drain_delay = DRAIN_DELAY;
-    let result = run_server(server, state, shutdown_signal()).await;
+    let result = run_server(server, state, super::shutdown_signal()).await;
     for task in &running.tasks {
         task.abort();
     }

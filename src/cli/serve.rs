@@ -461,29 +461,6 @@ impl Prepared {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// Runs `imagegate serve`.
 pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     let _telemetry = crate::telemetry::init(args.log_format);
@@ -501,7 +478,7 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = prepared.metrics_addr() {
         println!("imagegate serve: metrics http://{m}/metrics");
     }
-    prepared.run(shutdown_signal()).await
+    prepared.run(super::shutdown_signal()).await
 }
 
 #[cfg(test)]

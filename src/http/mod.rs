@@ -259,8 +259,24 @@ fn json(body: &impl serde::Serialize) -> HttpResponse {
     }
 }
 
-/// Reads the body up to [`MAX_BODY_BYTES`] within [`BODY_READ_TIMEOUT`].
+/// Reads the body up to [`MAX_BODY_BYTES`] within [`BODY_READ_TIMEOUT`]; a body that cannot be
+/// read is counted as a bad request of `endpoint`.
 async fn read_body(
+    req: &actix_web::HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    endpoint: Endpoint,
+) -> Result<web::BytesMut, HttpResponse> {
+    let body = read_body_within_limits(req, payload).await;
+    if body.is_err() {
+        state
+            .metrics
+            .record_admission(endpoint, AdmissionResult::bad_request, Duration::ZERO);
+    }
+    body
+}
+
+async fn read_body_within_limits(
     req: &actix_web::HttpRequest,
     mut payload: web::Payload,
 ) -> Result<web::BytesMut, HttpResponse> {
@@ -338,16 +354,9 @@ async fn validate(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let body = match read_body(&req, payload).await {
+    let body = match read_body(&req, payload, &state, Endpoint::validate).await {
         Ok(b) => b,
-        Err(res) => {
-            state.metrics.record_admission(
-                Endpoint::validate,
-                AdmissionResult::bad_request,
-                Duration::ZERO,
-            );
-            return res;
-        }
+        Err(res) => return res,
     };
     let started = Instant::now();
     let request = match admission::parse_admission_review(&body) {
@@ -432,16 +441,9 @@ async fn image_review(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let body = match read_body(&req, payload).await {
+    let body = match read_body(&req, payload, &state, Endpoint::imagereview).await {
         Ok(b) => b,
-        Err(res) => {
-            state.metrics.record_admission(
-                Endpoint::imagereview,
-                AdmissionResult::bad_request,
-                Duration::ZERO,
-            );
-            return res;
-        }
+        Err(res) => return res,
     };
     let started = Instant::now();
     let request = match admission::parse_image_review(&body) {
