@@ -39,25 +39,43 @@ pub struct CheckArgs {
     )]
     pub policies: Vec<PathBuf>,
 
-    /// Labels of a namespace, as NS=KEY=VALUE[,KEY=VALUE…]; repeatable. Overrides Namespace
-    /// objects in the input.
-    #[arg(long = "namespace-labels", value_name = "NS=K=V[,K=V]", value_parser = namespaces::parse_namespace_labels)]
+    /// Labels of a namespace, as NS=KEY=VALUE[,KEY=VALUE…]; repeatable (in the environment,
+    /// separate namespaces with `;`). Overrides Namespace objects in the input.
+    #[arg(
+        long = "namespace-labels",
+        env = "IMAGEGATE_NAMESPACE_LABELS",
+        value_name = "NS=K=V[,K=V]",
+        value_delimiter = ';',
+        value_parser = namespaces::parse_namespace_labels
+    )]
     pub namespace_labels: Vec<(String, Labels)>,
 
     /// The requester's username (for break-glass allowedUsers); unknown when omitted.
     #[arg(long, env = "IMAGEGATE_CHECK_USER")]
     pub user: Option<String>,
 
-    /// A group of the requester (for break-glass allowedGroups); repeatable.
-    #[arg(long = "group", value_name = "G")]
+    /// A group of the requester (for break-glass allowedGroups); repeatable, or separated by
+    /// commas.
+    #[arg(
+        long = "group",
+        value_name = "G",
+        env = "IMAGEGATE_CHECK_GROUPS",
+        value_delimiter = ','
+    )]
     pub groups: Vec<String>,
 
     /// The moment of the decision (RFC 3339), e.g. to replay a decision record; default now.
-    #[arg(long, value_parser = parse_now)]
+    #[arg(long, env = "IMAGEGATE_CHECK_NOW", value_parser = parse_now)]
     pub now: Option<jiff::Timestamp>,
 
     /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    #[arg(
+        long,
+        short = 'o',
+        env = "IMAGEGATE_CHECK_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
     pub output: OutputFormat,
 
     #[command(flatten)]
