@@ -1,13 +1,15 @@
 //! The policy index: a reflector store of ImagePolicies, driven by watch events, that rebuilds
 //! the [`Snapshot`] and swaps it in on every change (apply, delete, re-list).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::policy::{CompileError, ImagePolicy, Settings, Snapshot};
+use crate::policy::{CompileError, ImagePolicy, ImagePolicySpec, Settings, Snapshot};
 use crate::state::{Readiness, SharedSnapshot};
 
 /// Holds the store of ImagePolicies and keeps the shared snapshot in step with it.
@@ -18,6 +20,9 @@ pub struct PolicyIndex {
     readiness: Arc<Readiness>,
     settings: Settings,
     changed: watch::Sender<Rebuilt>,
+    /// The name, generation and spec of every policy in the snapshot in force: an event that
+    /// changes none of them (a status write, a label edit) needs no rebuild.
+    built: HashMap<String, (Option<i64>, ImagePolicySpec)>,
 }
 
 /// What the last rebuild produced.
@@ -43,6 +48,7 @@ impl PolicyIndex {
             readiness,
             settings,
             changed,
+            built: HashMap::new(),
         }
     }
 
@@ -69,6 +75,7 @@ impl PolicyIndex {
         self.writer.apply_watcher_event(event);
         match event {
             watcher::Event::Init | watcher::Event::InitApply(_) => None,
+            watcher::Event::Apply(p) if self.is_built(p) => None,
             watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
                 let errors = self.rebuild();
                 if matches!(event, watcher::Event::InitDone) {
@@ -79,12 +86,25 @@ impl PolicyIndex {
         }
     }
 
+    /// Whether the snapshot in force already holds this policy as it is.
+    fn is_built(&self, policy: &ImagePolicy) -> bool {
+        self.built
+            .get(&policy.name_any())
+            .is_some_and(|(generation, spec)| {
+                *generation == policy.metadata.generation && *spec == policy.spec
+            })
+    }
+
     fn rebuild(&mut self) -> Vec<CompileError> {
         let policies: Vec<ImagePolicy> = self
             .store
             .state()
             .iter()
             .map(|p| ImagePolicy::clone(p))
+            .collect();
+        self.built = policies
+            .iter()
+            .map(|p| (p.name_any(), (p.metadata.generation, p.spec.clone())))
             .collect();
         let (snapshot, errors) = Snapshot::compile(&policies, self.settings.clone());
         self.snapshot.store(Arc::new(snapshot));
@@ -139,6 +159,23 @@ mod tests {
 
         index.apply(&watcher::Event::Delete(policy("a", "docker.io/**")));
         assert_eq!(names(&shared), ["b"]);
+
+        // A status write (same generation and spec) swaps nothing in; a spec change does.
+        let before = Arc::as_ptr(&shared.load_full());
+        let mut written = policy("b", "ghcr.io/**");
+        written.status = Some(Default::default());
+        assert!(index.apply(&watcher::Event::Apply(written)).is_none());
+        assert_eq!(
+            Arc::as_ptr(&shared.load_full()),
+            before,
+            "rebuilt for a status write"
+        );
+        assert!(
+            index
+                .apply(&watcher::Event::Apply(policy("b", "quay.io/**")))
+                .is_some()
+        );
+        assert_ne!(Arc::as_ptr(&shared.load_full()), before);
 
         // A re-list that no longer contains `b` drops it only once complete.
         index.apply(&watcher::Event::Init);
