@@ -166,6 +166,9 @@ pub struct ImageVerdict {
     pub container: String,
     pub image: String,
     pub canonical: Option<String>,
+    /// The pull policy as written (absent: Kubernetes' default applies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<String>,
     pub verdict: Verdict,
 }
 
@@ -205,8 +208,13 @@ impl Decision {
     /// A message for the person whose request was denied: one line per denying violation.
     pub fn denial_message(&self, kind: &str, name: &str, namespace: &str) -> String {
         let denials: Vec<&Violation> = self.denials().collect();
+        let object = if name.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind} {name:?}")
+        };
         let mut out = format!(
-            "{kind} {name:?} in namespace {namespace:?} violates image policy ({} violation{}):",
+            "{object} in namespace {namespace:?} violates image policy ({} violation{}):",
             denials.len(),
             if denials.len() == 1 { "" } else { "s" }
         );
@@ -655,6 +663,7 @@ fn image_verdicts(
             container: image.container.clone(),
             image: image.image.clone(),
             canonical,
+            pull_policy: image.pull_policy.clone(),
             verdict,
         })
         .collect()

@@ -174,7 +174,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Document>, LoadError> {
 }
 
 /// Parses the text of one file: JSON when it starts with `{` or `[`, YAML otherwise (multiple
-/// documents). Empty documents are skipped but counted; lists are expanded.
+/// documents). Empty documents are skipped (and not counted); lists are expanded.
 pub fn parse_documents(name: &str, text: &str) -> Result<Vec<Document>, LoadError> {
     let trimmed = text.trim_start();
     let docs: Vec<Value> = if trimmed.starts_with('{') || trimmed.starts_with('[') {

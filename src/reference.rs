@@ -64,7 +64,7 @@ const DIGEST_ALGORITHMS: [(&str, usize); 3] = [("sha256", 64), ("sha384", 96), (
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
     /// The string is empty.
-    #[error("the image reference is empty; write one like {EXAMPLE}", EXAMPLE = EXAMPLE)]
+    #[error("the image reference is empty; write one, {EXAMPLE}", EXAMPLE = EXAMPLE)]
     Empty,
 
     /// A control character (newline, tab, NUL, …) appears somewhere.

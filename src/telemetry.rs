@@ -6,7 +6,7 @@
 //! directly as one nested JSON object per line and handed to the same writer, so they cost one
 //! serialisation and no blocking write on the admission path.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
@@ -25,7 +25,7 @@ const BUFFERED_LINES: usize = 64 * 1024;
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Where JSON decision records go once [`init`] has run with `--log-format json`.
-static RECORDS: OnceLock<(NonBlocking, bool)> = OnceLock::new();
+static RECORDS: OnceLock<NonBlocking> = OnceLock::new();
 
 /// Keeps the log writer thread alive; dropping it flushes what is buffered.
 #[must_use = "dropping the guard stops the log writer"]
@@ -37,9 +37,6 @@ pub struct Telemetry {
 pub fn init(format: LogFormat) -> Telemetry {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let records_enabled = filter
-        .max_level_hint()
-        .is_none_or(|max| max >= tracing::Level::INFO);
     let (writer, guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
         .lossy(true)
@@ -59,13 +56,16 @@ pub fn init(format: LogFormat) -> Telemetry {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Text => builder.with_target(true).try_init(),
+        LogFormat::Text => builder
+            .with_target(true)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
     if installed.is_err() {
         return Telemetry { _guard: None };
     }
     if format == LogFormat::Json {
-        let _ = RECORDS.set((writer, records_enabled));
+        let _ = RECORDS.set(writer);
     }
     Telemetry {
         _guard: Some(guard),
@@ -74,13 +74,13 @@ pub fn init(format: LogFormat) -> Telemetry {
 
 /// Whether decision records are written as JSON lines by [`write_record`]; otherwise they go
 /// through `tracing` as text events.
-pub fn json_records() -> Option<bool> {
-    RECORDS.get().map(|(_, enabled)| *enabled)
+pub fn json_records() -> bool {
+    RECORDS.get().is_some()
 }
 
 /// Hands one serialised JSON record (ending in a newline) to the log writer.
 pub fn write_record(line: &[u8]) {
-    if let Some((writer, true)) = RECORDS.get() {
+    if let Some(writer) = RECORDS.get() {
         let _ = writer.clone().write_all(line);
     }
 }

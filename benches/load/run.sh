@@ -8,7 +8,7 @@
 #   admitted  tests/data/pod-create.json as captured (namespace wh-test: only the Warn-mode
 #             example policy applies, and it has nothing to say)
 #   denied    the same Pod in namespace shop-prod (env=prod): the production policy denies it
-#             with five violations
+#             with four violations
 #
 # Prints requests/s and p50/p99 latency for each server and scenario, and imagegate's share of
 # the bare throughput (target: at least 80 %).

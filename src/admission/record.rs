@@ -3,14 +3,16 @@
 //! request, the requester, every image with its canonical form and verdict, each applying
 //! policy's name, generation and mode, break-glass use, the violations and the latency.
 //!
-//! Scalar facts are plain fields; lists (`groups`, `images`, `policies`, `violations`,
-//! `break_glass`) are compact JSON strings, so the line stays one flat JSON object.
+//! With `--log-format json` each record is one nested JSON object per line, serialised here
+//! and handed to the log writer directly; with `--log-format text` it is a short text event.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::decision::{AppliedPolicy, BreakGlassUse, Decision, ImageVerdict, Requester};
+use crate::namespaces::Labels;
 use crate::telemetry;
 
 /// The log target of decision records.
@@ -29,6 +31,10 @@ pub struct RecordContext<'a> {
     pub operation: &'a str,
     pub requester: Option<&'a Requester>,
     pub dry_run: bool,
+    /// The namespace labels the decision used (replay with `--namespace-labels`).
+    pub namespace_labels: Option<&'a Labels>,
+    /// The object's imagegate annotations (break-glass), as the decision read them.
+    pub annotations: Option<&'a BTreeMap<String, String>>,
     /// The moment the decision used as "now" (replay with `--now`).
     pub now: jiff::Timestamp,
     pub latency: Duration,
@@ -52,6 +58,10 @@ struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     groups: Option<&'a [String]>,
     dry_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace_labels: Option<&'a Labels>,
+    #[serde(skip_serializing_if = "no_annotations")]
+    annotations: Option<&'a BTreeMap<String, String>>,
     now: jiff::Timestamp,
     allowed: bool,
     decision: &'a str,
@@ -104,6 +114,8 @@ impl<'a> Record<'a> {
             user: ctx.requester.map(|r| r.username.as_str()),
             groups: ctx.requester.map(|r| r.groups.as_slice()),
             dry_run: ctx.dry_run,
+            namespace_labels: ctx.namespace_labels,
+            annotations: ctx.annotations,
             now: ctx.now,
             allowed,
             decision: label,
@@ -119,16 +131,18 @@ impl<'a> Record<'a> {
 
     /// Writes the record: one JSON line, or a text event with `--log-format text`.
     fn emit(&self) {
-        match telemetry::json_records() {
-            Some(false) => {}
-            Some(true) => {
-                let mut line = Vec::with_capacity(LINE_CAPACITY);
-                if serde_json::to_writer(&mut line, self).is_ok() {
-                    line.push(b'\n');
-                    telemetry::write_record(&line);
-                }
+        // Records follow the log filter like any event (`RUST_LOG=imagegate::decision=off`).
+        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+            return;
+        }
+        if telemetry::json_records() {
+            let mut line = Vec::with_capacity(LINE_CAPACITY);
+            if serde_json::to_writer(&mut line, self).is_ok() {
+                line.push(b'\n');
+                telemetry::write_record(&line);
             }
-            None => tracing::info!(
+        } else {
+            tracing::info!(
                 target: TARGET,
                 uid = self.uid,
                 user = self.user,
@@ -138,9 +152,13 @@ impl<'a> Record<'a> {
                 latency_us = self.latency_us,
                 "{}",
                 self.message
-            ),
+            );
         }
     }
+}
+
+fn no_annotations(a: &Option<&BTreeMap<String, String>>) -> bool {
+    a.is_none_or(|a| a.is_empty())
 }
 
 /// The usual size of a record, so serialising it seldom reallocates.
@@ -207,13 +225,13 @@ mod tests {
         )
         .unwrap();
         let snapshot = Snapshot::new(vec![compile(&policy).unwrap()], Settings::default());
-        let pod = serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}});
+        let pod = serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app", "image": "nginx", "imagePullPolicy": "Always"}]}});
         let object = Workload::from_value(WorkloadKind::Pod, &pod).unwrap();
         let requester = Requester {
             username: "alice".into(),
             groups: vec!["dev".into()],
         };
-        let labels = Default::default();
+        let labels: Labels = [("env".to_owned(), "prod".to_owned())].into();
         let now: jiff::Timestamp = "2026-11-22T12:00:00Z".parse().unwrap();
         let d = decide(
             &snapshot,
@@ -234,6 +252,8 @@ mod tests {
             operation: "CREATE",
             requester: Some(&requester),
             dry_run: false,
+            namespace_labels: Some(&labels),
+            annotations: Some(&object.annotations),
             now,
             latency: Duration::from_micros(42),
         };
@@ -249,6 +269,7 @@ mod tests {
             "docker.io/library/nginx:latest"
         );
         assert_eq!(line["images"][0]["verdict"], "denied");
+        assert_eq!(line["images"][0]["pullPolicy"], "Always");
         assert_eq!(
             line["policies"],
             serde_json::json!([{"name": "p", "generation": 3, "mode": "Enforce"}])
@@ -256,6 +277,11 @@ mod tests {
         assert_eq!(line["violations"][0]["rule"], "deniedTags");
         assert_eq!(line["violations"][0]["field"], "spec.containers[0].image");
         assert_eq!(line["latency_us"], 42);
+        assert_eq!(line["namespace_labels"], serde_json::json!({"env": "prod"}));
+        assert!(
+            line.get("annotations").is_none(),
+            "no imagegate annotations, no field"
+        );
         assert!(line.get("reason").is_none() && line.get("break_glass").is_none());
     }
 }

@@ -208,11 +208,17 @@ fn from_review<O>(
         .name
         .filter(|n| !n.is_empty())
         .unwrap_or(object_name);
+    // ImagePolicies are cluster-scoped: they have no namespace to name.
+    let default_namespace = if matches!(target, Target::Policy(_)) {
+        ""
+    } else {
+        "default"
+    };
     let namespace = request
         .namespace
         .filter(|n| !n.is_empty())
         .or(object_namespace)
-        .unwrap_or_else(|| "default".to_owned());
+        .unwrap_or_else(|| default_namespace.to_owned());
     Ok(AdmissionRequest {
         uid,
         group: gvk.group,
@@ -345,6 +351,14 @@ impl Outcome {
 }
 
 impl AdmissionRequest {
+    /// The imagegate annotations of the object, for a Pod or workload.
+    pub fn annotations(&self) -> Option<&BTreeMap<String, String>> {
+        match &self.target {
+            Target::Workload { object, .. } => Some(&object.annotations),
+            _ => None,
+        }
+    }
+
     /// Whether [`decide`](Self::decide) needs the namespace's labels.
     pub fn needs_namespace_labels(&self) -> bool {
         matches!(self.target, Target::Workload { .. })

@@ -401,6 +401,8 @@ async fn validate(
         operation: &request.operation,
         requester: Some(&request.requester),
         dry_run: request.dry_run,
+        namespace_labels: labels_ref.ok(),
+        annotations: request.annotations(),
         now,
         latency,
     };
@@ -469,12 +471,14 @@ async fn image_review(
         operation: "CREATE",
         requester: None,
         dry_run: false,
+        namespace_labels: labels.as_ref().ok(),
+        annotations: Some(&request.workload.annotations),
         now,
         latency,
     };
-    let (response, result) = match labels {
+    let (response, result) = match &labels {
         Ok(labels) => {
-            let decision = request.decide(&state.snapshot.load(), &labels, now);
+            let decision = request.decide(&state.snapshot.load(), labels, now);
             let latency = started.elapsed();
             let label = crate::metrics::decision_label(&decision);
             record::decision(&ctx(latency), &decision, label);
@@ -495,8 +499,8 @@ async fn image_review(
             (request.response(&decision), result)
         }
         Err(why) => {
-            record::verdict(&ctx(started.elapsed()), false, "denied", &why);
-            (request.refusal(&why), AdmissionResult::denied)
+            record::verdict(&ctx(started.elapsed()), false, "denied", why);
+            (request.refusal(why), AdmissionResult::denied)
         }
     };
     span.record("allowed", response.status.allowed);

@@ -132,6 +132,18 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         Ok(out)
     };
 
+    let has_rule = spec.allowed_images.is_some()
+        || spec.denied_images.as_ref().is_some_and(|l| !l.is_empty())
+        || spec.require_digest.is_some()
+        || spec.denied_tags.as_ref().is_some_and(|l| !l.is_empty())
+        || spec.require_pull_policy_always.is_some();
+    if !has_rule {
+        return Err(err(
+            "spec".into(),
+            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags or requirePullPolicyAlways".into(),
+        ));
+    }
+
     let selector = spec
         .namespace_selector
         .as_ref()
@@ -261,6 +273,17 @@ impl fmt::Display for CompiledPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_without_rules_is_refused_as_the_crd_does() {
+        let policy: ImagePolicy = serde_saphyr::from_str(
+            "metadata: {name: p}\nspec: {images: ['quay.io/**'], deniedTags: []}",
+        )
+        .unwrap();
+        let e = compile(&policy).unwrap_err();
+        assert_eq!(e.field, "spec");
+        assert!(e.message.contains("sets no rule"), "{e}");
+    }
 
     #[test]
     fn durations() {

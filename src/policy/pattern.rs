@@ -127,7 +127,13 @@ fn name_glob(path: &str) -> Result<Glob, String> {
             "{path:?} names no registry host; write the host first, e.g. `docker.io/library/{path}`"
         )
     })?;
-    if !(host.contains('.') || host.contains(':') || host.starts_with('[') || host == "localhost")
+    // As in references: a first component is a host when it has `.` or `:`, is `localhost`,
+    // or has an upper-case letter (it is lower-cased below, as a reference's host is).
+    if !(host.contains('.')
+        || host.contains(':')
+        || host.starts_with('[')
+        || host == "localhost"
+        || host.chars().any(|c| c.is_ascii_uppercase()))
         || host.starts_with("**")
     {
         return Err(format!(
@@ -268,6 +274,9 @@ mod tests {
             ),
             ("**:latest", "nginx", true),
             ("**:latest", "nginx:1", false),
+            ("Foo/**", "Foo/bar:1", true),
+            ("Foo/**", "FOO/bar:1", true),
+            ("Foo/**", "foo/bar:1", false),
         ];
         for (pattern, image, want) in cases {
             assert_eq!(m(pattern, image), *want, "{pattern} vs {image}");
