@@ -50,6 +50,14 @@ fn material_of(body: &Value) -> Material {
     Material::from_secret(&secret).unwrap()
 }
 
+/// Runs `ensure` for the test Secret at `at` in a task, so the test can answer its requests.
+fn spawn_ensure(
+    client: kube::Client,
+    at: jiff::Timestamp,
+) -> tokio::task::JoinHandle<Result<Material, imagegate::operator::Error>> {
+    spawn(async move { ensure(client, "imagegate-system", "imagegate-tls", &params(), at).await })
+}
+
 fn fresh() -> Material {
     match certificates::plan(None, &params(), now()).unwrap() {
         certificates::Plan::Write(m, _) => m,
@@ -60,16 +68,7 @@ fn fresh() -> Material {
 #[tokio::test]
 async fn first_start_creates_the_secret() {
     let (client, mut api) = mock();
-    let task = spawn(async move {
-        ensure(
-            client,
-            "imagegate-system",
-            "imagegate-tls",
-            &params(),
-            now(),
-        )
-        .await
-    });
+    let task = spawn_ensure(client, now());
     api.next()
         .await
         .expect(Method::GET, SECRET)
@@ -94,16 +93,7 @@ async fn valid_secret_is_reused_without_a_write() {
     let existing = fresh();
     let body = stored(&existing, "7");
     let (client, mut api) = mock();
-    let task = spawn(async move {
-        ensure(
-            client,
-            "imagegate-system",
-            "imagegate-tls",
-            &params(),
-            now(),
-        )
-        .await
-    });
+    let task = spawn_ensure(client, now());
     api.next().await.expect(Method::GET, SECRET).ok(body);
     assert_eq!(join(task).await.unwrap(), existing);
     api.no_more().await;
@@ -114,16 +104,7 @@ async fn create_conflict_reads_and_serves_the_winner() {
     let winner = fresh();
     let winner_body = stored(&winner, "3");
     let (client, mut api) = mock();
-    let task = spawn(async move {
-        ensure(
-            client,
-            "imagegate-system",
-            "imagegate-tls",
-            &params(),
-            now(),
-        )
-        .await
-    });
+    let task = spawn_ensure(client, now());
     api.next()
         .await
         .expect(Method::GET, SECRET)
@@ -142,9 +123,7 @@ async fn update_conflict_rereads() {
     let existing = fresh();
     let (client, mut api) = mock();
     let due = later(Duration::from_secs(61 * 24 * HOUR));
-    let task = spawn(async move {
-        ensure(client, "imagegate-system", "imagegate-tls", &params(), due).await
-    });
+    let task = spawn_ensure(client, due);
     api.next()
         .await
         .expect(Method::GET, SECRET)
@@ -173,9 +152,7 @@ async fn serving_certificate_is_rotated_at_two_thirds() {
     // 61 of 90 days: past 2/3 (60 days).
     let due = later(Duration::from_secs(61 * 24 * HOUR));
     let (client, mut api) = mock();
-    let task = spawn(async move {
-        ensure(client, "imagegate-system", "imagegate-tls", &params(), due).await
-    });
+    let task = spawn_ensure(client, due);
     api.next()
         .await
         .expect(Method::GET, SECRET)
@@ -199,16 +176,7 @@ async fn serving_certificate_is_rotated_at_two_thirds() {
     // 59 days: not yet due.
     let (client, mut api) = mock();
     let early = later(Duration::from_secs(59 * 24 * HOUR));
-    let task = spawn(async move {
-        ensure(
-            client,
-            "imagegate-system",
-            "imagegate-tls",
-            &params(),
-            early,
-        )
-        .await
-    });
+    let task = spawn_ensure(client, early);
     api.next()
         .await
         .expect(Method::GET, SECRET)
@@ -321,16 +289,7 @@ async fn unusable_secret_is_replaced_keeping_the_old_ca_trusted() {
     let mut body = stored(&existing, "4");
     body["data"].as_object_mut().unwrap().remove(TLS_CERT);
     let (client, mut api) = mock();
-    let task = spawn(async move {
-        ensure(
-            client,
-            "imagegate-system",
-            "imagegate-tls",
-            &params(),
-            now(),
-        )
-        .await
-    });
+    let task = spawn_ensure(client, now());
     api.next().await.expect(Method::GET, SECRET).ok(body);
     let put = api.next().await.expect(Method::PUT, SECRET);
     let written = material_of(&put.body);
