@@ -129,6 +129,14 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// The record as one JSON line, newline included.
+    fn line(&self) -> Option<Vec<u8>> {
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        serde_json::to_writer(&mut line, self).ok()?;
+        line.push(b'\n');
+        Some(line)
+    }
+
     /// Writes the record: one JSON line, or a text event with `--log-format text`.
     fn emit(&self) {
         // Records follow the log filter like any event (`RUST_LOG=imagegate::decision=off`).
@@ -136,9 +144,7 @@ impl<'a> Record<'a> {
             return;
         }
         if telemetry::json_records() {
-            let mut line = Vec::with_capacity(LINE_CAPACITY);
-            if serde_json::to_writer(&mut line, self).is_ok() {
-                line.push(b'\n');
+            if let Some(line) = self.line() {
                 telemetry::write_record(&line);
             }
         } else {
@@ -199,6 +205,11 @@ fn record_of<'a>(ctx: &RecordContext<'a>, decision: &'a Decision, label: &'a str
         violations: Some(violations),
         ..Record::new(ctx, decision.allowed, label)
     }
+}
+
+/// The JSON line [`decision`] writes (for benchmarks and tests).
+pub fn decision_line(ctx: &RecordContext<'_>, decision: &Decision, label: &str) -> Vec<u8> {
+    record_of(ctx, decision, label).line().unwrap_or_default()
 }
 
 /// Writes the record of a request denied without a decision (unreadable object or namespace)

@@ -1,0 +1,137 @@
+//! Everything `POST /validate` does between receiving the body and sending the answer, without
+//! the network: read the AdmissionReview, decide against the example policies, write the
+//! answer and the decision record. This is the work the load benchmark (`benches/load/run.sh`)
+//! measures on top of a bare server, in a form that gives stable numbers.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use imagegate::admission::{self, Outcome, record};
+use imagegate::policy::{Settings, Snapshot};
+
+// As in the binary: the allocator is part of what is measured.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const FIXTURE: &str = include_str!("../tests/data/pod-create.json");
+
+fn snapshot() -> Snapshot {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let policies: Vec<_> = imagegate::manifests::load_policies(&[root.join("examples/policies")])
+        .expect("example policies")
+        .into_iter()
+        .map(|p| p.policy)
+        .collect();
+    let (snapshot, errors) = Snapshot::compile(&policies, Settings::default());
+    assert!(errors.is_empty(), "example policies compile");
+    snapshot
+}
+
+/// One request, as the handler serves it: the answer's bytes and the record's bytes.
+fn serve(
+    body: &[u8],
+    snapshot: &Snapshot,
+    labels: &BTreeMap<String, String>,
+) -> (Vec<u8>, Vec<u8>) {
+    let request = admission::parse_admission_review(body).expect("review");
+    let now = jiff::Timestamp::now();
+    let outcome = request.decide(snapshot, Ok(labels), now);
+    let answer = serde_json::to_vec(&request.response(&outcome)).expect("answer");
+    let Outcome::Decided(decision) = &outcome else {
+        panic!("a Pod is decided")
+    };
+    let ctx = record::RecordContext {
+        endpoint: "validate",
+        uid: &request.uid,
+        kind: &request.kind,
+        namespace: &request.namespace,
+        name: &request.name,
+        operation: &request.operation,
+        requester: Some(&request.requester),
+        dry_run: request.dry_run,
+        namespace_labels: Some(labels),
+        annotations: request.annotations(),
+        now,
+        latency: Duration::from_micros(10),
+    };
+    let line = record::decision_line(&ctx, decision, outcome.label());
+    (answer, line)
+}
+
+fn bench_validate(c: &mut Criterion) {
+    let snapshot = snapshot();
+    let admitted = FIXTURE.as_bytes().to_vec();
+    // The same Pod in a namespace where the production example policy denies it.
+    let denied = FIXTURE
+        .replace("\"namespace\":\"wh-test\"", "\"namespace\":\"shop-prod\"")
+        .into_bytes();
+    let labels = |ns: &str, env: Option<&str>| {
+        let mut l: BTreeMap<String, String> =
+            [("kubernetes.io/metadata.name".to_owned(), ns.to_owned())].into();
+        if let Some(env) = env {
+            l.insert("env".to_owned(), env.to_owned());
+        }
+        l
+    };
+    let mut group = c.benchmark_group("validate");
+    for (name, body, labels) in [
+        ("admitted", &admitted, labels("wh-test", None)),
+        ("denied", &denied, labels("shop-prod", Some("prod"))),
+    ] {
+        let (answer, _) = serve(body, &snapshot, &labels);
+        let allowed = String::from_utf8_lossy(&answer).contains("\"allowed\":true");
+        assert_eq!(
+            allowed,
+            name == "admitted",
+            "{name}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(serve(black_box(body), &snapshot, &labels)))
+        });
+    }
+    group.finish();
+
+    // The admitted request, step by step.
+    let labels = labels("wh-test", None);
+    let request = admission::parse_admission_review(&admitted).expect("review");
+    let now = jiff::Timestamp::now();
+    let outcome = request.decide(&snapshot, Ok(&labels), now);
+    let Outcome::Decided(decision) = &outcome else {
+        panic!("a Pod is decided")
+    };
+    let ctx = record::RecordContext {
+        endpoint: "validate",
+        uid: &request.uid,
+        kind: &request.kind,
+        namespace: &request.namespace,
+        name: &request.name,
+        operation: &request.operation,
+        requester: Some(&request.requester),
+        dry_run: request.dry_run,
+        namespace_labels: Some(&labels),
+        annotations: request.annotations(),
+        now,
+        latency: Duration::from_micros(10),
+    };
+    let mut group = c.benchmark_group("validate_steps");
+    group.bench_function("read", |b| {
+        b.iter(|| black_box(admission::parse_admission_review(black_box(&admitted))))
+    });
+    group.bench_function("decide", |b| {
+        b.iter(|| black_box(request.decide(&snapshot, Ok(&labels), now)))
+    });
+    group.bench_function("answer", |b| {
+        b.iter(|| black_box(serde_json::to_vec(&request.response(black_box(&outcome)))))
+    });
+    group.bench_function("record", |b| {
+        b.iter(|| black_box(record::decision_line(&ctx, decision, outcome.label())))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_validate);
+criterion_main!(benches);
