@@ -364,15 +364,6 @@ async fn validate(
         Err(e) => return bad_request(&state, Endpoint::validate, started, &e),
     };
     drop(body);
-    let span = tracing::info_span!(
-        "admission",
-        uid = %request.uid,
-        kind = %request.kind,
-        namespace = %request.namespace,
-        operation = %request.operation,
-        allowed = tracing::field::Empty,
-    );
-    let _enter = span.enter();
     let labels = if request.needs_namespace_labels() {
         Some(namespace_labels(&state, &request.namespace).await)
     } else {
@@ -390,7 +381,6 @@ async fn validate(
     drop(snapshot);
     let response = request.response(&outcome);
     let latency = started.elapsed();
-    span.record("allowed", outcome.allowed());
 
     let ctx = record::RecordContext {
         endpoint: "validate",
@@ -453,13 +443,6 @@ async fn image_review(
         Err(e) => return bad_request(&state, Endpoint::imagereview, started, &e),
     };
     drop(body);
-    let span = tracing::info_span!(
-        "imagereview",
-        kind = "Pod",
-        namespace = %request.namespace,
-        allowed = tracing::field::Empty,
-    );
-    let _enter = span.enter();
     let labels = namespace_labels(&state, &request.namespace).await;
     let now = jiff::Timestamp::now();
     let ctx = |latency| record::RecordContext {
@@ -503,7 +486,6 @@ async fn image_review(
             (request.refusal(why), AdmissionResult::denied)
         }
     };
-    span.record("allowed", response.status.allowed);
     state
         .metrics
         .record_admission(Endpoint::imagereview, result, started.elapsed());
