@@ -71,6 +71,32 @@ fn bench_decide(c: &mut Criterion) {
         group.finish();
     }
 
+    // Images seen for the first time: two snapshots of the same 1,000 policies, alternated, so
+    // that what the thread remembers of the images never applies (`Snapshot::resolve`).
+    let pair: Vec<Snapshot> = (0..2)
+        .map(|_| {
+            let compiled = policies(1000, false)
+                .iter()
+                .map(|p| compile(p).expect("compiles"))
+                .collect();
+            Snapshot::new(compiled, Settings::default())
+        })
+        .collect();
+    let mut turn = 0;
+    c.bench_function("decide_first_sight/1000", |b| {
+        b.iter(|| {
+            turn ^= 1;
+            let input = Input {
+                object: &object,
+                old_object: None,
+                namespace_labels: &labels,
+                requester: None,
+                now,
+            };
+            black_box(decide(&pair[turn], &input))
+        })
+    });
+
     let raw = serde_json::to_string(
         &serde_json::from_str::<serde_json::Value>(include_str!("../tests/data/pod-create.json"))
             .expect("fixture")["request"]["object"],

@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
-use crate::policy::{CompiledPolicy, Mode, Settings, Snapshot, UnmatchedImages};
+use crate::policy::{CompiledPolicy, Mode, ResolvedImage, Settings, Snapshot, UnmatchedImages};
 use crate::reference::Reference;
 use crate::workload::{ContainerType, ImageUse, Workload};
 
@@ -357,9 +357,10 @@ fn check_image(
         };
     let who = || format!("{} {:?}", image.container_type.noun(), image.container);
 
-    let reference = match Reference::parse(&image.image) {
-        Ok(r) => r,
-        Err(e) => {
+    let resolved = snapshot.resolve(&image.image);
+    let (reference, matches) = match &*resolved {
+        ResolvedImage::Valid { reference, matches } => (reference, matches),
+        ResolvedImage::Invalid(e) => {
             let message = format!(
                 "{}: image {:?} is not a valid image reference: {e}",
                 who(),
@@ -377,7 +378,6 @@ fn check_image(
     };
     let canonical = reference.canonical();
     let shown = || format!("{}: image {:?} ({canonical})", who(), image.image);
-    let matches = snapshot.match_image(&reference);
     let mut governed = false;
 
     for &pi in applying {
@@ -406,7 +406,7 @@ fn check_image(
                 .denied_images
                 .patterns
                 .iter()
-                .find(|pat| pat.matches(&reference))
+                .find(|pat| pat.matches(reference))
                 .map_or("", |pat| &pat.source);
             fail(
                 Rule::DeniedImages,
@@ -444,7 +444,7 @@ fn check_image(
             );
         }
         if p.require_pull_policy_always && !reference.is_pinned() {
-            let (effective, defaulted) = effective_pull_policy(image, &reference);
+            let (effective, defaulted) = effective_pull_policy(image, reference);
             if effective != "Always" {
                 let how = if defaulted {
                     " (the default for this tag)"
@@ -1258,5 +1258,54 @@ spec:
         );
         let d = decide_with(&s, &ok, None);
         assert!(d.allowed && d.violations.is_empty() && d.break_glass.is_empty());
+    }
+
+    #[test]
+    fn what_a_thread_remembers_of_an_image_follows_the_snapshot() {
+        // The same image, decided on one thread against snapshots that disagree about it, and
+        // back again: each decision follows its own snapshot.
+        let allows = snapshot(
+            &["metadata: {name: a}\nspec: {allowedImages: [quay.io/**]}"],
+            Settings::default(),
+        );
+        let denies = snapshot(
+            &["metadata: {name: a}\nspec: {allowedImages: [ghcr.io/**]}"],
+            Settings::default(),
+        );
+        let image = app("quay.io/team/app:1.0");
+        for _ in 0..2 {
+            assert!(decide_with(&allows, &image, None).allowed);
+            let d = decide_with(&denies, &image, None);
+            assert_eq!(rules(&d), ["allowedImages"]);
+            assert!(!d.allowed);
+        }
+        // An invalid reference stays invalid when seen again.
+        for _ in 0..2 {
+            assert_eq!(
+                rules(&decide_with(&allows, &app("quay.io/A"), None)),
+                ["reference"]
+            );
+        }
+    }
+
+    #[test]
+    fn more_distinct_images_than_a_thread_remembers_are_still_decided() {
+        let s = snapshot(&[PROD], Settings::default());
+        for round in 0..2 {
+            for i in 0..3000 {
+                let (image, allowed) = if i % 2 == 0 {
+                    (format!("registry.corp.example/app-{i}:1.{round}"), true)
+                } else {
+                    (format!("docker.io/library/app-{i}:1.{round}"), false)
+                };
+                let d = decide_with(&s, &app(&image), None);
+                assert_eq!(d.allowed, allowed, "{image}");
+                assert_eq!(
+                    d.images[0].canonical.as_deref(),
+                    Some(image.as_str()),
+                    "the canonical form is this image's"
+                );
+            }
+        }
     }
 }

@@ -12,4 +12,4 @@ pub use compile::{
 };
 pub use crd::{BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, Mode};
 pub use selector::Selector;
-pub use snapshot::{ImageMatches, Settings, Snapshot, UnmatchedImages};
+pub use snapshot::{ImageMatches, ResolvedImage, Settings, Snapshot, UnmatchedImages};

@@ -2,14 +2,17 @@
 //! into one [`GlobSet`], so matching an image costs one pass over its name however many
 //! policies there are, plus work proportional to the patterns that actually match.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::{GlobSet, GlobSetBuilder};
 
 use super::compile::{CompileError, CompiledPolicy, PatternList, compile};
 use super::crd::ImagePolicy;
 use super::selector::{Selector, SelectorSet};
-use crate::reference::Reference;
+use crate::reference::{Reference, ReferenceError};
 
 /// What happens to an image that no applying policy governs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -78,6 +81,40 @@ pub struct Snapshot {
     /// Per policy, its index in `selectors` (`None`: every namespace).
     selector_of: Vec<Option<usize>>,
     created: jiff::Timestamp,
+    /// Unique to this snapshot, so that what a thread remembers of images (see
+    /// [`Snapshot::resolve`]) is never used with another one.
+    id: u64,
+}
+
+/// The source of snapshot ids.
+static NEXT_SNAPSHOT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// An image reference as written, parsed and matched against a snapshot's patterns.
+#[derive(Debug)]
+pub enum ResolvedImage {
+    /// It does not parse.
+    Invalid(ReferenceError),
+    /// It parses; what it matches.
+    Valid {
+        reference: Reference,
+        matches: ImageMatches,
+    },
+}
+
+/// The most images a thread remembers per snapshot (see [`Snapshot::resolve`]). A cluster runs
+/// far fewer distinct images than this at any moment; past it the memory is simply forgotten,
+/// so a stream of distinct images costs a re-parse, never unbounded memory.
+const RESOLVED_PER_THREAD: usize = 1024;
+
+/// What this thread has resolved, for the snapshot with id `snapshot`.
+#[derive(Default)]
+struct Resolved {
+    snapshot: u64,
+    images: HashMap<String, Rc<ResolvedImage>>,
+}
+
+thread_local! {
+    static RESOLVED: RefCell<Resolved> = RefCell::default();
 }
 
 /// Which lists of which policies an image matches.
@@ -188,6 +225,7 @@ impl Snapshot {
             selectors: SelectorSet::new(&selectors),
             selector_of,
             created: jiff::Timestamp::now(),
+            id: NEXT_SNAPSHOT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -219,6 +257,37 @@ impl Snapshot {
             .filter(|(_, s)| s.is_none_or(|i| verdicts[i]))
             .map(|(i, _)| i)
             .collect()
+    }
+
+    /// Parses an image reference as written and matches it with [`match_image`]
+    /// (Self::match_image). The result depends only on the string and this snapshot, and a
+    /// cluster's workloads share few distinct images (every Pod of a Deployment has the same
+    /// ones), so each thread remembers it for the images it has seen, without locking: a
+    /// decision then costs a hash lookup per image instead of a parse and a match.
+    pub fn resolve(&self, image: &str) -> Rc<ResolvedImage> {
+        RESOLVED.with(|cell| {
+            // Not re-entered: nothing below calls back into `resolve`.
+            let mut cache = cell.borrow_mut();
+            if cache.snapshot != self.id {
+                cache.snapshot = self.id;
+                cache.images.clear();
+            }
+            if let Some(found) = cache.images.get(image) {
+                return Rc::clone(found);
+            }
+            let resolved = Rc::new(match Reference::parse(image) {
+                Ok(reference) => ResolvedImage::Valid {
+                    matches: self.match_image(&reference),
+                    reference,
+                },
+                Err(e) => ResolvedImage::Invalid(e),
+            });
+            if cache.images.len() >= RESOLVED_PER_THREAD {
+                cache.images.clear();
+            }
+            cache.images.insert(image.to_owned(), Rc::clone(&resolved));
+            resolved
+        })
     }
 
     /// Matches an image against every pattern of every policy at once.
