@@ -12,9 +12,9 @@
 //!
 //! Why not a per-line queue to a writer thread (`tracing-appender`'s non-blocking writer): under
 //! load its writer drains the queue after every line and goes back to sleep, so each request
-//! paid for waking it (a futex call and a context switch), which on a busy node cost more than
-//! serialising the record. Batching by time wakes the writer a few dozen times a second
-//! whatever the request rate.
+//! paid for waking it (a futex call and a context switch), which under load cost about as much
+//! as serialising the record. Batching wakes the writer a few dozen times a second whatever the
+//! request rate.
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
