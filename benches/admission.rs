@@ -43,20 +43,7 @@ fn serve(
     let Outcome::Decided(decision) = &outcome else {
         panic!("a Pod is decided")
     };
-    let ctx = record::RecordContext {
-        endpoint: "validate",
-        uid: &request.uid,
-        kind: &request.kind,
-        namespace: &request.namespace,
-        name: &request.name,
-        operation: &request.operation,
-        requester: Some(&request.requester),
-        dry_run: request.dry_run,
-        namespace_labels: Some(labels),
-        annotations: request.annotations(),
-        now,
-        latency: Duration::from_micros(10),
-    };
+    let ctx = request.record_context(Some(labels), now, Duration::from_micros(10));
     let line = record::decision_line(&ctx, decision, outcome.label());
     (answer, line)
 }
@@ -103,20 +90,7 @@ fn bench_validate(c: &mut Criterion) {
     let Outcome::Decided(decision) = &outcome else {
         panic!("a Pod is decided")
     };
-    let ctx = record::RecordContext {
-        endpoint: "validate",
-        uid: &request.uid,
-        kind: &request.kind,
-        namespace: &request.namespace,
-        name: &request.name,
-        operation: &request.operation,
-        requester: Some(&request.requester),
-        dry_run: request.dry_run,
-        namespace_labels: Some(&labels),
-        annotations: request.annotations(),
-        now,
-        latency: Duration::from_micros(10),
-    };
+    let ctx = request.record_context(Some(&labels), now, Duration::from_micros(10));
     let mut group = c.benchmark_group("validate_steps");
     group.bench_function("read", |b| {
         b.iter(|| black_box(admission::parse_admission_review(black_box(&admitted))))

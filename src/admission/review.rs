@@ -359,6 +359,29 @@ impl AdmissionRequest {
         }
     }
 
+    /// What the decision record says about this request besides the decision.
+    pub fn record_context<'a>(
+        &'a self,
+        namespace_labels: Option<&'a Labels>,
+        now: jiff::Timestamp,
+        latency: std::time::Duration,
+    ) -> super::record::RecordContext<'a> {
+        super::record::RecordContext {
+            endpoint: "validate",
+            uid: &self.uid,
+            kind: &self.kind,
+            namespace: &self.namespace,
+            name: &self.name,
+            operation: &self.operation,
+            requester: Some(&self.requester),
+            dry_run: self.dry_run,
+            namespace_labels,
+            annotations: self.annotations(),
+            now,
+            latency,
+        }
+    }
+
     /// Whether [`decide`](Self::decide) needs the namespace's labels.
     pub fn needs_namespace_labels(&self) -> bool {
         matches!(self.target, Target::Workload { .. })

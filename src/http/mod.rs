@@ -382,20 +382,7 @@ async fn validate(
     let response = request.response(&outcome);
     let latency = started.elapsed();
 
-    let ctx = record::RecordContext {
-        endpoint: "validate",
-        uid: &request.uid,
-        kind: &request.kind,
-        namespace: &request.namespace,
-        name: &request.name,
-        operation: &request.operation,
-        requester: Some(&request.requester),
-        dry_run: request.dry_run,
-        namespace_labels: labels_ref.ok(),
-        annotations: request.annotations(),
-        now,
-        latency,
-    };
+    let ctx = request.record_context(labels_ref.ok(), now, latency);
     match &outcome {
         admission::Outcome::Skipped(_) => {}
         admission::Outcome::Decided(d) => {
