@@ -7,6 +7,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::skim::{Skim, Skimmed};
+
 /// Where in a pod spec an image comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -182,7 +184,7 @@ impl Workload {
 /// spec fields of a Pod, `spec.template` of the workload controllers and
 /// `spec.jobTemplate.spec.template` of a CronJob (the paths never collide, so one shape serves
 /// every kind). The webhook reads it straight out of the AdmissionReview body.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 pub struct WorkloadObject {
     #[serde(default, deserialize_with = "null_default")]
     metadata: Meta,
@@ -227,9 +229,193 @@ impl WorkloadObject {
     }
 }
 
+// The same shapes read with `Skim` (see `crate::skim`): each reader takes the keys its
+// struct's serde derive takes, `null` where the derive accepts it, and gives up on a repeated
+// key, as the derive refuses one.
+
+impl WorkloadObject {
+    /// Reads the object with [`Skim`], jumping over every field a decision does not need:
+    /// the same result as deserializing it, or [`Decline`](crate::skim::Decline).
+    pub fn skim(s: &mut Skim<'_>) -> Skimmed<WorkloadObject> {
+        let mut out = WorkloadObject::default();
+        s.fields(&["metadata", "spec"], |s, field| {
+            match field {
+                0 => out.metadata = s.or_default(Meta::skim)?,
+                _ => out.spec = s.or_default(AnySpec::skim)?,
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+impl Meta {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<Meta> {
+        let mut out = Meta::default();
+        s.fields(
+            &["name", "generateName", "namespace", "annotations"],
+            |s, field| {
+                match field {
+                    0 => out.name = s.or_default(Skim::owned_string)?,
+                    1 => out.generate_name = s.or_default(Skim::owned_string)?,
+                    2 => out.namespace = s.optional(Skim::owned_string)?,
+                    _ => out.annotations = s.or_default(skim_imagegate_annotations)?,
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+/// [`imagegate_annotations`], skimmed.
+fn skim_imagegate_annotations(s: &mut Skim<'_>) -> Skimmed<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    s.object(|s, key| {
+        if key.starts_with(ANNOTATION_PREFIX) {
+            out.insert(key.to_owned(), s.owned_string()?);
+            Ok(())
+        } else {
+            s.skip()
+        }
+    })?;
+    Ok(out)
+}
+
+impl AnySpec {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<AnySpec> {
+        let mut out = AnySpec::default();
+        s.fields(
+            &[
+                "containers",
+                "initContainers",
+                "ephemeralContainers",
+                "volumes",
+                "template",
+                "jobTemplate",
+            ],
+            |s, field| {
+                match field {
+                    0 => out.containers = s.or_default(|s| s.list(Container::skim))?,
+                    1 => out.init_containers = s.or_default(|s| s.list(Container::skim))?,
+                    2 => out.ephemeral_containers = s.or_default(|s| s.list(Container::skim))?,
+                    3 => out.volumes = s.or_default(|s| s.list(Volume::skim))?,
+                    4 => out.template = s.or_default(PodTemplate::skim)?,
+                    _ => out.job_template = s.or_default(JobTemplate::skim)?,
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+impl PodTemplate {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<PodTemplate> {
+        let mut out = PodTemplate::default();
+        s.fields(&["metadata", "spec"], |s, field| {
+            match field {
+                0 => out.metadata = s.or_default(Meta::skim)?,
+                _ => out.spec = s.or_default(PodSpec::skim)?,
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+impl JobTemplate {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<JobTemplate> {
+        let mut out = JobTemplate::default();
+        s.fields(&["spec"], |s, _| {
+            out.spec = s.or_default(TemplateSpec::skim)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+impl TemplateSpec {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<TemplateSpec> {
+        let mut out = TemplateSpec::default();
+        s.fields(&["template"], |s, _| {
+            out.template = s.or_default(PodTemplate::skim)?;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+impl PodSpec {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<PodSpec> {
+        let mut out = PodSpec::default();
+        s.fields(
+            &[
+                "containers",
+                "initContainers",
+                "ephemeralContainers",
+                "volumes",
+            ],
+            |s, field| {
+                match field {
+                    0 => out.containers = s.or_default(|s| s.list(Container::skim))?,
+                    1 => out.init_containers = s.or_default(|s| s.list(Container::skim))?,
+                    2 => out.ephemeral_containers = s.or_default(|s| s.list(Container::skim))?,
+                    _ => out.volumes = s.or_default(|s| s.list(Volume::skim))?,
+                }
+                Ok(())
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+impl Container {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<Container> {
+        let mut out = Container::default();
+        s.fields(&["name", "image", "imagePullPolicy"], |s, field| {
+            match field {
+                0 => out.name = s.or_default(Skim::owned_string)?,
+                1 => out.image = s.or_default(Skim::owned_string)?,
+                _ => out.image_pull_policy = s.optional(Skim::owned_string)?,
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+impl Volume {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<Volume> {
+        let mut out = Volume::default();
+        s.fields(&["name", "image"], |s, field| {
+            match field {
+                0 => out.name = s.or_default(Skim::owned_string)?,
+                _ => out.image = s.optional(ImageVolumeSource::skim)?,
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+impl ImageVolumeSource {
+    fn skim(s: &mut Skim<'_>) -> Skimmed<ImageVolumeSource> {
+        let mut out = ImageVolumeSource::default();
+        s.fields(&["reference", "pullPolicy"], |s, field| {
+            match field {
+                0 => out.reference = s.or_default(Skim::owned_string)?,
+                _ => out.pull_policy = s.optional(Skim::owned_string)?,
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
 // The minimal wire shapes. `null` is accepted wherever the API server may send it.
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct Meta {
     #[serde(default, deserialize_with = "null_default")]
@@ -284,7 +470,7 @@ where
 
 /// A pod spec's fields and the template fields of the controllers, side by side (spelled out
 /// rather than `#[serde(flatten)]`, which would buffer the whole spec).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct AnySpec {
     #[serde(default, deserialize_with = "null_default")]
@@ -301,13 +487,13 @@ struct AnySpec {
     job_template: JobTemplate,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 struct TemplateSpec {
     #[serde(default, deserialize_with = "null_default")]
     template: PodTemplate,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 struct PodTemplate {
     #[serde(default, deserialize_with = "null_default")]
     metadata: Meta,
@@ -315,13 +501,13 @@ struct PodTemplate {
     spec: PodSpec,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 struct JobTemplate {
     #[serde(default, deserialize_with = "null_default")]
     spec: TemplateSpec,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct PodSpec {
     #[serde(default, deserialize_with = "null_default")]
@@ -334,7 +520,7 @@ struct PodSpec {
     volumes: Vec<Volume>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct Container {
     #[serde(default, deserialize_with = "null_default")]
@@ -345,7 +531,7 @@ struct Container {
     image_pull_policy: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 struct Volume {
     #[serde(default, deserialize_with = "null_default")]
     name: String,
@@ -353,7 +539,7 @@ struct Volume {
     image: Option<ImageVolumeSource>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct ImageVolumeSource {
     #[serde(default, deserialize_with = "null_default")]

@@ -11,7 +11,9 @@ pub mod record;
 pub mod review;
 
 pub use image_review::{ImageReviewRequest, parse_image_review};
-pub use review::{AdmissionRequest, Outcome, Target, parse_admission_review};
+pub use review::{
+    AdmissionRequest, Outcome, Target, parse_admission_review, parse_admission_review_carefully,
+};
 
 /// The longest warning returned to a client, in characters: the API server may truncate longer
 /// ones, and `kubectl` prints each on its own line.

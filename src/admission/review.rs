@@ -16,6 +16,7 @@ use crate::metrics::{AdmissionResult, decision_label};
 use crate::namespaces::Labels;
 use crate::policy::crd::GROUP as POLICY_GROUP;
 use crate::policy::{ImagePolicy, Snapshot, compile};
+use crate::skim::{Skim, Skimmed};
 use crate::workload::{Workload, WorkloadKind, WorkloadObject};
 
 /// The only AdmissionReview version imagegate speaks.
@@ -26,7 +27,7 @@ const WHAT: &str = "admission.k8s.io/v1 AdmissionReview";
 
 /// The review envelope; `O` is how `object` and `oldObject` are read (see
 /// [`parse_admission_review`]).
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[serde(bound(deserialize = "O: Deserialize<'de>"))]
 struct ReviewIn<O> {
@@ -38,7 +39,7 @@ struct ReviewIn<O> {
     request: Option<RequestIn<O>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct GroupVersionKind {
     #[serde(default)]
     group: String,
@@ -48,7 +49,7 @@ struct GroupVersionKind {
     kind: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct UserInfo {
     #[serde(default)]
     username: Option<String>,
@@ -56,7 +57,7 @@ struct UserInfo {
     groups: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[serde(bound(deserialize = "O: Deserialize<'de>"))]
 struct RequestIn<O> {
@@ -121,18 +122,15 @@ pub struct AdmissionRequest {
 /// Reads an AdmissionReview body. Only a body that is not an AdmissionReview with a `uid`,
 /// `kind` and `operation` is an error; an unreadable object is a [`Target::Unreadable`].
 pub fn parse_admission_review(body: &[u8]) -> Result<AdmissionRequest, BadRequest> {
-    // Fast path, one pass over the body: the object read straight into the shape every
-    // checked kind shares. It serves Pods and workloads whose objects read cleanly; anything
-    // else (ImagePolicies, unreadable objects, bodies that are not reviews) takes the careful
-    // path, which reads the envelope first and then the object, and says what is wrong.
+    // Fast path: the envelope and the object skimmed in one pass, every field a decision does
+    // not need jumped over (see `crate::skim`). It serves Pods and workloads; anything else
+    // (ImagePolicies, other kinds, bodies the skimmer gives up on) takes the careful path, which
+    // reads the envelope with serde_json, then the object, and says what is wrong.
     //
     // The body is checked to be UTF-8 once, with the standard library's fast validation, so
-    // that the JSON reader need not check every string again.
-    let text = std::str::from_utf8(body).map_err(|e| BadRequest::Malformed {
-        expected: WHAT,
-        message: format!("the body is not UTF-8: {e}"),
-    })?;
-    if let Ok(review) = serde_json::from_str::<ReviewIn<WorkloadObject>>(text)
+    // that neither reader need check every string again.
+    let text = utf8(body)?;
+    if let Ok(review) = skim_review(text)
         && let Some(request) = &review.request
         && let Some(gvk) = &request.kind
         && WorkloadKind::from_group_kind(&gvk.group, &gvk.kind).is_some()
@@ -144,6 +142,110 @@ pub fn parse_admission_review(body: &[u8]) -> Result<AdmissionRequest, BadReques
         });
     }
     parse_carefully(text)
+}
+
+/// The review read with [`Skim`], the objects as [`WorkloadObject`]s: what
+/// `serde_json::from_str::<ReviewIn<WorkloadObject>>` reads, or [`Decline`](crate::skim::Decline).
+fn skim_review(text: &str) -> Skimmed<ReviewIn<WorkloadObject>> {
+    let mut s = Skim::new(text);
+    let mut out = ReviewIn {
+        api_version: String::new(),
+        kind: String::new(),
+        request: None,
+    };
+    s.fields(&["apiVersion", "kind", "request"], |s, field| {
+        match field {
+            0 => out.api_version = s.owned_string()?,
+            1 => out.kind = s.owned_string()?,
+            _ => out.request = s.optional(skim_request)?,
+        }
+        Ok(())
+    })?;
+    s.finish()?;
+    Ok(out)
+}
+
+fn skim_request(s: &mut Skim<'_>) -> Skimmed<RequestIn<WorkloadObject>> {
+    let mut out = RequestIn {
+        uid: None,
+        kind: None,
+        sub_resource: None,
+        name: None,
+        namespace: None,
+        operation: None,
+        user_info: None,
+        object: None,
+        old_object: None,
+        dry_run: None,
+    };
+    let keys = [
+        "uid",
+        "kind",
+        "subResource",
+        "name",
+        "namespace",
+        "operation",
+        "userInfo",
+        "object",
+        "oldObject",
+        "dryRun",
+    ];
+    s.fields(&keys, |s, field| {
+        match field {
+            0 => out.uid = s.optional(Skim::owned_string)?,
+            1 => out.kind = s.optional(skim_group_version_kind)?,
+            2 => out.sub_resource = s.optional(Skim::owned_string)?,
+            3 => out.name = s.optional(Skim::owned_string)?,
+            4 => out.namespace = s.optional(Skim::owned_string)?,
+            5 => out.operation = s.optional(Skim::owned_string)?,
+            6 => out.user_info = s.optional(skim_user_info)?,
+            7 => out.object = s.optional(WorkloadObject::skim)?,
+            8 => out.old_object = s.optional(WorkloadObject::skim)?,
+            _ => out.dry_run = s.optional(Skim::bool)?,
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn skim_group_version_kind(s: &mut Skim<'_>) -> Skimmed<GroupVersionKind> {
+    let mut out = GroupVersionKind::default();
+    s.fields(&["group", "version", "kind"], |s, field| {
+        match field {
+            0 => out.group = s.owned_string()?,
+            1 => out.version = s.owned_string()?,
+            _ => out.kind = s.owned_string()?,
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn skim_user_info(s: &mut Skim<'_>) -> Skimmed<UserInfo> {
+    let mut out = UserInfo::default();
+    s.fields(&["username", "groups"], |s, field| {
+        match field {
+            0 => out.username = s.optional(Skim::owned_string)?,
+            _ => out.groups = s.optional(|s| s.list(Skim::owned_string))?,
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Reads an AdmissionReview body with `serde_json` alone: the envelope with the objects left
+/// as raw JSON, then each object on its own. [`parse_admission_review`] answers the same for
+/// every body that is JSON, faster; it is tested and fuzzed against this.
+pub fn parse_admission_review_carefully(body: &[u8]) -> Result<AdmissionRequest, BadRequest> {
+    let text = utf8(body)?;
+    parse_carefully(text)
+}
+
+fn utf8(body: &[u8]) -> Result<&str, BadRequest> {
+    std::str::from_utf8(body).map_err(|e| BadRequest::Malformed {
+        expected: WHAT,
+        message: format!("the body is not UTF-8: {e}"),
+    })
 }
 
 /// Reads the envelope with the objects left as raw JSON, then each object on its own.
@@ -619,6 +721,7 @@ mod tests {
 
     use super::*;
     use crate::policy::{Settings, Snapshot};
+    use proptest::prelude::*;
 
     fn review(request: serde_json::Value) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
@@ -845,5 +948,228 @@ mod tests {
             out,
             serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": "u-1", "allowed": true}})
         );
+    }
+
+    /// What serde_json reads from a body into the fast path's shapes.
+    fn serde_review(text: &str) -> serde_json::Result<ReviewIn<WorkloadObject>> {
+        serde_json::from_str(text)
+    }
+
+    static FIXTURES: std::sync::OnceLock<Vec<serde_json::Value>> = std::sync::OnceLock::new();
+
+    fn fixture_values() -> Vec<serde_json::Value> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".json") && !name.starts_with("imagereview") {
+                out.push(serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn skimming_reads_every_fixture_as_serde_does() {
+        for value in fixture_values() {
+            for text in [
+                serde_json::to_string(&value).unwrap(),
+                serde_json::to_string_pretty(&value).unwrap(),
+            ] {
+                let skimmed = skim_review(&text).expect("a fixture is skimmed");
+                assert_eq!(skimmed, serde_review(&text).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_wanted_key_is_left_to_serde_which_refuses_it() {
+        let base = String::from_utf8(review(request(
+            ("", "Pod"),
+            "",
+            "CREATE",
+            pod(&["nginx:1.27"]),
+        )))
+        .unwrap();
+        for (once, twice) in [
+            (
+                "\"image\":\"nginx:1.27\"",
+                "\"image\":\"evil:1\",\"image\":\"nginx:1.27\"",
+            ),
+            ("\"uid\":\"u-1\"", "\"uid\":\"u-1\",\"uid\":\"u-2\""),
+            ("\"containers\":[", "\"containers\":[],\"containers\":["),
+            (
+                "\"operation\":\"CREATE\"",
+                "\"operation\":\"DELETE\",\"operation\":\"CREATE\"",
+            ),
+        ] {
+            assert!(base.contains(once), "{once} in {base}");
+            let text = base.replacen(once, twice, 1);
+            assert_eq!(skim_review(&text), Err(crate::skim::Decline), "{text}");
+            assert!(serde_review(&text).is_err(), "{text}");
+            // And the body as a whole: the careful path says why.
+            let read = parse_admission_review(text.as_bytes());
+            let refused = match &read {
+                Err(e) => e.to_string(),
+                Ok(r) => match &r.target {
+                    Target::Unreadable(why) => why.clone(),
+                    other => panic!("{text} read as {other:?}"),
+                },
+            };
+            assert!(refused.contains("duplicate field"), "{refused}");
+        }
+    }
+
+    /// An edit at a place in a review, chosen by the indexes in `path`.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Set(serde_json::Value),
+        Insert(&'static str, serde_json::Value),
+        Remove(prop::sample::Index),
+    }
+
+    /// Names the fast path looks for, and some it does not.
+    const KEYS: &[&str] = &[
+        "apiVersion",
+        "kind",
+        "request",
+        "uid",
+        "subResource",
+        "name",
+        "namespace",
+        "operation",
+        "userInfo",
+        "username",
+        "groups",
+        "object",
+        "oldObject",
+        "dryRun",
+        "group",
+        "version",
+        "metadata",
+        "generateName",
+        "annotations",
+        "spec",
+        "containers",
+        "initContainers",
+        "ephemeralContainers",
+        "volumes",
+        "template",
+        "jobTemplate",
+        "image",
+        "imagePullPolicy",
+        "reference",
+        "pullPolicy",
+        "imagegate.image-policy.k8s.io/break-glass",
+        "imagegate.image-policy.k8s.io/reason",
+        // Last, two the fast path does not look for.
+        "managedFields",
+        "other",
+    ];
+
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i32>().prop_map(|n| serde_json::json!(n)),
+            "[a-z:/@.\"\\\\{}\\[\\] é\u{0}-\u{1f}]{0,24}".prop_map(serde_json::Value::String),
+            Just(serde_json::json!("nginx:1.27")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(prop::sample::select(KEYS), inner, 0..4).prop_map(
+                    |m| serde_json::Value::Object(
+                        m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                    )
+                ),
+            ]
+        })
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            // `null` is where readers most often differ: as a default, as absent, as an error.
+            2 => Just(Edit::Set(serde_json::Value::Null)),
+            3 => value().prop_map(Edit::Set),
+            2 => (prop::sample::select(KEYS), value()).prop_map(|(k, v)| Edit::Insert(k, v)),
+            1 => any::<prop::sample::Index>().prop_map(Edit::Remove),
+        ]
+    }
+
+    /// The JSON pointers of the places the fast path reads: every value under a wanted key,
+    /// the elements of arrays there, and the annotation maps' entries.
+    fn wanted_places(value: &serde_json::Value) -> Vec<String> {
+        fn walk(value: &serde_json::Value, at: String, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(m) => {
+                    for (k, v) in m {
+                        let wanted = KEYS[..KEYS.len() - 2].contains(&k.as_str())
+                            || at.ends_with("/annotations");
+                        if wanted {
+                            let here = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                            out.push(here.clone());
+                            walk(v, here, out);
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => {
+                    for (i, v) in a.iter().enumerate() {
+                        let here = format!("{at}/{i}");
+                        out.push(here.clone());
+                        walk(v, here, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut out = vec![String::new()];
+        walk(value, String::new(), &mut out);
+        out
+    }
+
+    fn apply(value: &mut serde_json::Value, place: &prop::sample::Index, edit: &Edit) {
+        let places = wanted_places(value);
+        let Some(node) = value.pointer_mut(&places[place.index(places.len())]) else {
+            return;
+        };
+        match (edit, node) {
+            (Edit::Set(v), node) => *node = v.clone(),
+            (Edit::Insert(k, v), serde_json::Value::Object(m)) => {
+                m.insert((*k).to_owned(), v.clone());
+            }
+            (Edit::Remove(i), serde_json::Value::Object(m)) if !m.is_empty() => {
+                let key = m.keys().nth(i.index(m.len())).unwrap().clone();
+                m.remove(&key);
+            }
+            _ => {}
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// The contract of the fast path: whatever it reads, serde_json reads alike.
+        #[test]
+        fn skimming_an_edited_review_reads_as_serde_does_or_declines(
+            fixture in any::<prop::sample::Index>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), edit()), 1..4),
+            pretty in any::<bool>(),
+        ) {
+            let fixtures = FIXTURES.get_or_init(fixture_values);
+            let mut value = fixtures[fixture.index(fixtures.len())].clone();
+            for (place, edit) in &edits {
+                apply(&mut value, place, edit);
+            }
+            let text = if pretty {
+                serde_json::to_string_pretty(&value).unwrap()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
+            if let Ok(skimmed) = skim_review(&text) {
+                proptest::prop_assert_eq!(Ok(skimmed), serde_review(&text).map_err(|e| e.to_string()));
+            }
+        }
     }
 }

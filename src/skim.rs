@@ -1,0 +1,602 @@
+//! A fast reader for the few fields of a large JSON document that a decision needs.
+//!
+//! An AdmissionReview body is mostly what no decision looks at: `managedFields`, the
+//! `last-applied-configuration` annotation, probes, resources, status. A general JSON reader
+//! visits every byte of it token by token, and that was most of the cost of a request.
+//! [`Skim`] first indexes the whole text in one pass, 64 bytes at a time with SIMD compares
+//! (the `wide` crate: SSE2 on x86-64, NEON on arm64, a portable fallback elsewhere): one bit per
+//! byte for the quotes that open or close strings, for the brackets outside strings, and for
+//! backslashes. It then walks only the objects on the way to the wanted fields; every other
+//! value is passed by looking up bits, a string by its closing quote, an object or array by
+//! counting brackets, whole words at a time.
+//!
+//! The contract that makes this safe to use on the decision path: on well-formed JSON the
+//! readers built on `Skim` either produce exactly what `serde_json` reads from the same text
+//! into the same shapes, or give up with [`Decline`], and the caller then reads the body with
+//! `serde_json`. They give up on anything unusual: an escaped or repeated key among the wanted
+//! ones, an unexpected type, the end of the input. Skipped values are not validated: a body
+//! that is not JSON may be read where it is well-formed around the wanted fields. The API server
+//! only sends JSON it encoded itself, so this changes nothing it can ask; the differential tests
+//! here and in the callers, and the `review_skim` fuzz target, hold the contract.
+
+use std::borrow::Cow;
+
+use wide::u8x64;
+
+/// The fast reader gives up on this input; read it with `serde_json` instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decline;
+
+/// What a skimming step gives.
+pub type Skimmed<T> = Result<T, Decline>;
+
+/// A position in a JSON text; see the module documentation.
+pub struct Skim<'a> {
+    text: &'a str,
+    pos: usize,
+    index: Vec<Block>,
+}
+
+impl<'a> Skim<'a> {
+    /// Indexes `text` and starts at its beginning.
+    pub fn new(text: &'a str) -> Self {
+        Skim {
+            text,
+            pos: 0,
+            index: index(text.as_bytes()),
+        }
+    }
+
+    /// Succeeds when only whitespace is left.
+    pub fn finish(mut self) -> Skimmed<()> {
+        match self.peek() {
+            Err(Decline) => Ok(()),
+            Ok(_) => Err(Decline),
+        }
+    }
+
+    /// The next byte that is not whitespace, left unread.
+    pub fn peek(&mut self) -> Skimmed<u8> {
+        let bytes = self.text.as_bytes();
+        while let Some(&c) = bytes.get(self.pos) {
+            if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
+                return Ok(c);
+            }
+            self.pos += 1;
+        }
+        Err(Decline)
+    }
+
+    fn expect(&mut self, c: u8) -> Skimmed<()> {
+        if self.peek()? == c {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Decline)
+        }
+    }
+
+    /// Reads `null` if it comes next, and says whether it did.
+    pub fn null(&mut self) -> Skimmed<bool> {
+        if self.peek()? != b'n' {
+            return Ok(false);
+        }
+        self.literal("null")?;
+        Ok(true)
+    }
+
+    fn literal(&mut self, word: &str) -> Skimmed<()> {
+        if self.text.as_bytes()[self.pos..].starts_with(word.as_bytes()) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(Decline)
+        }
+    }
+
+    /// Reads `true` or `false`.
+    pub fn bool(&mut self) -> Skimmed<bool> {
+        match self.peek()? {
+            b't' => self.literal("true").map(|()| true),
+            b'f' => self.literal("false").map(|()| false),
+            _ => Err(Decline),
+        }
+    }
+
+    /// Reads a string. One with escapes is decoded by `serde_json`.
+    pub fn string(&mut self) -> Skimmed<Cow<'a, str>> {
+        self.expect(b'"')?;
+        let start = self.pos;
+        let end = self.string_end(start)?;
+        self.pos = end + 1;
+        if self.escaped(start, end) {
+            let quoted = &self.text[start - 1..end + 1];
+            return serde_json::from_str::<String>(quoted)
+                .map(Cow::Owned)
+                .map_err(|_| Decline);
+        }
+        let raw = &self.text[start..end];
+        // Control characters must be escaped in JSON: a string with one is not read here.
+        if raw.bytes().any(|c| c < 0x20) {
+            return Err(Decline);
+        }
+        Ok(Cow::Borrowed(raw))
+    }
+
+    /// Reads an object, calling `field` with each key; `field` reads or skips the value.
+    /// A key with escapes makes the reader give up: no wanted key has any.
+    pub fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> Skimmed<()>,
+    ) -> Skimmed<()> {
+        self.expect(b'{')?;
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            self.expect(b'"')?;
+            let start = self.pos;
+            let end = self.string_end(start)?;
+            if self.escaped(start, end) {
+                return Err(Decline);
+            }
+            let key = &self.text[start..end];
+            self.pos = end + 1;
+            self.expect(b':')?;
+            field(self, key)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(Decline),
+            }
+        }
+    }
+
+    /// Reads an object for the values of `keys` (at most 64): calls `field` with the index of
+    /// each wanted key met, and skips every other value. A wanted key met twice makes the
+    /// reader give up, as `serde` refuses a struct field given twice.
+    pub fn fields(
+        &mut self,
+        keys: &[&str],
+        mut field: impl FnMut(&mut Self, usize) -> Skimmed<()>,
+    ) -> Skimmed<()> {
+        let mut seen = 0u64;
+        self.object(|s, key| match keys.iter().position(|k| *k == key) {
+            Some(i) => {
+                let bit = 1u64.checked_shl(i as u32).ok_or(Decline)?;
+                if seen & bit != 0 {
+                    return Err(Decline);
+                }
+                seen |= bit;
+                field(s, i)
+            }
+            None => s.skip(),
+        })
+    }
+
+    /// Reads an array, calling `item` for each element; `item` reads or skips it.
+    pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Skimmed<()>) -> Skimmed<()> {
+        self.expect(b'[')?;
+        if self.peek()? == b']' {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b']' => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(Decline),
+            }
+        }
+    }
+
+    /// Reads an array, each element with `read`.
+    pub fn list<T>(&mut self, mut read: impl FnMut(&mut Self) -> Skimmed<T>) -> Skimmed<Vec<T>> {
+        let mut out = Vec::new();
+        self.array(|s| {
+            out.push(read(s)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Passes over the next value without reading it.
+    pub fn skip(&mut self) -> Skimmed<()> {
+        let bytes = self.text.as_bytes();
+        match self.peek()? {
+            b'"' => {
+                self.pos = self.string_end(self.pos + 1)? + 1;
+            }
+            b'{' | b'[' => self.pos = self.container_end(self.pos)?,
+            _ => {
+                // A number or literal: the characters they are written with.
+                let start = self.pos;
+                while bytes
+                    .get(self.pos)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'+' | b'.'))
+                {
+                    self.pos += 1;
+                }
+                if self.pos == start {
+                    return Err(Decline);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a value with `read` unless it is `null`, which gives `T::default()`.
+    pub fn or_default<T: Default>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Skimmed<T>,
+    ) -> Skimmed<T> {
+        if self.null()? {
+            Ok(T::default())
+        } else {
+            read(self)
+        }
+    }
+
+    /// Reads a value with `read` unless it is `null`, which gives `None`.
+    pub fn optional<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Skimmed<T>,
+    ) -> Skimmed<Option<T>> {
+        if self.null()? {
+            Ok(None)
+        } else {
+            read(self).map(Some)
+        }
+    }
+
+    /// Reads a string as owned.
+    pub fn owned_string(&mut self) -> Skimmed<String> {
+        self.string().map(Cow::into_owned)
+    }
+}
+
+const BLOCK: usize = 64;
+
+/// The index of 64 bytes of text: bit `i` stands for byte `i`.
+#[derive(Clone, Copy, Default)]
+struct Block {
+    /// Quotes that open or close a string (not escaped ones).
+    quotes: u64,
+    /// `{` and `[` outside strings.
+    opens: u64,
+    /// `}` and `]` outside strings.
+    closes: u64,
+    /// Backslashes.
+    backslashes: u64,
+}
+
+/// Indexes `bytes` (see [`Block`]). Escaped quotes are removed; the bytes inside strings are
+/// found by a running XOR over the quote bits, carried from block to block.
+fn index(bytes: &[u8]) -> Vec<Block> {
+    let quote = u8x64::splat(b'"');
+    let backslash = u8x64::splat(b'\\');
+    // `{` and `[` differ only in bit 5, as do `}` and `]`.
+    let case = u8x64::splat(0x20);
+    let open = u8x64::splat(b'{');
+    let close = u8x64::splat(b'}');
+
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(BLOCK));
+    // All ones when the previous block ended inside a string.
+    let mut in_string: u64 = 0;
+    // Whether the first byte of the next block is escaped by a backslash ending this one.
+    let mut escape_carry = false;
+    for offset in (0..bytes.len()).step_by(BLOCK) {
+        let v = u8x64::new(load(bytes, offset));
+        let folded = v | case;
+        let backslashes = v.simd_eq(backslash).to_bitmask();
+        let escaped = if backslashes == 0 && !escape_carry {
+            0
+        } else {
+            escaped_bytes(backslashes, &mut escape_carry)
+        };
+        let quotes = v.simd_eq(quote).to_bitmask() & !escaped;
+        let inside = prefix_xor(quotes) ^ in_string;
+        in_string = if inside >> 63 == 1 { u64::MAX } else { 0 };
+        out.push(Block {
+            quotes,
+            opens: folded.simd_eq(open).to_bitmask() & !inside,
+            closes: folded.simd_eq(close).to_bitmask() & !inside,
+            backslashes,
+        });
+    }
+    out
+}
+
+impl Skim<'_> {
+    /// The position of the quote that closes the string whose content starts at `start`.
+    fn string_end(&self, start: usize) -> Skimmed<usize> {
+        let mut word = start / BLOCK;
+        let mut quotes = self.index.get(word).ok_or(Decline)?.quotes & (!0u64 << (start % BLOCK));
+        while quotes == 0 {
+            word += 1;
+            quotes = self.index.get(word).ok_or(Decline)?.quotes;
+        }
+        Ok(word * BLOCK + quotes.trailing_zeros() as usize)
+    }
+
+    /// Whether bytes `start..end` have a backslash.
+    fn escaped(&self, start: usize, end: usize) -> bool {
+        let (first, last) = (start / BLOCK, end / BLOCK);
+        (first..=last).any(|word| {
+            let Some(block) = self.index.get(word) else {
+                return false;
+            };
+            let mut bits = block.backslashes;
+            if word == first {
+                bits &= !0u64 << (start % BLOCK);
+            }
+            if word == last {
+                bits &= (1u64 << (end % BLOCK)) - 1;
+            }
+            bits != 0
+        })
+    }
+
+    /// The position just past the bracket that closes the object or array opening at `start`.
+    /// A block whose closing brackets are fewer than the depth cannot end the value and is
+    /// passed with two popcounts.
+    fn container_end(&self, start: usize) -> Skimmed<usize> {
+        let mut depth: u64 = 1;
+        let mut word = start / BLOCK;
+        // Only the brackets after the opening one.
+        let mut from = (!0u64).checked_shl((start % BLOCK + 1) as u32).unwrap_or(0);
+        while let Some(block) = self.index.get(word) {
+            let opens = block.opens & from;
+            let closes = block.closes & from;
+            if u64::from(closes.count_ones()) < depth {
+                depth = depth + u64::from(opens.count_ones()) - u64::from(closes.count_ones());
+            } else {
+                let mut brackets = opens | closes;
+                while brackets != 0 {
+                    let at = brackets.trailing_zeros();
+                    if opens >> at & 1 == 1 {
+                        depth += 1;
+                    } else {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(word * BLOCK + at as usize + 1);
+                        }
+                    }
+                    brackets &= brackets - 1;
+                }
+            }
+            from = !0;
+            word += 1;
+        }
+        Err(Decline)
+    }
+}
+
+/// The `N` bytes from `offset`, padded with zeros (which no JSON structure uses) past the end.
+fn load<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+    match bytes.get(offset..offset + N) {
+        Some(full) => full.try_into().unwrap_or([0; N]),
+        None => {
+            let mut block = [0; N];
+            let rest = &bytes[offset..];
+            block[..rest.len()].copy_from_slice(rest);
+            block
+        }
+    }
+}
+
+/// The bytes of a block escaped by a backslash: each backslash that is not itself escaped
+/// escapes the byte after it. `carry` comes in as whether byte 0 is escaped and goes out as
+/// whether the next block's byte 0 is.
+fn escaped_bytes(backslashes: u64, carry: &mut bool) -> u64 {
+    let mut escaped = 0u64;
+    let mut pending = backslashes;
+    if *carry {
+        escaped |= 1;
+        pending &= !1;
+    }
+    *carry = false;
+    while pending != 0 {
+        let at = pending.trailing_zeros();
+        pending &= pending - 1;
+        if at == 63 {
+            *carry = true;
+        } else {
+            let next = 1u64 << (at + 1);
+            escaped |= next;
+            pending &= !next;
+        }
+    }
+    escaped
+}
+
+/// Bit `i` of the result is the XOR of bits `0..=i` of `x`: with quote bits in, the bits of
+/// an opening quote and of the bytes up to (not including) the closing one.
+fn prefix_xor(mut x: u64) -> u64 {
+    x ^= x << 1;
+    x ^= x << 2;
+    x ^= x << 4;
+    x ^= x << 8;
+    x ^= x << 16;
+    x ^= x << 32;
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Where `serde_json` ends the first value of `text`, for comparison.
+    fn serde_end(text: &str) -> Option<usize> {
+        let mut stream =
+            serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+        stream.next()?.ok()?;
+        Some(stream.byte_offset())
+    }
+
+    fn skim_end(text: &str) -> Skimmed<usize> {
+        let mut skim = Skim::new(text);
+        skim.skip()?;
+        Ok(skim.pos)
+    }
+
+    #[test]
+    fn skipping_ends_each_value_where_a_full_reader_does() {
+        let long = format!("{{\"a\":\"{}\"}}", "x".repeat(200));
+        let escapes = format!(
+            "{{\"a\":\"{}\\\\\",\"b\":[\"}}\\\"]\"],\"c\":{{}}}}",
+            "\\\"".repeat(40)
+        );
+        let cases = [
+            "{}",
+            "[]",
+            "{\"a\":1}",
+            "[1,2,[3,{\"b\":[]}]]",
+            "\"plain\"",
+            "\"with \\\" quote\"",
+            "\"ends in backslash \\\\\"",
+            "{\"brackets in strings\":\"}]{[\"}",
+            "{\"k\":\"\\\\\"}",
+            "{\"k\":\"\\\\\\\"}\"}",
+            "-12.5e+3",
+            "true",
+            "null",
+            long.as_str(),
+            escapes.as_str(),
+        ];
+        for case in cases {
+            let padded = format!("{case} ,\"after\"");
+            assert_eq!(
+                skim_end(&padded),
+                Ok(serde_end(case).expect("valid")),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_that_never_closes_is_declined() {
+        for text in ["{", "[1,2", "{\"a\":\"}", "\"open", "{\"a\":\"\\\"}", ""] {
+            assert_eq!(skim_end(text), Err(Decline), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_backslash_run_across_a_block_boundary_is_counted() {
+        // `["xx…\\…"]"]`: after an even run of backslashes the quote closes the string and
+        // the first `]` the array; after an odd run the quote is escaped and the last `]`
+        // closes it. Runs of every length end at every position around the first boundary.
+        for run in 1..6 {
+            for filler in 50..70 {
+                let text = format!("[\"{}{}\"]\"]", "x".repeat(filler), "\\".repeat(run));
+                let end = serde_end(&text).expect("valid either way");
+                assert_eq!(skim_end(&text), Ok(end), "{text}");
+                assert_eq!(end == text.len(), run % 2 == 1, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn strings_are_decoded_as_json_reads_them() {
+        for (text, want) in [
+            ("\"plain\"", "plain"),
+            ("\"a\\u00e9b\"", "aéb"),
+            ("\"tab\\tquote\\\"\"", "tab\tquote\""),
+            ("\"\\u0026\"", "&"),
+        ] {
+            assert_eq!(Skim::new(text).string().as_deref(), Ok(want), "{text}");
+        }
+        // Raw control characters are not JSON.
+        assert_eq!(Skim::new("\"a\u{1}b\"").string(), Err(Decline));
+        assert_eq!(Skim::new("\"bad \\x escape\"").string(), Err(Decline));
+    }
+
+    #[test]
+    fn objects_and_arrays_visit_every_member_and_refuse_escaped_keys() {
+        let mut keys = Vec::new();
+        let mut skim = Skim::new(" { \"a\" : [1, {\"x\":2}] , \"b\":\"c\" } ");
+        skim.object(|s, key| {
+            keys.push(key.to_owned());
+            s.skip()
+        })
+        .unwrap();
+        skim.finish().unwrap();
+        assert_eq!(keys, ["a", "b"]);
+
+        let mut count = 0;
+        Skim::new("[1, \"two\", [3], {\"four\":4}]")
+            .array(|s| {
+                count += 1;
+                s.skip()
+            })
+            .unwrap();
+        assert_eq!(count, 4);
+
+        let escaped_key = Skim::new("{\"im\\u0061ge\":1}").object(|s, _| s.skip());
+        assert_eq!(escaped_key, Err(Decline));
+
+        let mut got = Vec::new();
+        Skim::new("{\"b\":1,\"x\":{\"a\":9},\"a\":true}")
+            .fields(&["a", "b"], |s, i| {
+                got.push(i);
+                s.skip()
+            })
+            .unwrap();
+        assert_eq!(got, [1, 0], "wanted keys in document order, others skipped");
+        let repeated = Skim::new("{\"a\":1,\"a\":2}").fields(&["a"], |s, _| s.skip());
+        assert_eq!(repeated, Err(Decline));
+    }
+
+    /// Arbitrary JSON values, with strings drawn to be hard for a skipper: quotes, backslashes
+    /// and brackets.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::json!(f)),
+            "[\"\\\\{}\\[\\]a-z0-9 é\u{1}]{0,80}".prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(6, 96, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[\"\\\\{}a-z]{0,12}", inner, 0..8)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn skipping_any_value_ends_where_a_full_reader_does(
+            value in json_value(),
+            pretty in any::<bool>(),
+        ) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&value).unwrap()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
+            let padded = format!("{text}]");
+            prop_assert_eq!(skim_end(&padded), Ok(text.len()));
+        }
+
+        #[test]
+        fn any_bytes_are_skipped_or_declined_without_panicking(text in ".{0,300}") {
+            let _ = skim_end(&text);
+            let _ = Skim::new(&text).string();
+            let _ = Skim::new(&text).object(|s, _| s.skip());
+        }
+    }
+}
