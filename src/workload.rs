@@ -556,6 +556,23 @@ where
     Ok(Option::<T>::deserialize(de)?.unwrap_or_default())
 }
 
+/// `{spec}.{list}[{index}].{leaf}`, built without the formatting machinery: it is made for
+/// every image of every request.
+fn field_path(spec: &str, list: &str, index: usize, leaf: &str) -> String {
+    let mut out = String::with_capacity(spec.len() + list.len() + leaf.len() + 8);
+    out.push_str(spec);
+    out.push('.');
+    out.push_str(list);
+    out.push('[');
+    match u32::try_from(index).ok().filter(|i| *i < 10) {
+        Some(digit) => out.push(char::from_digit(digit, 10).unwrap_or('0')),
+        None => out.push_str(&index.to_string()),
+    }
+    out.push_str("].");
+    out.push_str(leaf);
+    out
+}
+
 impl PodSpec {
     fn images(self, path: &str) -> Vec<ImageUse> {
         let mut out = Vec::with_capacity(
@@ -576,7 +593,7 @@ impl PodSpec {
                     container: c.name,
                     image: c.image,
                     pull_policy: c.image_pull_policy,
-                    field_path: format!("{path}.{}[{i}].image", ty.as_str()),
+                    field_path: field_path(path, ty.as_str(), i, "image"),
                 });
             }
         }
@@ -587,10 +604,81 @@ impl PodSpec {
                     container: v.name,
                     image: src.reference,
                     pull_policy: src.pull_policy,
-                    field_path: format!("{path}.volumes[{i}].image.reference"),
+                    field_path: field_path(path, "volumes", i, "image.reference"),
                 });
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_image_is_found_with_its_field_path_in_every_kind() {
+        let containers: Vec<_> = (0..12)
+            .map(|i| serde_json::json!({"name": format!("c{i}"), "image": format!("app:{i}")}))
+            .collect();
+        let pod_spec = serde_json::json!({
+            "initContainers": [{"name": "init", "image": "init:1"}],
+            "containers": containers,
+            "ephemeralContainers": [{"name": "debug", "image": "busybox"}],
+            "volumes": [{"name": "plain"}, {"name": "data", "image": {"reference": "data:1"}}],
+        });
+        let template = serde_json::json!({"template": {"spec": pod_spec}});
+        for (kind, object, prefix) in [
+            (
+                WorkloadKind::Pod,
+                serde_json::json!({"spec": pod_spec}),
+                "spec",
+            ),
+            (
+                WorkloadKind::Deployment,
+                serde_json::json!({"spec": template}),
+                "spec.template.spec",
+            ),
+            (
+                WorkloadKind::CronJob,
+                serde_json::json!({"spec": {"jobTemplate": {"spec": template}}}),
+                "spec.jobTemplate.spec.template.spec",
+            ),
+        ] {
+            let text = object.to_string();
+            let read = Workload::from_json(kind, &text).unwrap();
+            let mut skim = Skim::new(&text);
+            let skimmed = WorkloadObject::skim(&mut skim).unwrap().into_workload(kind);
+            assert_eq!(read, skimmed);
+            let paths: Vec<_> = read
+                .images
+                .iter()
+                .map(|i| (i.image.as_str(), i.field_path.as_str()))
+                .collect();
+            assert_eq!(paths.len(), 15, "{paths:?}");
+            assert_eq!(
+                paths[0],
+                ("init:1", &*format!("{prefix}.initContainers[0].image"))
+            );
+            assert_eq!(
+                paths[10],
+                ("app:9", &*format!("{prefix}.containers[9].image"))
+            );
+            assert_eq!(
+                paths[12],
+                ("app:11", &*format!("{prefix}.containers[11].image"))
+            );
+            assert_eq!(
+                paths[13],
+                (
+                    "busybox",
+                    &*format!("{prefix}.ephemeralContainers[0].image")
+                )
+            );
+            assert_eq!(
+                paths[14],
+                ("data:1", &*format!("{prefix}.volumes[1].image.reference"))
+            );
+        }
     }
 }
