@@ -158,6 +158,19 @@ pub enum Verdict {
     Excused,
 }
 
+impl Verdict {
+    /// The verdict as written in records and `check` output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::Warned => "warned",
+            Verdict::Audited => "audited",
+            Verdict::Excused => "excused",
+        }
+    }
+}
+
 /// One image of the object and what was decided for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -7,6 +7,7 @@
 //! read is denied with the reason: fail closed.
 
 pub mod image_review;
+mod json_line;
 pub mod record;
 pub mod review;
 

@@ -9,9 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Serialize;
-
-use crate::decision::{AppliedPolicy, BreakGlassUse, Decision, ImageVerdict, Requester};
+use super::json_line::JsonLine;
+use crate::decision::{AppliedPolicy, BreakGlassUse, Decision, ImageVerdict, Requester, Violation};
 use crate::namespaces::Labels;
 use crate::telemetry;
 
@@ -41,7 +40,6 @@ pub struct RecordContext<'a> {
 }
 
 /// One decision record, as written.
-#[derive(Serialize)]
 struct Record<'a> {
     timestamp: jiff::Timestamp,
     level: &'static str,
@@ -53,46 +51,21 @@ struct Record<'a> {
     namespace: &'a str,
     name: &'a str,
     operation: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     groups: Option<&'a [String]>,
     dry_run: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     namespace_labels: Option<&'a Labels>,
-    #[serde(skip_serializing_if = "no_annotations")]
     annotations: Option<&'a BTreeMap<String, String>>,
     now: jiff::Timestamp,
     allowed: bool,
     decision: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     images: Option<&'a [ImageVerdict]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     policies: Option<&'a [AppliedPolicy]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     break_glass_ticket: Option<String>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
     break_glass: &'a [BreakGlassUse],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    violations: Option<Vec<ViolationRecord<'a>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    violations: Option<&'a [Violation]>,
     reason: Option<&'a str>,
     latency_us: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ViolationRecord<'a> {
-    policy: &'a str,
-    mode: &'a str,
-    rule: &'a str,
-    container_type: &'a str,
-    container: &'a str,
-    image: &'a str,
-    field: &'a str,
-    excused: bool,
-    unchanged: bool,
-    message: &'a str,
 }
 
 impl<'a> Record<'a> {
@@ -129,12 +102,124 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// The record as one JSON line, newline included.
-    fn line(&self) -> Option<Vec<u8>> {
-        let mut line = Vec::with_capacity(LINE_CAPACITY);
-        serde_json::to_writer(&mut line, self).ok()?;
+    /// The record as one JSON line, newline included. Absent parts are left out: no
+    /// requester, labels, images, policies, ticket or reason; no imagegate annotations and no
+    /// break-glass use.
+    fn line(&self) -> Vec<u8> {
+        let mut w = JsonLine::with_capacity(LINE_CAPACITY);
+        w.begin_object();
+        w.key("timestamp");
+        w.display(self.timestamp);
+        w.string_field("level", self.level);
+        w.string_field("target", self.target);
+        w.string_field("message", &self.message);
+        w.string_field("endpoint", self.endpoint);
+        w.string_field("uid", self.uid);
+        w.string_field("kind", self.kind);
+        w.string_field("namespace", self.namespace);
+        w.string_field("name", self.name);
+        w.string_field("operation", self.operation);
+        if let Some(user) = self.user {
+            w.string_field("user", user);
+        }
+        if let Some(groups) = self.groups {
+            w.strings_field("groups", groups.iter().map(String::as_str));
+        }
+        w.key("dry_run");
+        w.bool(self.dry_run);
+        if let Some(labels) = self.namespace_labels {
+            w.map_field("namespace_labels", labels);
+        }
+        if let Some(annotations) = self.annotations.filter(|a| !a.is_empty()) {
+            w.map_field("annotations", annotations);
+        }
+        w.key("now");
+        w.display(self.now);
+        w.key("allowed");
+        w.bool(self.allowed);
+        w.string_field("decision", self.decision);
+        if let Some(images) = self.images {
+            w.key("images");
+            w.begin_array();
+            for image in images {
+                w.begin_object();
+                w.string_field("containerType", image.container_type.as_str());
+                w.string_field("container", &image.container);
+                w.string_field("image", &image.image);
+                w.optional_string_field("canonical", image.canonical.as_deref());
+                if let Some(pull) = &image.pull_policy {
+                    w.string_field("pullPolicy", pull);
+                }
+                w.string_field("verdict", image.verdict.as_str());
+                w.end_object();
+            }
+            w.end_array();
+        }
+        if let Some(policies) = self.policies {
+            w.key("policies");
+            w.begin_array();
+            for policy in policies {
+                w.begin_object();
+                w.string_field("name", &policy.name);
+                w.key("generation");
+                match policy.generation {
+                    Some(g) => w.i64(g),
+                    None => w.null(),
+                }
+                w.string_field("mode", policy.mode.as_str());
+                w.end_object();
+            }
+            w.end_array();
+        }
+        if let Some(tickets) = &self.break_glass_ticket {
+            w.string_field("break_glass_ticket", tickets);
+        }
+        if !self.break_glass.is_empty() {
+            w.key("break_glass");
+            w.begin_array();
+            for used in self.break_glass {
+                w.begin_object();
+                w.string_field("policy", &used.policy);
+                w.string_field("ticket", &used.ticket);
+                w.key("until");
+                w.display(used.until);
+                w.optional_string_field("requester", used.requester.as_deref());
+                w.key("excused");
+                w.u64(u64::try_from(used.excused).unwrap_or(u64::MAX));
+                w.end_object();
+            }
+            w.end_array();
+        }
+        if let Some(violations) = self.violations {
+            w.key("violations");
+            w.begin_array();
+            for v in violations {
+                w.begin_object();
+                w.string_field("policy", &v.policy);
+                w.string_field("mode", v.mode.as_str());
+                w.string_field("rule", v.rule.as_str());
+                w.string_field("containerType", v.container_type.as_str());
+                w.string_field("container", &v.container);
+                w.string_field("image", &v.image);
+                w.string_field("field", &v.field_path);
+                w.key("excused");
+                w.bool(v.excused);
+                w.key("unchanged");
+                w.bool(v.unchanged);
+                w.string_field("message", &v.message);
+                w.end_object();
+            }
+            w.end_array();
+        }
+        if let Some(reason) = self.reason {
+            w.string_field("reason", reason);
+        }
+        w.key("latency_us");
+        w.u64(self.latency_us);
+        w.end_object();
+        let mut line = w.into_bytes();
         line.push(b'\n');
-        Some(line)
+        line
     }
 
     /// Writes the record: one JSON line, or a text event with `--log-format text`.
@@ -144,16 +229,14 @@ impl<'a> Record<'a> {
             return;
         }
         if telemetry::json_records() {
-            if let Some(line) = self.line() {
-                telemetry::write_record(&line);
-            }
+            telemetry::write_record(&self.line());
         } else {
             tracing::info!(
                 target: TARGET,
                 uid = self.uid,
                 user = self.user,
                 allowed = self.allowed,
-                violations = self.violations.as_ref().map_or(0, Vec::len),
+                violations = self.violations.map_or(0, <[_]>::len),
                 reason = self.reason,
                 latency_us = self.latency_us,
                 "{}",
@@ -161,10 +244,6 @@ impl<'a> Record<'a> {
             );
         }
     }
-}
-
-fn no_annotations(a: &Option<&BTreeMap<String, String>>) -> bool {
-    a.is_none_or(|a| a.is_empty())
 }
 
 /// The usual size of a record, so serialising it seldom reallocates.
@@ -176,22 +255,6 @@ pub fn decision(ctx: &RecordContext<'_>, decision: &Decision, label: &str) {
 }
 
 fn record_of<'a>(ctx: &RecordContext<'a>, decision: &'a Decision, label: &'a str) -> Record<'a> {
-    let violations = decision
-        .violations
-        .iter()
-        .map(|v| ViolationRecord {
-            policy: &v.policy,
-            mode: v.mode.as_str(),
-            rule: v.rule.as_str(),
-            container_type: v.container_type.as_str(),
-            container: &v.container,
-            image: &v.image,
-            field: &v.field_path,
-            excused: v.excused,
-            unchanged: v.unchanged,
-            message: &v.message,
-        })
-        .collect();
     let tickets: Vec<&str> = decision
         .break_glass
         .iter()
@@ -202,14 +265,14 @@ fn record_of<'a>(ctx: &RecordContext<'a>, decision: &'a Decision, label: &'a str
         policies: Some(&decision.policies),
         break_glass_ticket: (!tickets.is_empty()).then(|| tickets.join(",")),
         break_glass: &decision.break_glass,
-        violations: Some(violations),
+        violations: Some(&decision.violations),
         ..Record::new(ctx, decision.allowed, label)
     }
 }
 
 /// The JSON line [`decision`] writes (for benchmarks and tests).
 pub fn decision_line(ctx: &RecordContext<'_>, decision: &Decision, label: &str) -> Vec<u8> {
-    record_of(ctx, decision, label).line().unwrap_or_default()
+    record_of(ctx, decision, label).line()
 }
 
 /// Writes the record of a request denied without a decision (unreadable object or namespace)
@@ -228,6 +291,7 @@ mod tests {
     use crate::decision::{Input, decide};
     use crate::policy::{Settings, Snapshot, compile};
     use crate::workload::{Workload, WorkloadKind};
+    use std::str::FromStr;
 
     #[test]
     fn a_record_is_one_nested_json_object_with_what_replay_needs() {
@@ -268,7 +332,8 @@ mod tests {
             now,
             latency: Duration::from_micros(42),
         };
-        let line = serde_json::to_value(record_of(&ctx, &d, "denied")).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_slice(&record_of(&ctx, &d, "denied").line()).unwrap();
         assert_eq!(line["target"], TARGET);
         assert_eq!(line["message"], "CREATE Pod shop/web: denied");
         assert_eq!(line["user"], "alice");
@@ -294,5 +359,125 @@ mod tests {
             "no imagegate annotations, no field"
         );
         assert!(line.get("reason").is_none() && line.get("break_glass").is_none());
+    }
+
+    #[test]
+    fn every_part_of_a_full_record_is_written_as_serde_writes_it() {
+        use crate::decision::{Rule, Verdict};
+        use crate::policy::Mode;
+        use crate::workload::ContainerType;
+
+        let until: jiff::Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+        let odd = "quote \" backslash \\ newline \n tab \t bell \u{7} é 🦀";
+        let d = Decision {
+            allowed: true,
+            violations: vec![Violation {
+                policy: "p\"1".into(),
+                mode: Mode::Audit,
+                rule: Rule::AllowedImages,
+                container_type: ContainerType::ImageVolumes,
+                container: odd.into(),
+                image: "bad image".into(),
+                canonical: None,
+                message: odd.into(),
+                excused: true,
+                unchanged: true,
+                field_path: "spec.volumes[12].image.reference".into(),
+                image_index: 0,
+                policy_index: Some(0),
+            }],
+            warnings: vec![],
+            break_glass: vec![BreakGlassUse {
+                policy: "p\"1".into(),
+                ticket: "INC-1".into(),
+                until,
+                requester: None,
+                excused: 1,
+            }],
+            images: vec![
+                ImageVerdict {
+                    container_type: ContainerType::ImageVolumes,
+                    container: odd.into(),
+                    image: "bad image".into(),
+                    canonical: None,
+                    pull_policy: None,
+                    verdict: Verdict::Excused,
+                },
+                ImageVerdict {
+                    container_type: ContainerType::InitContainers,
+                    container: "init".into(),
+                    image: "nginx".into(),
+                    canonical: Some("docker.io/library/nginx:latest".into()),
+                    pull_policy: Some("Always".into()),
+                    verdict: Verdict::Audited,
+                },
+            ],
+            policies: vec![
+                AppliedPolicy {
+                    name: "p\"1".into(),
+                    generation: None,
+                    mode: Mode::Audit,
+                },
+                AppliedPolicy {
+                    name: "q".into(),
+                    generation: Some(-2),
+                    mode: Mode::Warn,
+                },
+            ],
+        };
+        let requester = Requester {
+            username: odd.into(),
+            groups: vec![],
+        };
+        let labels: Labels = [("a\"b".to_owned(), odd.to_owned())].into();
+        let annotations: BTreeMap<String, String> = [(
+            "imagegate.image-policy.k8s.io/break-glass".to_owned(),
+            "INC-1".to_owned(),
+        )]
+        .into();
+        let now: jiff::Timestamp = "2026-11-22T12:00:00.123456789Z".parse().unwrap();
+        let ctx = RecordContext {
+            endpoint: "validate",
+            uid: "u",
+            kind: "Pod",
+            namespace: odd,
+            name: "",
+            operation: "UPDATE",
+            requester: Some(&requester),
+            dry_run: true,
+            namespace_labels: Some(&labels),
+            annotations: Some(&annotations),
+            now,
+            latency: Duration::from_secs(u64::MAX),
+        };
+        let bytes = record_of(&ctx, &d, "excused").line();
+        assert_eq!(bytes.last(), Some(&b'\n'));
+        assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        let line: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        fn serde(value: &impl serde::Serialize) -> serde_json::Value {
+            serde_json::to_value(value).unwrap()
+        }
+        assert_eq!(line["images"], serde(&d.images));
+        assert_eq!(line["policies"], serde(&d.policies));
+        assert_eq!(line["break_glass"], serde(&d.break_glass));
+        assert_eq!(line["break_glass_ticket"], "INC-1");
+        assert_eq!(
+            line["violations"],
+            serde_json::json!([{
+                "policy": "p\"1", "mode": "Audit", "rule": "allowedImages",
+                "containerType": "imageVolumes", "container": odd, "image": "bad image",
+                "field": "spec.volumes[12].image.reference", "excused": true, "unchanged": true,
+                "message": odd,
+            }])
+        );
+        assert_eq!(line["namespace_labels"], serde_json::json!({"a\"b": odd}));
+        assert_eq!(line["annotations"], serde(&annotations));
+        assert_eq!(line["user"], odd);
+        assert_eq!(line["groups"], serde_json::json!([]));
+        assert_eq!(line["namespace"], odd);
+        assert_eq!(line["now"], "2026-11-22T12:00:00.123456789Z");
+        assert_eq!(line["dry_run"], true);
+        assert_eq!(line["latency_us"], u64::MAX);
+        assert!(jiff::Timestamp::from_str(line["timestamp"].as_str().unwrap()).is_ok());
     }
 }
