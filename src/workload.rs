@@ -282,30 +282,41 @@ fn skim_imagegate_annotations(s: &mut Skim<'_>) -> Skimmed<BTreeMap<String, Stri
     Ok(out)
 }
 
+/// The keys of a pod spec's image lists, in the order [`PodSpec::skim_list`] numbers them.
+const POD_LISTS: [&str; 4] = [
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "volumes",
+];
+
 impl AnySpec {
     fn skim(s: &mut Skim<'_>) -> Skimmed<AnySpec> {
+        const KEYS: [&str; 6] = [
+            POD_LISTS[0],
+            POD_LISTS[1],
+            POD_LISTS[2],
+            POD_LISTS[3],
+            "template",
+            "jobTemplate",
+        ];
+        let mut pod = PodSpec::default();
         let mut out = AnySpec::default();
-        s.fields(
-            &[
-                "containers",
-                "initContainers",
-                "ephemeralContainers",
-                "volumes",
-                "template",
-                "jobTemplate",
-            ],
-            |s, field| {
-                match field {
-                    0 => out.containers = s.or_default(|s| s.list(Container::skim))?,
-                    1 => out.init_containers = s.or_default(|s| s.list(Container::skim))?,
-                    2 => out.ephemeral_containers = s.or_default(|s| s.list(Container::skim))?,
-                    3 => out.volumes = s.or_default(|s| s.list(Volume::skim))?,
-                    4 => out.template = s.or_default(PodTemplate::skim)?,
-                    _ => out.job_template = s.or_default(JobTemplate::skim)?,
-                }
+        s.fields(&KEYS, |s, field| match field {
+            0..4 => pod.skim_list(s, field),
+            4 => {
+                out.template = s.or_default(PodTemplate::skim)?;
                 Ok(())
-            },
-        )?;
+            }
+            _ => {
+                out.job_template = s.or_default(JobTemplate::skim)?;
+                Ok(())
+            }
+        })?;
+        out.containers = pod.containers;
+        out.init_containers = pod.init_containers;
+        out.ephemeral_containers = pod.ephemeral_containers;
+        out.volumes = pod.volumes;
         Ok(out)
     }
 }
@@ -349,24 +360,19 @@ impl TemplateSpec {
 impl PodSpec {
     fn skim(s: &mut Skim<'_>) -> Skimmed<PodSpec> {
         let mut out = PodSpec::default();
-        s.fields(
-            &[
-                "containers",
-                "initContainers",
-                "ephemeralContainers",
-                "volumes",
-            ],
-            |s, field| {
-                match field {
-                    0 => out.containers = s.or_default(|s| s.list(Container::skim))?,
-                    1 => out.init_containers = s.or_default(|s| s.list(Container::skim))?,
-                    2 => out.ephemeral_containers = s.or_default(|s| s.list(Container::skim))?,
-                    _ => out.volumes = s.or_default(|s| s.list(Volume::skim))?,
-                }
-                Ok(())
-            },
-        )?;
+        s.fields(&POD_LISTS, |s, field| out.skim_list(s, field))?;
         Ok(out)
+    }
+
+    /// Reads the list named `POD_LISTS[field]`.
+    fn skim_list(&mut self, s: &mut Skim<'_>, field: usize) -> Skimmed<()> {
+        match field {
+            0 => self.containers = s.or_default(|s| s.list(Container::skim))?,
+            1 => self.init_containers = s.or_default(|s| s.list(Container::skim))?,
+            2 => self.ephemeral_containers = s.or_default(|s| s.list(Container::skim))?,
+            _ => self.volumes = s.or_default(|s| s.list(Volume::skim))?,
+        }
+        Ok(())
     }
 }
 
