@@ -39,7 +39,7 @@ fn serve(
     let request = admission::parse_admission_review(body).expect("review");
     let now = jiff::Timestamp::now();
     let outcome = request.decide(snapshot, Ok(labels), now);
-    let answer = serde_json::to_vec(&request.response(&outcome)).expect("answer");
+    let answer = request.response(&outcome).to_json();
     let Outcome::Decided(decision) = &outcome else {
         panic!("a Pod is decided")
     };
@@ -99,7 +99,7 @@ fn bench_validate(c: &mut Criterion) {
         b.iter(|| black_box(request.decide(&snapshot, Ok(&labels), now)))
     });
     group.bench_function("answer", |b| {
-        b.iter(|| black_box(serde_json::to_vec(&request.response(black_box(&outcome)))))
+        b.iter(|| black_box(request.response(black_box(&outcome)).to_json()))
     });
     group.bench_function("record", |b| {
         b.iter(|| black_box(record::decision_line(&ctx, decision, outcome.label())))

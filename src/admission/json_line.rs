@@ -1,8 +1,8 @@
-//! A JSON writer for the decision record, which is written for every decision. The record's
-//! shape is known, so its keys are written as they are, without the escaping a general
-//! serialiser applies to every key, and a string with nothing to escape (nearly all of them) is
-//! copied after one check of 16 bytes at a time. The output is the JSON `serde_json` writes for
-//! the same values; the tests hold it to that.
+//! A JSON writer for the two texts written for every request: the decision record and the
+//! AdmissionReview answer. Their shapes are known, so keys are written as they are, without the
+//! escaping a general serialiser applies to every key; strings are searched 16 bytes at a time
+//! for the bytes JSON escapes, and the runs between them are copied whole. The output is the
+//! JSON `serde_json` writes for the same values; the tests hold it to that.
 
 use wide::u8x16;
 
@@ -148,50 +148,80 @@ fn needs_escape(bytes: &[u8]) -> bool {
     bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
-/// Appends `bytes` escaped as `serde_json` escapes them.
+/// Appends `bytes` escaped as `serde_json` escapes them. The bytes to escape are found 16 at a
+/// time, and the runs between them are copied whole.
 fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    let quote = u8x16::splat(b'"');
-    let backslash = u8x16::splat(b'\\');
-    let control = u8x16::splat(0x1f);
-    let mut clean = 0;
-    // Whole 16-byte chunks with nothing to escape are passed at once.
-    while let Some(chunk) = bytes.get(clean..clean + 16) {
-        let v = u8x16::new(chunk.try_into().unwrap_or([0; 16]));
-        let special = v.simd_eq(quote) | v.simd_eq(backslash) | v.max(control).simd_eq(control);
-        if special.to_bitmask() != 0 {
+    let mut chunk_start = 0;
+    // Most strings have nothing to escape: one search, one copy.
+    while let Some(chunk) = bytes.get(chunk_start..chunk_start + 16) {
+        if special_bytes(chunk) != 0 {
             break;
         }
-        clean += 16;
+        chunk_start += 16;
     }
-    if !needs_escape(&bytes[clean..]) {
+    if chunk_start + 16 > bytes.len() && !needs_escape(&bytes[chunk_start..]) {
         out.extend_from_slice(bytes);
         return;
     }
+    // Bytes already written.
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate().skip(clean) {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..0x20 => &[
+    while let Some(chunk) = bytes.get(chunk_start..chunk_start + 16) {
+        let mut special = special_bytes(chunk);
+        while special != 0 {
+            let at = chunk_start + special.trailing_zeros() as usize;
+            special &= special - 1;
+            out.extend_from_slice(&bytes[start..at]);
+            escape_byte(out, bytes[at]);
+            start = at + 1;
+        }
+        chunk_start += 16;
+    }
+    // The last bytes, fewer than 16, one at a time.
+    if needs_escape(&bytes[chunk_start..]) {
+        for (at, &b) in bytes.iter().enumerate().skip(chunk_start) {
+            if needs_escape(&[b]) {
+                out.extend_from_slice(&bytes[start..at]);
+                escape_byte(out, b);
+                start = at + 1;
+            }
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// One bit for each byte of `chunk` that must be escaped.
+fn special_bytes(chunk: &[u8]) -> u32 {
+    let v = u8x16::new(chunk.try_into().unwrap_or([0; 16]));
+    let control = u8x16::splat(0x1f);
+    let special = v.simd_eq(u8x16::splat(b'"'))
+        | v.simd_eq(u8x16::splat(b'\\'))
+        | v.max(control).simd_eq(control);
+    special.to_bitmask()
+}
+
+/// Appends the escape of `b`, a quote, a backslash or a control character.
+fn escape_byte(out: &mut Vec<u8>, b: u8) {
+    let short: &[u8] = match b {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        b'\t' => b"\\t",
+        0x08 => b"\\b",
+        0x0c => b"\\f",
+        _ => {
+            out.extend_from_slice(&[
                 b'\\',
                 b'u',
                 b'0',
                 b'0',
                 HEX[usize::from(b >> 4)],
                 HEX[usize::from(b & 0xf)],
-            ],
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(escape);
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
+            ]);
+            return;
+        }
+    };
+    out.extend_from_slice(short);
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -412,7 +412,9 @@ async fn validate(
     state
         .metrics
         .record_admission(Endpoint::validate, outcome.result(), latency);
-    json(&response)
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(response.to_json())
 }
 
 async fn image_review(
