@@ -58,6 +58,12 @@ impl<'a> Skim<'a> {
     /// The next byte that is not whitespace, left unread.
     pub fn peek(&mut self) -> Skimmed<u8> {
         let bytes = self.text.as_bytes();
+        // The API server writes no whitespace between tokens.
+        if let Some(&c) = bytes.get(self.pos)
+            && c > b' '
+        {
+            return Ok(c);
+        }
         while let Some(&c) = bytes.get(self.pos) {
             if !matches!(c, b' ' | b'\n' | b'\r' | b'\t') {
                 return Ok(c);
@@ -117,7 +123,8 @@ impl<'a> Skim<'a> {
         }
         let raw = &self.text[start..end];
         // Control characters must be escaped in JSON: a string with one is not read here.
-        if raw.bytes().any(|c| c < 0x20) {
+        // Folded rather than searched, so that it compiles to wide compares.
+        if raw.bytes().fold(false, |control, c| control | (c < 0x20)) {
             return Err(Decline);
         }
         Ok(Cow::Borrowed(raw))
@@ -330,6 +337,13 @@ impl Skim<'_> {
     /// Whether bytes `start..end` have a backslash.
     fn escaped(&self, start: usize, end: usize) -> bool {
         let (first, last) = (start / BLOCK, end / BLOCK);
+        if first == last {
+            let Some(block) = self.index.get(first) else {
+                return false;
+            };
+            let within = (!0u64 << (start % BLOCK)) & ((1u64 << (end % BLOCK)) - 1);
+            return block.backslashes & within != 0;
+        }
         (first..=last).any(|word| {
             let Some(block) = self.index.get(word) else {
                 return false;
