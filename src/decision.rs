@@ -232,7 +232,7 @@ impl Decision {
             if denials.len() == 1 { "" } else { "s" }
         );
         for v in denials {
-            let _ = write!(out, "\n- {}", v.line());
+            let _ = write!(out, "\n- {v}");
         }
         out
     }
@@ -241,7 +241,14 @@ impl Decision {
 impl Violation {
     /// `[policy/rule] message`: one line for lists and warnings.
     pub fn line(&self) -> String {
-        format!("[{}/{}] {}", self.policy, self.rule, self.message)
+        self.to_string()
+    }
+}
+
+/// Writes [`Violation::line`].
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}/{}] {}", self.policy, self.rule, self.message)
     }
 }
 
