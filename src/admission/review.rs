@@ -649,16 +649,19 @@ impl ReviewOut {
     /// strings without escapes in one piece.
     pub fn to_json(&self) -> Vec<u8> {
         let r = &self.response;
-        let texts = r.status.as_ref().map_or(0, |s| {
-            s.message.len()
-                + s.details.as_ref().map_or(0, |d| {
-                    d.causes
-                        .iter()
-                        .map(|c| c.field.len() + c.reason.len() + c.message.len() + 48)
-                        .sum()
-                })
-        }) + r.warnings.iter().map(|w| w.len() + 3).sum::<usize>();
-        let mut out = JsonLine::with_capacity(384 + texts + texts / 8);
+        // Room for the texts, an eighth more for their escapes, and for the rest: the envelope,
+        // keys and punctuation take under 400 bytes, and under 50 per cause.
+        let causes = r
+            .status
+            .iter()
+            .flat_map(|s| &s.details)
+            .flat_map(|d| &d.causes);
+        let texts = r.status.as_ref().map_or(0, |s| s.message.len())
+            + causes
+                .map(|c| c.field.len() + c.reason.len() + c.message.len() + 50)
+                .sum::<usize>()
+            + r.warnings.iter().map(|w| w.len() + 3).sum::<usize>();
+        let mut out = JsonLine::with_capacity(400 + texts + texts / 8);
         out.begin_object();
         out.string_field("apiVersion", self.api_version);
         out.string_field("kind", self.kind);
