@@ -31,6 +31,14 @@ fn policies(n: usize, all_apply: bool) -> Vec<ImagePolicy> {
         .collect()
 }
 
+fn snapshot(n: usize, all_apply: bool) -> Snapshot {
+    let compiled = policies(n, all_apply)
+        .iter()
+        .map(|p| compile(p).expect("compiles"))
+        .collect();
+    Snapshot::new(compiled, Settings::default())
+}
+
 fn pod() -> Workload {
     let review: serde_json::Value =
         serde_json::from_str(include_str!("../tests/data/pod-create.json")).expect("fixture");
@@ -46,53 +54,32 @@ fn bench_decide(c: &mut Criterion) {
     ]
     .map(|(k, v)| (k.into(), v.into()))
     .into();
-    let now = jiff::Timestamp::now();
+    let input = Input {
+        object: &object,
+        old_object: None,
+        namespace_labels: &labels,
+        requester: None,
+        now: jiff::Timestamp::now(),
+    };
     for (group_name, all_apply) in [("decide", false), ("decide_all_apply", true)] {
         let mut group = c.benchmark_group(group_name);
         for n in [1, 100, 1000] {
-            let compiled = policies(n, all_apply)
-                .iter()
-                .map(|p| compile(p).expect("compiles"))
-                .collect();
-            let snapshot = Snapshot::new(compiled, Settings::default());
-            group.bench_with_input(BenchmarkId::from_parameter(n), &snapshot, |b, snapshot| {
-                b.iter(|| {
-                    let input = Input {
-                        object: &object,
-                        old_object: None,
-                        namespace_labels: &labels,
-                        requester: None,
-                        now,
-                    };
-                    black_box(decide(snapshot, &input))
-                })
-            });
+            group.bench_with_input(
+                BenchmarkId::from_parameter(n),
+                &snapshot(n, all_apply),
+                |b, snapshot| b.iter(|| black_box(decide(snapshot, &input))),
+            );
         }
         group.finish();
     }
 
     // Images seen for the first time: two snapshots of the same 1,000 policies, alternated, so
     // that what the thread remembers of the images never applies (`Snapshot::resolve`).
-    let pair: Vec<Snapshot> = (0..2)
-        .map(|_| {
-            let compiled = policies(1000, false)
-                .iter()
-                .map(|p| compile(p).expect("compiles"))
-                .collect();
-            Snapshot::new(compiled, Settings::default())
-        })
-        .collect();
+    let pair = [snapshot(1000, false), snapshot(1000, false)];
     let mut turn = 0;
     c.bench_function("decide_first_sight/1000", |b| {
         b.iter(|| {
             turn ^= 1;
-            let input = Input {
-                object: &object,
-                old_object: None,
-                namespace_labels: &labels,
-                requester: None,
-                now,
-            };
             black_box(decide(&pair[turn], &input))
         })
     });
