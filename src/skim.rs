@@ -152,13 +152,8 @@ impl<'a> Skim<'a> {
             self.pos = end + 1;
             self.expect(b':')?;
             field(self, key)?;
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(Decline),
+            if !self.more(b'}')? {
+                return Ok(());
             }
         }
     }
@@ -194,14 +189,21 @@ impl<'a> Skim<'a> {
         }
         loop {
             item(self)?;
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b']' => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(Decline),
+            if !self.more(b']')? {
+                return Ok(());
             }
+        }
+    }
+
+    /// After a member of an object or array that `close` ends: reads the comma before the next
+    /// member (`true`) or the closing bracket (`false`).
+    fn more(&mut self, close: u8) -> Skimmed<bool> {
+        let c = self.peek()?;
+        if c == b',' || c == close {
+            self.pos += 1;
+            Ok(c == b',')
+        } else {
+            Err(Decline)
         }
     }
 
