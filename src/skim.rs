@@ -4,9 +4,9 @@
 //! `last-applied-configuration` annotation, probes, resources, status. A general JSON reader
 //! visits every byte of it token by token, and that was most of the cost of a request.
 //! [`Skim`] first indexes the whole text in one pass, 64 bytes at a time with SIMD compares
-//! (the `wide` crate: SSE2 on x86-64, NEON on arm64, a portable fallback elsewhere): one bit per
-//! byte for the quotes that open or close strings, for the brackets outside strings, and for
-//! backslashes. It then walks only the objects on the way to the wanted fields; every other
+//! (AVX2 where the CPU has it, else the `wide` crate: SSE2 on x86-64, NEON on arm64, a portable
+//! fallback elsewhere): one bit per byte for the quotes that open or close strings, for the
+//! brackets outside strings, and for backslashes. It then walks only the objects on the way to the wanted fields; every other
 //! value is passed by looking up bits, a string by its closing quote, an object or array by
 //! counting brackets, whole words at a time.
 //!
@@ -275,7 +275,7 @@ impl<'a> Skim<'a> {
 const BLOCK: usize = 64;
 
 /// The index of 64 bytes of text: bit `i` stands for byte `i`.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Block {
     /// Quotes that open or close a string (not escaped ones).
     quotes: u64,
@@ -287,41 +287,138 @@ struct Block {
     backslashes: u64,
 }
 
-/// Indexes `bytes` (see [`Block`]). Escaped quotes are removed; the bytes inside strings are
-/// found by a running XOR over the quote bits, carried from block to block.
-fn index(bytes: &[u8]) -> Vec<Block> {
-    let quote = u8x64::splat(b'"');
-    let backslash = u8x64::splat(b'\\');
-    // `{` and `[` differ only in bit 5, as do `}` and `]`.
-    let case = u8x64::splat(0x20);
-    let open = u8x64::splat(b'{');
-    let close = u8x64::splat(b'}');
+/// The bytes of one 64-byte block that the index is built from, one bit per byte.
+#[derive(Clone, Copy)]
+struct Found {
+    quotes: u64,
+    backslashes: u64,
+    /// `{` and `[`, in strings or not.
+    opens: u64,
+    /// `}` and `]`, in strings or not.
+    closes: u64,
+}
 
-    let mut out = Vec::with_capacity(bytes.len().div_ceil(BLOCK));
+/// Indexes `bytes` (see [`Block`]), finding the bytes of each block with the widest compares
+/// the CPU has: AVX2 where it is there (nearly every x86-64 server since 2013), else the `wide`
+/// crate's portable ones.
+fn index(bytes: &[u8]) -> Vec<Block> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("pclmulqdq")
+    {
+        // SAFETY: the CPU has both features `avx2::index` is compiled for, checked just above.
+        return unsafe { avx2::index(bytes) };
+    }
+    index_with(bytes, find_portable, prefix_xor)
+}
+
+/// Builds the index from what `find` finds in each block. Escaped quotes are removed; the bytes
+/// inside strings are found by a running XOR over the quote bits (`prefix_xor`), carried from
+/// block to block.
+#[inline(always)]
+fn index_with(
+    bytes: &[u8],
+    find: impl Fn(&[u8; BLOCK]) -> Found,
+    prefix_xor: impl Fn(u64) -> u64,
+) -> Vec<Block> {
+    // Filled in place: cheaper than a `push` per block.
+    let mut out = vec![Block::default(); bytes.len().div_ceil(BLOCK)];
     // All ones when the previous block ended inside a string.
     let mut in_string: u64 = 0;
     // Whether the first byte of the next block is escaped by a backslash ending this one.
     let mut escape_carry = false;
-    for offset in (0..bytes.len()).step_by(BLOCK) {
-        let v = u8x64::new(load(bytes, offset));
-        let folded = v | case;
-        let backslashes = v.simd_eq(backslash).to_bitmask();
-        let escaped = if backslashes == 0 && !escape_carry {
+    for (i, slot) in out.iter_mut().enumerate() {
+        let found = find(&load(bytes, i * BLOCK));
+        let escaped = if found.backslashes == 0 && !escape_carry {
             0
         } else {
-            escaped_bytes(backslashes, &mut escape_carry)
+            escaped_bytes(found.backslashes, &mut escape_carry)
         };
-        let quotes = v.simd_eq(quote).to_bitmask() & !escaped;
+        let quotes = found.quotes & !escaped;
         let inside = prefix_xor(quotes) ^ in_string;
         in_string = if inside >> 63 == 1 { u64::MAX } else { 0 };
-        out.push(Block {
+        *slot = Block {
             quotes,
-            opens: folded.simd_eq(open).to_bitmask() & !inside,
-            closes: folded.simd_eq(close).to_bitmask() & !inside,
-            backslashes,
-        });
+            opens: found.opens & !inside,
+            closes: found.closes & !inside,
+            backslashes: found.backslashes,
+        };
     }
     out
+}
+
+/// [`Found`] with the `wide` crate: SSE2 on x86-64, NEON on arm64, portable code elsewhere.
+#[inline(always)]
+fn find_portable(block: &[u8; BLOCK]) -> Found {
+    let v = u8x64::new(*block);
+    // `{` and `[` differ only in bit 5, as do `}` and `]`.
+    let folded = v | u8x64::splat(0x20);
+    Found {
+        quotes: v.simd_eq(u8x64::splat(b'"')).to_bitmask(),
+        backslashes: v.simd_eq(u8x64::splat(b'\\')).to_bitmask(),
+        opens: folded.simd_eq(u8x64::splat(b'{')).to_bitmask(),
+        closes: folded.simd_eq(u8x64::splat(b'}')).to_bitmask(),
+    }
+}
+
+/// [`Found`] with AVX2, two 32-byte halves of four compares each, and the running XOR as one
+/// carry-less multiplication. The `wide` crate chooses its instructions when it is compiled, so
+/// a binary built for any x86-64 gets SSE2 from it; these are chosen when the program runs.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256i, _mm_clmulepi64_si128, _mm_cvtsi128_si64, _mm_set_epi64x, _mm_set1_epi8,
+        _mm256_cmpeq_epi8, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8,
+    };
+
+    use super::{BLOCK, Block, Found, index_with};
+
+    /// [`super::index`] with [`find`] and [`prefix_xor`].
+    #[target_feature(enable = "avx2,pclmulqdq")]
+    pub(super) fn index(bytes: &[u8]) -> Vec<Block> {
+        index_with(bytes, |block| find(block), |x| prefix_xor(x))
+    }
+
+    /// [`super::prefix_xor`]: multiplying by all ones without carries XORs each bit into every
+    /// bit above it.
+    #[target_feature(enable = "pclmulqdq")]
+    #[inline]
+    fn prefix_xor(x: u64) -> u64 {
+        let product = _mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), _mm_set1_epi8(-1), 0);
+        _mm_cvtsi128_si64(product) as u64
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn find(block: &[u8; BLOCK]) -> Found {
+        let [low, high]: [[u8; 32]; 2] = bytemuck::cast(*block);
+        let (low, high) = (half(low), half(high));
+        Found {
+            quotes: low.quotes | high.quotes << 32,
+            backslashes: low.backslashes | high.backslashes << 32,
+            opens: low.opens | high.opens << 32,
+            closes: low.closes | high.closes << 32,
+        }
+    }
+
+    /// [`Found`] for 32 bytes, in the low half of each mask.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn half(bytes: [u8; 32]) -> Found {
+        let v: __m256i = bytemuck::cast(bytes);
+        let mask = |c: u8, v: __m256i| {
+            // `movemask` gives the top bit of each byte, as an `i32`: its 32 bits are the mask.
+            u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8))) as u32)
+        };
+        // `{` and `[` differ only in bit 5, as do `}` and `]`.
+        let folded = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
+        Found {
+            quotes: mask(b'"', v),
+            backslashes: mask(b'\\', v),
+            opens: mask(b'{', folded),
+            closes: mask(b'}', folded),
+        }
+    }
 }
 
 impl Skim<'_> {
@@ -606,6 +703,30 @@ mod tests {
             };
             let padded = format!("{text}]");
             prop_assert_eq!(skim_end(&padded), Ok(text.len()));
+        }
+
+        /// The AVX2 index is the portable one, for any bytes: mostly the ones that matter,
+        /// in runs long enough to cross blocks.
+        #[cfg(target_arch = "x86_64")]
+        #[test]
+        fn the_avx2_index_is_the_portable_one(
+            bytes in prop::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(b"\"\\{}[]:,a ".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..400,
+            ),
+        ) {
+            if !(std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("pclmulqdq"))
+            {
+                eprintln!("skipped: this CPU has no AVX2, so only the portable index is used");
+                return Ok(());
+            }
+            // SAFETY: both features were checked just above.
+            let fast = unsafe { avx2::index(&bytes) };
+            prop_assert_eq!(fast, index_with(&bytes, find_portable, prefix_xor));
         }
 
         #[test]
