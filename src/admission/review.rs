@@ -242,10 +242,16 @@ pub fn parse_admission_review_carefully(body: &[u8]) -> Result<AdmissionRequest,
     parse_carefully(text)
 }
 
+/// The body as text. `simdutf8` checks it with the CPU's widest compares (AVX2 where there is
+/// one) at several times the speed of `std`'s check, which then only explains a body that is
+/// not UTF-8.
 fn utf8(body: &[u8]) -> Result<&str, BadRequest> {
-    std::str::from_utf8(body).map_err(|e| BadRequest::Malformed {
+    simdutf8::basic::from_utf8(body).map_err(|_| BadRequest::Malformed {
         expected: WHAT,
-        message: format!("the body is not UTF-8: {e}"),
+        message: match std::str::from_utf8(body) {
+            Err(e) => format!("the body is not UTF-8: {e}"),
+            Ok(_) => "the body is not UTF-8".to_owned(),
+        },
     })
 }
 
