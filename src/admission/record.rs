@@ -44,7 +44,6 @@ struct Record<'a> {
     timestamp: jiff::Timestamp,
     level: &'static str,
     target: &'static str,
-    message: String,
     endpoint: &'a str,
     uid: &'a str,
     kind: &'a str,
@@ -74,10 +73,6 @@ impl<'a> Record<'a> {
             timestamp: jiff::Timestamp::now(),
             level: "INFO",
             target: TARGET,
-            message: format!(
-                "{} {} {}/{}: {label}",
-                ctx.operation, ctx.kind, ctx.namespace, ctx.name
-            ),
             endpoint: ctx.endpoint,
             uid: ctx.uid,
             kind: ctx.kind,
@@ -109,10 +104,11 @@ impl<'a> Record<'a> {
         let mut w = JsonLine::with_capacity(LINE_CAPACITY);
         w.begin_object();
         w.key("timestamp");
-        w.display(self.timestamp);
+        w.timestamp(self.timestamp);
         w.string_field("level", self.level);
         w.string_field("target", self.target);
-        w.string_field("message", &self.message);
+        w.key("message");
+        w.string_of(&self.message());
         w.string_field("endpoint", self.endpoint);
         w.string_field("uid", self.uid);
         w.string_field("kind", self.kind);
@@ -134,7 +130,7 @@ impl<'a> Record<'a> {
             w.map_field("annotations", annotations);
         }
         w.key("now");
-        w.display(self.now);
+        w.timestamp(self.now);
         w.key("allowed");
         w.bool(self.allowed);
         w.string_field("decision", self.decision);
@@ -182,7 +178,7 @@ impl<'a> Record<'a> {
                 w.string_field("policy", &used.policy);
                 w.string_field("ticket", &used.ticket);
                 w.key("until");
-                w.display(used.until);
+                w.timestamp(used.until);
                 w.optional_string_field("requester", used.requester.as_deref());
                 w.key("excused");
                 w.u64(u64::try_from(used.excused).unwrap_or(u64::MAX));
@@ -222,6 +218,23 @@ impl<'a> Record<'a> {
         line
     }
 
+    /// The pieces of the record's message, `OPERATION KIND NAMESPACE/NAME: DECISION`.
+    fn message(&self) -> [&str; 9] {
+        let (operation, kind, namespace, name) =
+            (self.operation, self.kind, self.namespace, self.name);
+        [
+            operation,
+            " ",
+            kind,
+            " ",
+            namespace,
+            "/",
+            name,
+            ": ",
+            self.decision,
+        ]
+    }
+
     /// Writes the record: one JSON line, or a text event with `--log-format text`.
     fn emit(&self) {
         // Records follow the log filter like any event (`RUST_LOG=imagegate::decision=off`).
@@ -240,7 +253,7 @@ impl<'a> Record<'a> {
                 reason = self.reason,
                 latency_us = self.latency_us,
                 "{}",
-                self.message
+                self.message().concat()
             );
         }
     }
