@@ -614,18 +614,24 @@ impl AdmissionRequest {
 pub fn audit_annotations(d: &Decision, label: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     out.insert("decision".to_owned(), label.to_owned());
-    let policies: Vec<String> = d
-        .policies
-        .iter()
-        .map(|p| match p.generation {
-            Some(g) => format!("{}@{g}:{}", p.name, p.mode),
-            None => format!("{}:{}", p.name, p.mode),
-        })
-        .collect();
-    out.insert(
-        "policies".to_owned(),
-        truncate(&policies.join(","), MAX_AUDIT_ANNOTATION_CHARS),
-    );
+    // `NAME@GENERATION:MODE,…`, written in one string: it is part of every answer.
+    let mut policies = String::new();
+    for p in &d.policies {
+        if !policies.is_empty() {
+            policies.push(',');
+        }
+        policies.push_str(&p.name);
+        if let Some(g) = p.generation {
+            policies.push('@');
+            policies.push_str(itoa::Buffer::new().format(g));
+        }
+        policies.push(':');
+        policies.push_str(p.mode.as_str());
+    }
+    if policies.len() > MAX_AUDIT_ANNOTATION_CHARS {
+        policies = truncate(&policies, MAX_AUDIT_ANNOTATION_CHARS);
+    }
+    out.insert("policies".to_owned(), policies);
     if !d.break_glass.is_empty() {
         let uses: Vec<String> = d
             .break_glass
@@ -793,6 +799,37 @@ mod tests {
     use super::*;
     use crate::policy::{Settings, Snapshot};
     use proptest::prelude::*;
+
+    #[test]
+    fn the_policies_annotation_names_each_policy_with_its_generation_and_mode() {
+        use crate::decision::AppliedPolicy;
+        use crate::policy::Mode;
+        let policy = |name: &str, generation, mode| AppliedPolicy {
+            name: name.to_owned(),
+            generation,
+            mode,
+        };
+        let d = Decision {
+            policies: vec![
+                policy("prod", Some(7), Mode::Enforce),
+                policy("local", None, Mode::Warn),
+            ],
+            ..Decision::default()
+        };
+        let annotations = audit_annotations(&d, "allowed");
+        assert_eq!(annotations["policies"], "prod@7:Enforce,local:Warn");
+        assert_eq!(annotations["decision"], "allowed");
+
+        let many = Decision {
+            policies: (0..400)
+                .map(|i| policy(&format!("policy-{i}"), Some(i), Mode::Audit))
+                .collect(),
+            ..Decision::default()
+        };
+        let cut = &audit_annotations(&many, "allowed")["policies"];
+        assert_eq!(cut.chars().count(), MAX_AUDIT_ANNOTATION_CHARS);
+        assert!(cut.starts_with("policy-0@0:Audit,policy-1@1:Audit,") && cut.ends_with('…'));
+    }
 
     fn review(request: serde_json::Value) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
