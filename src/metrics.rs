@@ -12,6 +12,7 @@
 //! | `imagegate_snapshot_created_timestamp_seconds` | gauge | – when the snapshot in force was built (age = `time() - …`) |
 //! | `imagegate_certificate_not_after_timestamp_seconds` | gauge | – when the serving certificate expires |
 
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -38,6 +39,10 @@ pub enum Endpoint {
     imagereview,
 }
 
+impl Endpoint {
+    const COUNT: usize = 2;
+}
+
 /// What became of one admission request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -50,6 +55,10 @@ pub enum AdmissionResult {
     skipped,
     /// Not a valid review: answered with HTTP 4xx.
     bad_request,
+}
+
+impl AdmissionResult {
+    const COUNT: usize = 4;
 }
 
 /// What one policy made of one decision.
@@ -102,6 +111,11 @@ pub struct Metrics {
     violations: Family<ViolationLabels, Counter>,
     break_glass: Family<PolicyLabel, Counter>,
     latency: LatencyFamily,
+    /// The series of `admissions` and `latency` that every request updates, by endpoint and
+    /// result, each taken from its family the first time it is used (so the exposition is the
+    /// same as without them): a request then updates them without a lock or a hash.
+    admission_series: [[OnceLock<Counter>; AdmissionResult::COUNT]; Endpoint::COUNT],
+    latency_series: [OnceLock<Histogram>; Endpoint::COUNT],
     policies: Gauge,
     policy_errors: Gauge,
     snapshot_created: Gauge<f64, AtomicU64>,
@@ -190,6 +204,8 @@ impl Metrics {
             violations,
             break_glass,
             latency,
+            admission_series: Default::default(),
+            latency_series: Default::default(),
             policies,
             policy_errors,
             snapshot_created,
@@ -234,11 +250,19 @@ impl Metrics {
         result: AdmissionResult,
         latency: std::time::Duration,
     ) {
-        self.admissions
-            .get_or_create(&AdmissionLabels { endpoint, result })
+        self.admission_series[endpoint as usize][result as usize]
+            .get_or_init(|| {
+                self.admissions
+                    .get_or_create(&AdmissionLabels { endpoint, result })
+                    .clone()
+            })
             .inc();
-        self.latency
-            .get_or_create(&EndpointLabel { endpoint })
+        self.latency_series[endpoint as usize]
+            .get_or_init(|| {
+                self.latency
+                    .get_or_create(&EndpointLabel { endpoint })
+                    .clone()
+            })
             .observe(latency.as_secs_f64());
     }
 
@@ -371,6 +395,35 @@ mod tests {
         );
         assert!(
             text.contains("imagegate_certificate_not_after_timestamp_seconds 1000"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn request_series_appear_when_first_used_and_keep_counting() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("imagegate_admissions_total{"));
+        let latency = std::time::Duration::from_micros(50);
+        for _ in 0..3 {
+            m.record_admission(Endpoint::validate, AdmissionResult::allowed, latency);
+        }
+        m.record_admission(Endpoint::imagereview, AdmissionResult::denied, latency);
+        let text = m.encode();
+        let mut series: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("imagegate_admissions_total{"))
+            .collect();
+        series.sort_unstable();
+        assert_eq!(
+            series,
+            [
+                "imagegate_admissions_total{endpoint=\"imagereview\",result=\"denied\"} 1",
+                "imagegate_admissions_total{endpoint=\"validate\",result=\"allowed\"} 3",
+            ],
+            "{text}"
+        );
+        assert!(
+            text.contains("imagegate_request_duration_seconds_count{endpoint=\"validate\"} 3"),
             "{text}"
         );
     }
