@@ -6,9 +6,9 @@
 //! [`Skim`] first indexes the whole text in one pass, 64 bytes at a time with SIMD compares
 //! (AVX2 where the CPU has it, else the `wide` crate: SSE2 on x86-64, NEON on arm64, a portable
 //! fallback elsewhere): one bit per byte for the quotes that open or close strings, for the
-//! brackets outside strings, and for backslashes. It then walks only the objects on the way to the wanted fields; every other
-//! value is passed by looking up bits, a string by its closing quote, an object or array by
-//! counting brackets, whole words at a time.
+//! brackets outside strings, and for backslashes. It then walks only the objects on the way to
+//! the wanted fields; every other value is passed by looking up bits, a string by its closing
+//! quote, an object or array by counting brackets, whole words at a time.
 //!
 //! The contract that makes this safe to use on the decision path: on well-formed JSON the
 //! readers built on `Skim` either produce exactly what `serde_json` reads from the same text
