@@ -117,19 +117,27 @@ impl JsonLine {
         self.out.push(b'"');
         let second = value.as_second();
         // Before 1970 the fraction counts back from the second: left to `jiff`.
-        let whole = jiff::Timestamp::from_second(second).ok();
-        match (u32::try_from(value.subsec_nanosecond()), whole) {
-            (Ok(nanos), Some(whole)) if second >= 0 => {
-                SECOND.with_borrow_mut(|(cached, text)| {
-                    if *cached != Some(second) {
-                        text.clear();
-                        // Writing to a Vec cannot fail.
-                        let _ = write!(text, "{whole}");
-                        text.pop(); // the `Z`
-                        *cached = Some(second);
-                    }
-                    self.out.extend_from_slice(text);
-                });
+        let nanos = u32::try_from(value.subsec_nanosecond())
+            .ok()
+            .filter(|_| second >= 0);
+        let cached = nanos.is_some()
+            && SECOND.with_borrow_mut(|(cached, text)| {
+                if *cached != Some(second) {
+                    // Whole seconds of a timestamp are one too; `None` is never expected.
+                    let Ok(whole) = jiff::Timestamp::from_second(second) else {
+                        return false;
+                    };
+                    text.clear();
+                    // Writing to a Vec cannot fail.
+                    let _ = write!(text, "{whole}");
+                    text.pop(); // the `Z`
+                    *cached = Some(second);
+                }
+                self.out.extend_from_slice(text);
+                true
+            });
+        match nanos {
+            Some(nanos) if cached => {
                 if nanos > 0 {
                     let mut fraction = *b".000000000";
                     let mut rest = nanos;
