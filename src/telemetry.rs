@@ -1,24 +1,30 @@
 //! Logging: JSON lines by default (for log collectors), human-readable text on request. The
 //! level comes from `RUST_LOG` (default `info`).
 //!
-//! A request never waits for stderr, and writing a line costs it no system call: lines are
-//! appended to one in-memory batch, and a writer thread writes the batch out every
-//! [`FLUSH_INTERVAL`], or as soon as it holds [`FLUSH_BYTES`]. Decision records (target
-//! `imagegate::decision`) are serialised by [`crate::admission::record`] directly as one nested
-//! JSON object per line and appended to the same batch, so all lines reach stderr whole and in
-//! order. When stderr cannot keep up and [`MAX_PENDING_BYTES`] are waiting, new lines are
-//! dropped rather than blocking requests or growing without bound, and the writer says how
-//! many it dropped.
+//! A request never waits for stderr, and writing a line costs it no system call and no lock
+//! that another thread takes at the same time: each thread appends its lines to its own
+//! in-memory batch, and a writer thread writes the batches out every [`FLUSH_INTERVAL`], or as
+//! soon as one holds [`FLUSH_BYTES`]. Decision records (target `imagegate::decision`) are
+//! serialised by [`crate::admission::record`] directly into the thread's batch, as one nested
+//! JSON object per line, with no copy in between. Every line reaches stderr whole; the lines of
+//! one thread keep their order, and lines of different threads are at most one interval apart
+//! from the order of their timestamps. When stderr cannot keep up and a thread has
+//! [`MAX_PENDING_BYTES`] waiting, its new lines are dropped rather than blocking requests or
+//! growing without bound, and the writer says how many it dropped.
 //!
 //! Why not a per-line queue to a writer thread (`tracing-appender`'s non-blocking writer): under
 //! load its writer drains the queue after every line and goes back to sleep, so each request
 //! paid for waking it (a futex call and a context switch), which under load cost about as much
-//! as serialising the record. Batching wakes the writer a few dozen times a second whatever the
-//! request rate.
+//! as serialising the record. Batching wakes the writer a few hundred times a second whatever
+//! the request rate. Why a batch per thread rather than one shared batch: with one, every line
+//! took a lock that the other workers were taking too, and the batch's memory moved between
+//! their caches; a thread's own batch stays in its core's cache, and its lock is taken by
+//! another thread only when the writer collects it.
 
+use std::cell::RefCell;
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,37 +40,65 @@ const DEFAULT_FILTER: &str = "warn,imagegate=info";
 /// live, long enough that the writer wakes rarely under load.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A batch this large is written at once, without waiting for the interval. At full load
-/// (~50,000 decision records a second on two cores, ~75 MB/s) this wakes the writer about 75
-/// times a second.
-pub const FLUSH_BYTES: usize = 1024 * 1024;
+/// A thread's batch this large is written at once, without waiting for the interval. Small
+/// enough to stay in the core's own cache (a megabyte or two on current servers) with the
+/// batch the writer is writing; at full load (~30,000 decision records a second per worker, ~45
+/// MB/s) it wakes the writer a few hundred times a second per worker.
+pub const FLUSH_BYTES: usize = 128 * 1024;
 
-/// The most bytes waiting for stderr; lines beyond it are dropped and counted. At ~1.5 KB per
-/// decision record, about ten thousand records: seconds of a stall at full load.
+/// The most bytes waiting for stderr from one thread; its lines beyond it are dropped and
+/// counted. At ~1.5 KB per decision record, about ten thousand records: seconds of a stall at
+/// full load.
 pub const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where JSON decision records go once [`init`] has run with `--log-format json`.
 static RECORDS: OnceLock<LogWriter> = OnceLock::new();
 
+thread_local! {
+    /// This thread's batch for each [`LogWriter`] it has written to (in practice one).
+    static BATCHES: RefCell<Vec<(Weak<Pending>, Arc<Batch>)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Lines waiting for the writer thread.
 #[derive(Default)]
 struct Pending {
-    batch: Mutex<Vec<u8>>,
-    /// Signalled when the batch reaches [`FLUSH_BYTES`] and on close.
-    full: Condvar,
+    /// The batch of every thread that has written a line and not yet exited with it written.
+    batches: Mutex<Vec<Arc<Batch>>>,
+    /// Set when a batch reaches [`FLUSH_BYTES`] and on close; the writer waits for it.
+    wake: Mutex<bool>,
+    woken: Condvar,
     dropped: AtomicU64,
     closed: AtomicBool,
 }
 
-impl Pending {
-    fn batch(&self) -> MutexGuard<'_, Vec<u8>> {
+/// One thread's lines. Its lock is taken by its thread for each line, and by the writer only
+/// when it collects them.
+#[derive(Default)]
+struct Batch {
+    lines: Mutex<Vec<u8>>,
+}
+
+impl Batch {
+    fn lines(&self) -> MutexGuard<'_, Vec<u8>> {
         // Appending bytes cannot leave the batch inconsistent, so a poisoned lock is still
         // usable (and nothing that holds it can panic).
-        self.batch.lock().unwrap_or_else(|e| e.into_inner())
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Appends whole lines to the batch. Cloning it is cheap; every clone feeds the same writer.
+impl Pending {
+    fn batches(&self) -> MutexGuard<'_, Vec<Arc<Batch>>> {
+        self.batches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_writer(&self) {
+        *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.woken.notify_one();
+    }
+}
+
+/// Appends whole lines to the calling thread's batch. Cloning it is cheap; every clone feeds
+/// the same writer.
 #[derive(Clone, Default)]
 pub struct LogWriter {
     pending: Arc<Pending>,
@@ -73,19 +107,51 @@ pub struct LogWriter {
 impl LogWriter {
     /// Appends one or more whole lines (each ending in a newline).
     pub fn push(&self, lines: &[u8]) {
-        let mut batch = self.pending.batch();
-        if batch.len() + lines.len() > MAX_PENDING_BYTES {
-            drop(batch);
-            self.pending.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let before = batch.len();
-        batch.extend_from_slice(lines);
-        let reached = before < FLUSH_BYTES && batch.len() >= FLUSH_BYTES;
-        drop(batch);
-        if reached {
-            self.pending.full.notify_one();
-        }
+        self.append(lines.len(), |batch| batch.extend_from_slice(lines));
+    }
+
+    /// Lets `write` append whole lines to the calling thread's batch, in place. `expected` is
+    /// how many bytes it will likely write: when they would take the batch past
+    /// [`MAX_PENDING_BYTES`], `write` is not called and the lines are counted as dropped.
+    /// `write` runs under the batch's lock, so it must not log.
+    pub fn append(&self, expected: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        self.with_batch(|batch| {
+            let mut lines = batch.lines();
+            if lines.len() + expected > MAX_PENDING_BYTES {
+                drop(lines);
+                self.pending.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let before = lines.len();
+            write(&mut lines);
+            let reached = before < FLUSH_BYTES && lines.len() >= FLUSH_BYTES;
+            drop(lines);
+            if reached {
+                self.pending.wake_writer();
+            }
+        });
+    }
+
+    /// Calls `f` with the calling thread's batch, registering one on the thread's first line.
+    fn with_batch(&self, f: impl FnOnce(&Batch)) {
+        let ours = |(writer, _): &(Weak<Pending>, Arc<Batch>)| {
+            std::ptr::eq(writer.as_ptr(), Arc::as_ptr(&self.pending))
+        };
+        BATCHES.with(|mine| {
+            if !mine.borrow().iter().any(ours) {
+                let mut mine = mine.borrow_mut();
+                // Writers that are gone are forgotten here, at the thread's next new one.
+                mine.retain(|(writer, _)| writer.strong_count() > 0);
+                let batch = Arc::new(Batch::default());
+                self.pending.batches().push(Arc::clone(&batch));
+                mine.push((Arc::downgrade(&self.pending), batch));
+            }
+            // Only shared borrows from here: a line written while `f` runs finds its batch too.
+            let mine = mine.borrow();
+            if let Some((_, batch)) = mine.iter().find(|entry| ours(entry)) {
+                f(batch);
+            }
+        });
     }
 
     /// Lines dropped so far because too many were waiting.
@@ -141,43 +207,56 @@ pub struct LogGuard {
 impl Drop for LogGuard {
     fn drop(&mut self) {
         self.pending.closed.store(true, Ordering::Release);
-        // Taking the lock orders the flag before the writer's next check of it.
-        drop(self.pending.batch());
-        self.pending.full.notify_one();
+        self.pending.wake_writer();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-/// The writer thread: waits for a full batch or the interval, swaps the batch out, writes it.
+/// The writer thread: waits for a full batch or the interval, then takes every thread's lines
+/// (swapping in an empty buffer under the thread's lock) and writes them.
 fn write_batches(pending: &Pending, mut out: impl Write, json: bool, interval: Duration) {
     let mut spare: Vec<u8> = Vec::with_capacity(FLUSH_BYTES);
     let mut reported = 0;
     loop {
-        let closed = {
-            let batch = pending.batch();
-            let (mut batch, _) = pending
-                .full
-                .wait_timeout_while(batch, interval, |b| {
-                    b.len() < FLUSH_BYTES && !pending.closed.load(Ordering::Acquire)
-                })
+        {
+            let wake = pending.wake.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut wake, _) = pending
+                .woken
+                .wait_timeout_while(wake, interval, |woken| !*woken)
                 .unwrap_or_else(|e| e.into_inner());
-            std::mem::swap(&mut *batch, &mut spare);
-            pending.closed.load(Ordering::Acquire)
-        };
-        let dropped = pending.dropped.load(Ordering::Relaxed);
-        if dropped > reported {
-            spare.extend_from_slice(dropped_line(dropped - reported, json).as_bytes());
-            reported = dropped;
+            *wake = false;
         }
-        if !spare.is_empty() {
+        // Read before collecting: what a closing guard's thread wrote before closing is
+        // collected in this round, the last.
+        let closed = pending.closed.load(Ordering::Acquire);
+        let batches = pending.batches().clone();
+        for batch in &batches {
+            {
+                let mut lines = batch.lines();
+                if lines.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut *lines, &mut spare);
+            }
             // Nowhere to report a failure to write the log itself; the lines are lost.
-            let _ = out.write_all(&spare).and_then(|()| out.flush());
+            let _ = out.write_all(&spare);
             spare.clear();
             // A burst may have grown the buffer far beyond the usual batch.
             spare.shrink_to(2 * FLUSH_BYTES);
         }
+        drop(batches);
+        // The batches of threads that have exited, now written, are no longer needed.
+        pending
+            .batches()
+            .retain(|batch| Arc::strong_count(batch) > 1 || !batch.lines().is_empty());
+        let dropped = pending.dropped.load(Ordering::Relaxed);
+        if dropped > reported {
+            let _ = out.write_all(dropped_line(dropped - reported, json).as_bytes());
+            reported = dropped;
+        }
+        let _ = out.flush();
         if closed {
             return;
         }
@@ -256,10 +335,11 @@ pub fn json_records() -> bool {
     RECORDS.get().is_some()
 }
 
-/// Appends one serialised JSON record (ending in a newline) to the log.
-pub fn write_record(line: &[u8]) {
+/// Lets `write` serialise one JSON record (ending in a newline) directly into the calling
+/// thread's batch; `expected` is its usual size (see [`LogWriter::append`]).
+pub fn write_record(expected: usize, write: impl FnOnce(&mut Vec<u8>)) {
     if let Some(writer) = RECORDS.get() {
-        writer.push(line);
+        writer.append(expected, write);
     }
 }
 
@@ -336,6 +416,52 @@ mod tests {
         assert!(
             text.lines().skip(1).all(|l| l.len() == 1023),
             "lines are whole"
+        );
+    }
+
+    #[test]
+    fn every_thread_s_lines_are_written_whole_and_in_its_order_even_after_it_exits() {
+        let writer = LogWriter::default();
+        let out = Shared::default();
+        let guard = writer.start(out.clone(), true, FLUSH_INTERVAL).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        writer.append(16, |batch| {
+                            batch.extend_from_slice(
+                                format!("{t} {i:04} {}\n", "z".repeat(i % 300)).as_bytes(),
+                            )
+                        });
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        // The threads have exited; their last lines are still written.
+        drop(guard);
+        let text = out.text();
+        for t in 0..4 {
+            let numbers: Vec<usize> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix(&format!("{t} ")))
+                .map(|rest| {
+                    let (number, zs) = rest.split_once(' ').unwrap();
+                    let number: usize = number.parse().unwrap();
+                    assert_eq!(zs, "z".repeat(number % 300), "the line is whole");
+                    number
+                })
+                .collect();
+            assert_eq!(numbers, (0..1000).collect::<Vec<_>>(), "thread {t}");
+        }
+        assert_eq!(text.lines().count(), 4000);
+        assert_eq!(
+            writer.pending.batches().len(),
+            0,
+            "the batches of exited threads are let go once written"
         );
     }
 

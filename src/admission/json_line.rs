@@ -26,14 +26,20 @@ impl JsonLine {
         }
     }
 
+    /// A text written after the whole lines `lines` holds (each ending in a newline).
+    pub fn after(lines: Vec<u8>) -> Self {
+        JsonLine { out: lines }
+    }
+
     /// The text written.
     pub fn into_bytes(self) -> Vec<u8> {
         self.out
     }
 
-    /// A comma, unless this is the first member of an object or array.
+    /// A comma, unless this is the first member of an object or array or the first value of a
+    /// line (a raw newline is never inside a JSON text, whose strings escape it).
     fn separate(&mut self) {
-        if !matches!(self.out.last(), None | Some(b'{' | b'[' | b':')) {
+        if !matches!(self.out.last(), None | Some(b'{' | b'[' | b':' | b'\n')) {
             self.out.push(b',');
         }
     }

@@ -101,7 +101,14 @@ impl<'a> Record<'a> {
     /// requester, labels, images, policies, ticket or reason; no imagegate annotations and no
     /// break-glass use.
     fn line(&self) -> Vec<u8> {
-        let mut w = JsonLine::with_capacity(LINE_CAPACITY);
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        self.write_line(&mut line);
+        line
+    }
+
+    /// Appends [`Record::line`] to `out`, which holds whole lines or nothing.
+    fn write_line(&self, out: &mut Vec<u8>) {
+        let mut w = JsonLine::after(std::mem::take(out));
         w.begin_object();
         w.key("timestamp");
         w.timestamp(self.timestamp);
@@ -213,9 +220,8 @@ impl<'a> Record<'a> {
         w.key("latency_us");
         w.u64(self.latency_us);
         w.end_object();
-        let mut line = w.into_bytes();
-        line.push(b'\n');
-        line
+        *out = w.into_bytes();
+        out.push(b'\n');
     }
 
     /// The pieces of the record's message, `OPERATION KIND NAMESPACE/NAME: DECISION`.
@@ -242,7 +248,7 @@ impl<'a> Record<'a> {
             return;
         }
         if telemetry::json_records() {
-            telemetry::write_record(&self.line());
+            telemetry::write_record(LINE_CAPACITY, |batch| self.write_line(batch));
         } else {
             tracing::info!(
                 target: TARGET,
