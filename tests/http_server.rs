@@ -371,3 +371,30 @@ async fn shutdown_turns_not_ready_finishes_in_flight_requests_and_exits() {
         "nothing listens any more"
     );
 }
+
+/// A body of several hundred kilobytes reaches the server in many chunks, which are read
+/// together: the Pod is decided as when it comes in one piece, whichever chunk its image is in.
+#[tokio::test]
+async fn a_body_in_many_chunks_is_read_whole() {
+    let server = TestServer::start(&policy("p", DENY_LATEST), &[]).await;
+    let filler = "x".repeat(300_000);
+    for (what, annotations) in [
+        ("small", json!({})),
+        ("before the image", json!({"filler": filler})),
+    ] {
+        let mut review = latest_pod();
+        review["request"]["object"]["metadata"]["annotations"] = annotations;
+        let mut body = serde_json::to_vec(&review).unwrap();
+        // Whitespace after the document is still one JSON document.
+        body.extend(std::iter::repeat_n(b' ', 300_000));
+        let (status, out) = server.post("/validate", body).await;
+        assert_eq!(status, 200, "{what}: {out}");
+        assert_eq!(out["response"]["allowed"], false, "{what}: {out}");
+        assert_eq!(out["response"]["status"]["code"], 403, "{what}");
+        let message = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("reg.example/a:latest"),
+            "{what}: {message}"
+        );
+    }
+}

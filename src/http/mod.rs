@@ -266,7 +266,7 @@ async fn read_body(
     payload: web::Payload,
     state: &AppState,
     endpoint: Endpoint,
-) -> Result<web::BytesMut, HttpResponse> {
+) -> Result<web::Bytes, HttpResponse> {
     let body = read_body_within_limits(req, payload).await;
     if body.is_err() {
         state
@@ -279,7 +279,7 @@ async fn read_body(
 async fn read_body_within_limits(
     req: &actix_web::HttpRequest,
     mut payload: web::Payload,
-) -> Result<web::BytesMut, HttpResponse> {
+) -> Result<web::Bytes, HttpResponse> {
     let too_large = || {
         text(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -295,7 +295,11 @@ async fn read_body_within_limits(
         return Err(too_large());
     }
     let read = async {
-        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+        // A body that arrives as one chunk (the usual case: the API server sends it in one
+        // piece, and it is smaller than a TLS record) is used as it is; only one in several
+        // chunks is copied together.
+        let mut first: Option<web::Bytes> = None;
+        let mut body = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| {
                 text(
@@ -303,12 +307,21 @@ async fn read_body_within_limits(
                     format!("cannot read the body: {e}"),
                 )
             })?;
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
+            let had = first.as_ref().map_or(0, web::Bytes::len) + body.len();
+            if had + chunk.len() > MAX_BODY_BYTES {
                 return Err(too_large());
+            }
+            if had == 0 {
+                first = Some(chunk);
+                continue;
+            }
+            if let Some(first) = first.take() {
+                body.reserve(declared.unwrap_or(0).max(had + chunk.len()));
+                body.extend_from_slice(&first);
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        Ok(first.unwrap_or_else(|| body.freeze()))
     };
     match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
         Ok(r) => r,
