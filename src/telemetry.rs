@@ -146,7 +146,7 @@ impl LogWriter {
                 self.pending.batches().push(Arc::clone(&batch));
                 mine.push((Arc::downgrade(&self.pending), batch));
             }
-            // Only shared borrows from here: a line written while `f` runs finds its batch too.
+            // A shared borrow while `f` runs: the thread-local is never borrowed mutably then.
             let mine = mine.borrow();
             if let Some((_, batch)) = mine.iter().find(|entry| ours(entry)) {
                 f(batch);
