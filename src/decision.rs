@@ -238,14 +238,7 @@ impl Decision {
     }
 }
 
-impl Violation {
-    /// `[policy/rule] message`: one line for lists and warnings.
-    pub fn line(&self) -> String {
-        self.to_string()
-    }
-}
-
-/// Writes [`Violation::line`].
+/// `[policy/rule] message`: one line for lists and warnings.
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{}/{}] {}", self.policy, self.rule, self.message)
@@ -628,12 +621,9 @@ fn warnings(decision: &Decision) -> Vec<String> {
             continue;
         }
         if v.unchanged {
-            out.push(format!(
-                "imagegate: {} (unchanged image, still admitted)",
-                v.line()
-            ));
+            out.push(format!("imagegate: {v} (unchanged image, still admitted)"));
         } else if v.mode == Mode::Warn {
-            out.push(format!("imagegate: {}", v.line()));
+            out.push(format!("imagegate: {v}"));
         }
     }
     for b in &decision.break_glass {

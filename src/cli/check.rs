@@ -320,7 +320,7 @@ pub fn render_text(report: &CheckReport) -> String {
             .iter()
             .filter(|v| v.mode == Mode::Audit && !v.excused)
         {
-            let _ = writeln!(out, "  Audit: {}", v.line());
+            let _ = writeln!(out, "  Audit: {v}");
         }
     }
     let _ = writeln!(
