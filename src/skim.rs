@@ -20,8 +20,20 @@
 //! here and in the callers, and the `review_skim` fuzz target, hold the contract.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use wide::u8x64;
+
+/// The largest index kept for the next text of a thread: that of a 512 KiB text (the index is
+/// half the size of its text). Indexes of larger texts, up to the 8 MiB body limit, are freed
+/// with their reader, so a thread holds at most 256 KiB between requests.
+const KEPT_INDEX_BLOCKS: usize = 512 * 1024 / BLOCK;
+
+thread_local! {
+    /// The index of the thread's last text, kept so that the next one reuses its memory rather
+    /// than allocating and zeroing its own (a request is read by one thread from start to end).
+    static SPARE_INDEX: Cell<Vec<Block>> = const { Cell::new(Vec::new()) };
+}
 
 /// The fast reader gives up on this input; read it with `serde_json` instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +52,13 @@ pub struct Skim<'a> {
 impl<'a> Skim<'a> {
     /// Indexes `text` and starts at its beginning.
     pub fn new(text: &'a str) -> Self {
+        // A thread that has gone away has no spare index: a fresh one is made.
+        let mut index = SPARE_INDEX.try_with(Cell::take).unwrap_or_default();
+        build_index(text.as_bytes(), &mut index);
         Skim {
             text,
             pos: 0,
-            index: index(text.as_bytes()),
+            index,
         }
     }
 
@@ -167,7 +182,7 @@ impl<'a> Skim<'a> {
         mut field: impl FnMut(&mut Self, usize) -> Skimmed<()>,
     ) -> Skimmed<()> {
         let mut seen = 0u64;
-        self.object(|s, key| match keys.iter().position(|k| *k == key) {
+        self.object(|s, key| match keys.iter().position(|k| same_key(k, key)) {
             Some(i) => {
                 let bit = 1u64.checked_shl(i as u32).ok_or(Decline)?;
                 if seen & bit != 0 {
@@ -274,6 +289,16 @@ impl<'a> Skim<'a> {
 
 const BLOCK: usize = 64;
 
+impl Drop for Skim<'_> {
+    fn drop(&mut self) {
+        if self.index.capacity() <= KEPT_INDEX_BLOCKS {
+            let index = std::mem::take(&mut self.index);
+            // Leaving a thread that is exiting, the index is simply freed.
+            let _ = SPARE_INDEX.try_with(|spare| spare.set(index));
+        }
+    }
+}
+
 /// The index of 64 bytes of text: bit `i` stands for byte `i`.
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Block {
@@ -300,16 +325,16 @@ struct Found {
 
 /// Indexes `bytes` (see [`Block`]), finding the bytes of each block with the widest compares
 /// the CPU has: AVX2 where it is there (nearly every x86-64 server since 2013), else the `wide`
-/// crate's portable ones.
-fn index(bytes: &[u8]) -> Vec<Block> {
+/// crate's portable ones. `out` is overwritten.
+fn build_index(bytes: &[u8], out: &mut Vec<Block>) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("pclmulqdq")
     {
         // SAFETY: the CPU has both features `avx2::index` is compiled for, checked just above.
-        return unsafe { avx2::index(bytes) };
+        return unsafe { avx2::index(bytes, out) };
     }
-    index_with(bytes, find_portable, prefix_xor)
+    index_with(bytes, out, find_portable, prefix_xor);
 }
 
 /// Builds the index from what `find` finds in each block. Escaped quotes are removed; the bytes
@@ -318,11 +343,13 @@ fn index(bytes: &[u8]) -> Vec<Block> {
 #[inline(always)]
 fn index_with(
     bytes: &[u8],
+    out: &mut Vec<Block>,
     find: impl Fn(&[u8; BLOCK]) -> Found,
     prefix_xor: impl Fn(u64) -> u64,
-) -> Vec<Block> {
+) {
     // Filled in place: cheaper than a `push` per block.
-    let mut out = vec![Block::default(); bytes.len().div_ceil(BLOCK)];
+    out.clear();
+    out.resize(bytes.len().div_ceil(BLOCK), Block::default());
     // All ones when the previous block ended inside a string.
     let mut in_string: u64 = 0;
     // Whether the first byte of the next block is escaped by a backslash ending this one.
@@ -344,7 +371,6 @@ fn index_with(
             backslashes: found.backslashes,
         };
     }
-    out
 }
 
 /// [`Found`] with the `wide` crate: SSE2 on x86-64, NEON on arm64, portable code elsewhere.
@@ -373,10 +399,10 @@ mod avx2 {
 
     use super::{BLOCK, Block, Found, index_with};
 
-    /// [`super::index`] with [`find`] and [`prefix_xor`].
+    /// [`super::build_index`] with [`find`] and [`prefix_xor`].
     #[target_feature(enable = "avx2,pclmulqdq")]
-    pub(super) fn index(bytes: &[u8]) -> Vec<Block> {
-        index_with(bytes, |block| find(block), |x| prefix_xor(x))
+    pub(super) fn index(bytes: &[u8], out: &mut Vec<Block>) {
+        index_with(bytes, out, |block| find(block), |x| prefix_xor(x));
     }
 
     /// [`super::prefix_xor`]: multiplying by all ones without carries XORs each bit into every
@@ -490,6 +516,29 @@ impl Skim<'_> {
             word += 1;
         }
         Err(Decline)
+    }
+}
+
+/// Whether two keys are the same. Keys are short, so the bytes are compared as one or two
+/// overlapping words, without the call to `memcmp` that `==` makes: with several wanted keys
+/// for each key met, that call was a twentieth of the reading.
+#[inline]
+fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // Indexes below `n`, so never out of bounds; `try_into` of an 8 or 4 byte slice cannot fail.
+    let w8 = |x: &[u8], at: usize| u64::from_le_bytes(x[at..at + 8].try_into().unwrap_or([0; 8]));
+    let w4 = |x: &[u8], at: usize| u32::from_le_bytes(x[at..at + 4].try_into().unwrap_or([0; 4]));
+    match n {
+        // Two words that overlap cover all the bytes.
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        4..8 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        // The first, middle and last bytes are all of them.
+        1..4 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        _ => a == b,
     }
 }
 
@@ -669,6 +718,41 @@ mod tests {
         assert_eq!(repeated, Err(Decline));
     }
 
+    #[test]
+    fn keys_are_the_same_exactly_when_their_bytes_are() {
+        let keys = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "axc",
+            "abcd",
+            "abcdefg",
+            "abcXefg",
+            "abcdefghijkl",
+            "abcdefgXijkl",
+            "image",
+            "images",
+            "imagePullPolicy",
+            "initContainers",
+            "abcdefgh",
+            "abcdefghi",
+            "0123456789abcdef",
+            "0123456789abcdeg",
+            "ephemeralContainers",
+            "ephemeralContainerz",
+            "namespace",
+            "namespacf",
+            "nbmespace",
+            "metadata",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(same_key(a, b), a == b, "{a:?} against {b:?}");
+            }
+        }
+    }
+
     /// Arbitrary JSON values, with strings drawn to be hard for a skipper: quotes, backslashes
     /// and brackets.
     fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -706,7 +790,8 @@ mod tests {
         }
 
         /// The AVX2 index is the portable one, for any bytes: mostly the ones that matter,
-        /// in runs long enough to cross blocks.
+        /// in runs long enough to cross blocks. Both are built over the index of another
+        /// text, as readers reuse their thread's last index, and nothing of it may remain.
         #[cfg(target_arch = "x86_64")]
         #[test]
         fn the_avx2_index_is_the_portable_one(
@@ -724,9 +809,32 @@ mod tests {
                 eprintln!("skipped: this CPU has no AVX2, so only the portable index is used");
                 return Ok(());
             }
+            let stale = Block { quotes: !0, opens: !0, closes: !0, backslashes: !0 };
+            let mut fresh = Vec::new();
+            index_with(&bytes, &mut fresh, find_portable, prefix_xor);
+            let mut portable = vec![stale; 3];
+            index_with(&bytes, &mut portable, find_portable, prefix_xor);
+            prop_assert_eq!(&portable, &fresh);
+            let mut fast = vec![stale; 9];
             // SAFETY: both features were checked just above.
-            let fast = unsafe { avx2::index(&bytes) };
-            prop_assert_eq!(fast, index_with(&bytes, find_portable, prefix_xor));
+            unsafe { avx2::index(&bytes, &mut fast) };
+            prop_assert_eq!(&fast, &fresh);
+        }
+
+        /// Keys of every length, differing in any one byte or not at all.
+        #[test]
+        fn same_key_is_byte_equality(
+            a in prop::collection::vec(prop::sample::select(b"ab\0".to_vec()), 0..24),
+            flip in any::<prop::sample::Index>(),
+            differ in any::<bool>(),
+        ) {
+            let mut b = a.clone();
+            if differ && !b.is_empty() {
+                let i = flip.index(b.len());
+                b[i] = if b[i] == b'a' { b'b' } else { b'a' };
+            }
+            let (a, b) = (String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+            prop_assert_eq!(same_key(&a, &b), a == b);
         }
 
         #[test]
