@@ -38,6 +38,7 @@ impl JsonLine {
 
     /// A comma, unless this is the first member of an object or array or the first value of a
     /// line (a raw newline is never inside a JSON text, whose strings escape it).
+    #[inline]
     fn separate(&mut self) {
         if !matches!(self.out.last(), None | Some(b'{' | b'[' | b':' | b'\n')) {
             self.out.push(b',');
@@ -45,26 +46,31 @@ impl JsonLine {
     }
 
     /// Starts an object (as a value or an array element).
+    #[inline]
     pub fn begin_object(&mut self) {
         self.separate();
         self.out.push(b'{');
     }
 
+    #[inline]
     pub fn end_object(&mut self) {
         self.out.push(b'}');
     }
 
     /// Starts an array (as a value or an array element).
+    #[inline]
     pub fn begin_array(&mut self) {
         self.separate();
         self.out.push(b'[');
     }
 
+    #[inline]
     pub fn end_array(&mut self) {
         self.out.push(b']');
     }
 
     /// Writes a key; `key` is one of the record's own names, which need no escaping.
+    #[inline]
     pub fn key(&mut self, key: &str) {
         debug_assert!(!needs_escape(key.as_bytes()), "{key}");
         self.separate();
@@ -73,6 +79,7 @@ impl JsonLine {
         self.out.extend_from_slice(b"\":");
     }
 
+    #[inline]
     pub fn string(&mut self, value: &str) {
         self.separate();
         self.out.push(b'"');
@@ -90,12 +97,14 @@ impl JsonLine {
         self.out.push(b'"');
     }
 
+    #[inline]
     pub fn bool(&mut self, value: bool) {
         self.separate();
         self.out
             .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
+    #[inline]
     pub fn null(&mut self) {
         self.separate();
         self.out.extend_from_slice(b"null");
@@ -164,12 +173,14 @@ impl JsonLine {
     }
 
     /// `key: value`.
+    #[inline]
     pub fn string_field(&mut self, key: &str, value: &str) {
         self.key(key);
         self.string(value);
     }
 
     /// `key: value`, or `key: null`.
+    #[inline]
     pub fn optional_string_field(&mut self, key: &str, value: Option<&str>) {
         self.key(key);
         match value {
