@@ -1,8 +1,10 @@
 //! Decisions: a workload against a snapshot. [`decide`] is a pure function of the snapshot, the
 //! object (and the old object on UPDATE), the namespace's labels, the requester and the time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
+use std::hash::BuildHasher as _;
 
 use serde::Serialize;
 
@@ -399,45 +401,44 @@ fn check_image(
         }
         governed = true;
         let p = &snapshot.policies()[pi];
-        let mut fail =
-            |rule, message| out.push(violation(Some(pi), rule, Some(canonical), message));
+        let mut fail = |rule, write: &dyn Fn() -> String| {
+            let message = remembered_message(snapshot, Some(pi), rule, image, write);
+            out.push(violation(Some(pi), rule, Some(canonical), message));
+        };
 
         if let Some(allowed) = &p.allowed_images
             && !matches.allowed(pi)
         {
-            fail(
-                Rule::AllowedImages,
+            fail(Rule::AllowedImages, &|| {
                 format!(
                     "{} is not from an allowed source; use an image matching one of: {}",
                     shown(),
                     allowed.sources().join(", ")
-                ),
-            );
+                )
+            });
         }
         if matches.denied(pi) {
-            let hit = p
-                .denied_images
-                .patterns
-                .iter()
-                .find(|pat| pat.matches(reference))
-                .map_or("", |pat| &pat.source);
-            fail(
-                Rule::DeniedImages,
+            fail(Rule::DeniedImages, &|| {
+                let hit = p
+                    .denied_images
+                    .patterns
+                    .iter()
+                    .find(|pat| pat.matches(reference))
+                    .map_or("", |pat| &pat.source);
                 format!(
                     "{} matches the denied pattern {hit:?}; use an image from another registry or repository",
                     shown()
-                ),
-            );
+                )
+            });
         }
         if p.require_digest && !reference.is_pinned() {
-            fail(
-                Rule::RequireDigest,
+            fail(Rule::RequireDigest, &|| {
                 format!(
                     "{} is not pinned by digest; refer to it as {}@sha256:<digest>",
                     shown(),
                     reference.name()
-                ),
-            );
+                )
+            });
         }
         if let Some(tag) = reference.effective_tag()
             && p.denied_tag_set.is_match(tag)
@@ -447,14 +448,13 @@ fn check_image(
             } else {
                 ""
             };
-            fail(
-                Rule::DeniedTags,
+            fail(Rule::DeniedTags, &|| {
                 format!(
                     "{} uses the tag {tag:?}{implicit}, which is denied (denied tags: {}); use a specific version tag or pin a digest",
                     shown(),
                     p.denied_tags.join(", ")
-                ),
-            );
+                )
+            });
         }
         if p.require_pull_policy_always && !reference.is_pinned() {
             let (effective, defaulted) = effective_pull_policy(image, reference);
@@ -469,29 +469,131 @@ fn check_image(
                 } else {
                     "imagePullPolicy"
                 };
-                fail(
-                    Rule::RequirePullPolicyAlways,
+                fail(Rule::RequirePullPolicyAlways, &|| {
                     format!(
                         "{} has {field} {effective}{how}; set {field}: Always, or pin the image by digest",
                         shown()
-                    ),
-                );
+                    )
+                });
             }
         }
     }
 
     if !governed && snapshot.settings().unmatched_images == UnmatchedImages::Deny {
+        let message = remembered_message(snapshot, None, Rule::UnmatchedImages, image, &|| {
+            format!(
+                "{} is governed by no image policy that applies here, and imagegate denies unmatched images; ask your platform team which registries are allowed",
+                shown()
+            )
+        });
         out.push(violation(
             None,
             Rule::UnmatchedImages,
             Some(canonical),
-            format!(
-                "{} is governed by no image policy that applies here, and imagegate denies unmatched images; ask your platform team which registries are allowed",
-                shown()
-            ),
+            message,
         ));
     }
     Some(canonical.to_owned())
+}
+
+/// The most violation messages a thread remembers per snapshot (see [`remembered_message`]);
+/// past it the memory is forgotten, as for resolved images.
+const MESSAGES_PER_THREAD: usize = 1024;
+
+/// A violation message, with everything it was written from besides the snapshot.
+struct Message {
+    policy: Option<usize>,
+    rule: Rule,
+    container_type: ContainerType,
+    container: String,
+    image: String,
+    pull_policy: Option<String>,
+    text: String,
+}
+
+impl Message {
+    fn is_for(&self, policy: Option<usize>, rule: Rule, image: &ImageUse) -> bool {
+        self.policy == policy
+            && self.rule == rule
+            && self.container_type == image.container_type
+            && self.container == image.container
+            && self.image == image.image
+            && self.pull_policy == image.pull_policy
+    }
+}
+
+/// The messages this thread has written for the snapshot with id `snapshot`, by the hash of
+/// what they were written from.
+#[derive(Default)]
+struct Messages {
+    snapshot: u64,
+    hasher: foldhash::fast::RandomState,
+    by_hash: HashMap<u64, Message, foldhash::fast::RandomState>,
+}
+
+thread_local! {
+    static MESSAGES: RefCell<Messages> = RefCell::default();
+}
+
+/// The message of a violation of `rule` by `image` under the snapshot's policy `policy`
+/// (`None`: no policy), written by `write` unless this thread has written it before.
+///
+/// A message is a function of the snapshot and of the image as the Pod uses it (its name, the
+/// container's type and name, the pull policy), so a Pod denied again — a ReplicaSet retries
+/// its Pods, every replica has the same images — gets the same messages without formatting
+/// them; formatting was most of the time of deciding on a denied Pod.
+fn remembered_message(
+    snapshot: &Snapshot,
+    policy: Option<usize>,
+    rule: Rule,
+    image: &ImageUse,
+    write: &dyn Fn() -> String,
+) -> String {
+    let key = |memo: &Messages| {
+        memo.hasher.hash_one((
+            policy,
+            rule,
+            image.container_type,
+            &image.container,
+            &image.image,
+            &image.pull_policy,
+        ))
+    };
+    let found = MESSAGES.with_borrow_mut(|memo| {
+        if memo.snapshot != snapshot.id() {
+            memo.snapshot = snapshot.id();
+            memo.by_hash.clear();
+        }
+        memo.by_hash
+            .get(&key(memo))
+            .filter(|m| m.is_for(policy, rule, image))
+            .map(|m| m.text.clone())
+    });
+    if let Some(text) = found {
+        return text;
+    }
+    // Written outside the borrow, so that nothing `write` does can meet it.
+    let text = write();
+    MESSAGES.with_borrow_mut(|memo| {
+        if memo.by_hash.len() >= MESSAGES_PER_THREAD {
+            memo.by_hash.clear();
+        }
+        let hash = key(memo);
+        // Two uses with the same hash: the later one is remembered.
+        memo.by_hash.insert(
+            hash,
+            Message {
+                policy,
+                rule,
+                container_type: image.container_type,
+                container: image.container.clone(),
+                image: image.image.clone(),
+                pull_policy: image.pull_policy.clone(),
+                text: text.clone(),
+            },
+        );
+    });
+    text
 }
 
 /// The pull policy Kubernetes would use: as written, else `Always` for `latest` (or no tag)
@@ -1295,6 +1397,79 @@ spec:
                 rules(&decide_with(&allows, &app("quay.io/A"), None)),
                 ["reference"]
             );
+        }
+    }
+
+    #[test]
+    fn a_remembered_message_is_only_reused_for_the_same_image_use_and_snapshot() {
+        let strict =
+            "metadata: {name: s}\nspec: {deniedTags: [latest], requirePullPolicyAlways: true}";
+        let s = snapshot(&[strict], Settings::default());
+        let messages = |w: &Workload, s: &Snapshot| -> Vec<String> {
+            decide_with(s, w, None)
+                .violations
+                .into_iter()
+                .map(|v| v.message)
+                .collect()
+        };
+        let first = pod(
+            &[("containers", "web", "nginx:latest", Some("IfNotPresent"))],
+            &[],
+        );
+        let written = messages(&first, &s);
+        assert_eq!(written.len(), 2, "{written:?}");
+        // Seen again on this thread: the very same messages.
+        assert_eq!(messages(&first, &s), written);
+        // The same image in another container, with another pull policy, as an init
+        // container: each message says so.
+        let other_name = pod(
+            &[("containers", "api", "nginx:latest", Some("IfNotPresent"))],
+            &[],
+        );
+        assert!(
+            messages(&other_name, &s)
+                .iter()
+                .all(|m| m.contains("\"api\""))
+        );
+        let other_pull = pod(&[("containers", "web", "nginx:latest", Some("Never"))], &[]);
+        let m = messages(&other_pull, &s);
+        assert!(m[1].contains("imagePullPolicy Never;"), "{m:?}");
+        let init = pod(
+            &[(
+                "initContainers",
+                "web",
+                "nginx:latest",
+                Some("IfNotPresent"),
+            )],
+            &[],
+        );
+        assert!(
+            messages(&init, &s)
+                .iter()
+                .all(|m| m.starts_with("init container"))
+        );
+        // A new snapshot whose policy at the same place says otherwise.
+        let changed = snapshot(
+            &["metadata: {name: s}\nspec: {deniedTags: [latest, edge]}"],
+            Settings::default(),
+        );
+        let m = messages(&first, &changed);
+        assert_eq!(m.len(), 1);
+        assert!(m[0].contains("(denied tags: latest, edge)"), "{m:?}");
+        // And back: what the first snapshot said.
+        assert_eq!(messages(&first, &s), written);
+    }
+
+    #[test]
+    fn more_distinct_denied_images_than_a_thread_remembers_get_their_own_messages() {
+        let s = snapshot(&[PROD], Settings::default());
+        for round in 0..2 {
+            for i in 0..1500 {
+                let image = format!("docker.io/library/app-{i}:1.{round}");
+                let d = decide_with(&s, &app(&image), None);
+                assert_eq!(rules(&d), ["allowedImages"], "{image}");
+                assert!(d.violations[0].message.contains(&image), "{image}");
+            }
         }
     }
 

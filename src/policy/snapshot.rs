@@ -238,6 +238,12 @@ impl Snapshot {
     }
 
     /// The engine settings.
+    /// The snapshot's identity: no two snapshots of a process share one, so what a thread
+    /// remembers about one can be told apart from what it remembers about another.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
