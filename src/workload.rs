@@ -210,10 +210,13 @@ impl WorkloadObject {
                 (meta.annotations, pod)
             }
             WorkloadKind::CronJob => {
-                let t = spec.job_template.spec.template;
+                let t = spec.job_template.unwrap_or_default().spec.template;
                 (t.metadata.annotations, t.spec)
             }
-            _ => (spec.template.metadata.annotations, spec.template.spec),
+            _ => {
+                let t = spec.template.unwrap_or_default();
+                (t.metadata.annotations, t.spec)
+            }
         };
         let name = if meta.name.is_empty() {
             meta.generate_name
@@ -305,11 +308,11 @@ impl AnySpec {
         s.fields(&KEYS, |s, field| match field {
             0..4 => pod.skim_list(s, field),
             4 => {
-                out.template = s.or_default(PodTemplate::skim)?;
+                out.template = s.optional(PodTemplate::skim)?.map(Box::new);
                 Ok(())
             }
             _ => {
-                out.job_template = s.or_default(JobTemplate::skim)?;
+                out.job_template = s.optional(JobTemplate::skim)?.map(Box::new);
                 Ok(())
             }
         })?;
@@ -487,10 +490,12 @@ struct AnySpec {
     ephemeral_containers: Vec<Container>,
     #[serde(default, deserialize_with = "null_default")]
     volumes: Vec<Volume>,
+    // Boxed, and absent unless the object has them: a Pod has neither, and the two inline
+    // made the struct 500 bytes, moved several times while it was read.
     #[serde(default, deserialize_with = "null_default")]
-    template: PodTemplate,
+    template: Option<Box<PodTemplate>>,
     #[serde(default, deserialize_with = "null_default")]
-    job_template: JobTemplate,
+    job_template: Option<Box<JobTemplate>>,
 }
 
 #[derive(Debug, Deserialize, Default, PartialEq)]
