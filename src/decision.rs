@@ -243,28 +243,29 @@ impl Decision {
         });
         for v in denials {
             out.push_str("\n- ");
-            v.write_line(&mut out);
+            // Writing to a String cannot fail.
+            let _ = v.write_line(&mut out);
         }
         out
     }
 }
 
 impl Violation {
-    /// Appends `[policy/rule] message`, as [`Display`](fmt::Display) writes it.
-    fn write_line(&self, out: &mut String) {
-        out.push('[');
-        out.push_str(&self.policy);
-        out.push('/');
-        out.push_str(self.rule.as_str());
-        out.push_str("] ");
-        out.push_str(&self.message);
+    /// Writes `[policy/rule] message` piece by piece, without the formatting machinery.
+    fn write_line(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        out.write_str("[")?;
+        out.write_str(&self.policy)?;
+        out.write_str("/")?;
+        out.write_str(self.rule.as_str())?;
+        out.write_str("] ")?;
+        out.write_str(&self.message)
     }
 }
 
 /// `[policy/rule] message`: one line for lists and warnings.
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}/{}] {}", self.policy, self.rule, self.message)
+        self.write_line(f)
     }
 }
 
@@ -580,15 +581,18 @@ fn remembered_message(
             &image.pull_policy,
         ))
     };
-    let found = MESSAGES.with_borrow_mut(|memo| {
+    let (hash, found) = MESSAGES.with_borrow_mut(|memo| {
         if memo.snapshot != snapshot.id() {
             memo.snapshot = snapshot.id();
             memo.by_hash.clear();
         }
-        memo.by_hash
-            .get(&key(memo))
+        let hash = key(memo);
+        let found = memo
+            .by_hash
+            .get(&hash)
             .filter(|m| m.is_for(policy, rule, image))
-            .map(|m| m.text.clone())
+            .map(|m| m.text.clone());
+        (hash, found)
     });
     if let Some(text) = found {
         return text;
@@ -599,7 +603,6 @@ fn remembered_message(
         if memo.by_hash.len() >= MESSAGES_PER_THREAD {
             memo.by_hash.clear();
         }
-        let hash = key(memo);
         // Two uses with the same hash: the later one is remembered.
         memo.by_hash.insert(
             hash,

@@ -237,13 +237,13 @@ impl Snapshot {
         &self.policies
     }
 
-    /// The engine settings.
     /// The snapshot's identity: no two snapshots of a process share one, so what a thread
     /// remembers about one can be told apart from what it remembers about another.
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// The engine settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
