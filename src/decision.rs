@@ -446,7 +446,7 @@ fn check_image(
                     .patterns
                     .iter()
                     .find(|pat| pat.matches(reference))
-                    .map_or("", |pat| &pat.source);
+                    .map_or("", |pat| pat.source());
                 format!(
                     "{} matches the denied pattern {hit:?}; use an image from another registry or repository",
                     shown()
@@ -463,7 +463,7 @@ fn check_image(
             });
         }
         if let Some(tag) = reference.effective_tag()
-            && p.denied_tag_set.is_match(tag)
+            && p.denies_tag(tag)
         {
             let implicit = if reference.tag_is_implicit() {
                 " (no tag means latest)"

@@ -4,11 +4,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use globset::{GlobSet, GlobSetBuilder};
 use regex::Regex;
 
 use super::crd::{ImagePolicy, Mode};
-use super::pattern::{PATTERN_HELP, Pattern, tag_glob};
+use super::pattern::{PATTERN_HELP, Pattern, tag_matches, validate_tag_pattern};
 use super::selector::Selector;
 
 /// The default for `breakGlass.maxDuration`.
@@ -30,7 +29,7 @@ pub struct CompileError {
 }
 
 /// One pattern list of a policy (`images`, `allowedImages` or `deniedImages`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PatternList {
     /// The patterns, in the order written.
     pub patterns: Vec<Pattern>,
@@ -39,15 +38,27 @@ pub struct PatternList {
 impl PatternList {
     /// Whether the list contains a bare `**` (matches every image).
     pub fn matches_all(&self) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| p.name_glob.is_none() && p.suffix.is_none())
+        self.patterns.iter().any(Pattern::matches_all)
     }
 
     /// The patterns as written, for messages.
     pub fn sources(&self) -> Vec<&str> {
-        self.patterns.iter().map(|p| p.source.as_str()).collect()
+        self.patterns.iter().map(Pattern::source).collect()
     }
+}
+
+/// Which pattern list of a policy: what a snapshot's [`Matcher`](super::matcher::Matcher)
+/// reports a match in. Another list of patterns matched with the others (say, per entry of a
+/// rule) is another variant here, listed by [`CompiledPolicy::pattern_lists`] and read back by
+/// [`CompiledPolicy::list`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListId {
+    /// `spec.images`.
+    Images,
+    /// `spec.allowedImages`.
+    AllowedImages,
+    /// `spec.deniedImages`.
+    DeniedImages,
 }
 
 /// The break-glass rule of a policy.
@@ -72,8 +83,19 @@ impl BreakGlassRule {
     }
 }
 
-/// A policy ready for decisions.
-#[derive(Debug, Clone)]
+/// Equal when written the same: the ticket regex is compiled from `ticket_source`.
+impl PartialEq for BreakGlassRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.allowed_groups == other.allowed_groups
+            && self.allowed_users == other.allowed_users
+            && self.ticket_source == other.ticket_source
+            && self.max_duration == other.max_duration
+    }
+}
+
+/// A policy ready for decisions. Two are equal when they decide alike and carry the same name
+/// and generation, so a snapshot can keep the one it has.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CompiledPolicy {
     /// `metadata.name`.
     pub name: String,
@@ -91,10 +113,9 @@ pub struct CompiledPolicy {
     pub denied_images: PatternList,
     /// `spec.requireDigest`.
     pub require_digest: bool,
-    /// `spec.deniedTags` as written (empty when unset).
+    /// `spec.deniedTags` as written (empty when unset); each is matched as it is written (see
+    /// [`CompiledPolicy::denies_tag`]).
     pub denied_tags: Vec<String>,
-    /// `spec.deniedTags`, compiled.
-    pub denied_tag_set: GlobSet,
     /// `spec.requirePullPolicyAlways`.
     pub require_pull_policy_always: bool,
     /// `spec.breakGlass`.
@@ -105,6 +126,31 @@ impl CompiledPolicy {
     /// Whether this policy governs every image (`images` unset, empty, or containing `**`).
     pub fn governs_all(&self) -> bool {
         self.images.patterns.is_empty() || self.images.matches_all()
+    }
+
+    /// Whether `spec.deniedTags` denies this tag.
+    pub fn denies_tag(&self, tag: &str) -> bool {
+        self.denied_tags.iter().any(|t| tag_matches(t, tag))
+    }
+
+    /// Every pattern list of the policy, for the snapshot's matcher.
+    pub fn pattern_lists(&self) -> impl Iterator<Item = (ListId, &PatternList)> {
+        [
+            (ListId::Images, Some(&self.images)),
+            (ListId::AllowedImages, self.allowed_images.as_ref()),
+            (ListId::DeniedImages, Some(&self.denied_images)),
+        ]
+        .into_iter()
+        .filter_map(|(id, list)| Some((id, list?)))
+    }
+
+    /// One pattern list of the policy; `None` when unset.
+    pub fn list(&self, id: ListId) -> Option<&PatternList> {
+        match id {
+            ListId::Images => Some(&self.images),
+            ListId::AllowedImages => self.allowed_images.as_ref(),
+            ListId::DeniedImages => Some(&self.denied_images),
+        }
     }
 }
 
@@ -162,19 +208,14 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         None => None,
     };
 
-    let mut tags = GlobSetBuilder::new();
     for (i, tag) in spec.denied_tags.iter().flatten().enumerate() {
-        let glob = tag_glob(tag).map_err(|e| {
+        validate_tag_pattern(tag).map_err(|e| {
             err(
                 format!("spec.deniedTags[{i}]"),
                 format!("{e}; e.g. `latest` or `*-dev`"),
             )
         })?;
-        tags.add(glob);
     }
-    let denied_tag_set = tags
-        .build()
-        .map_err(|e| err("spec.deniedTags".into(), e.to_string()))?;
 
     let break_glass = match &spec.break_glass {
         None => None,
@@ -217,7 +258,6 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         denied_images: patterns("deniedImages", &spec.denied_images)?,
         require_digest: spec.require_digest.unwrap_or(false),
         denied_tags: spec.denied_tags.clone().unwrap_or_default(),
-        denied_tag_set,
         require_pull_policy_always: spec.require_pull_policy_always.unwrap_or(false),
         break_glass,
     })

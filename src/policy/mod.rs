@@ -3,13 +3,16 @@
 
 mod compile;
 pub mod crd;
+mod matcher;
 pub mod pattern;
 mod selector;
 mod snapshot;
 
 pub use compile::{
-    BreakGlassRule, CompileError, CompiledPolicy, PatternList, compile, parse_duration,
+    BreakGlassRule, CompileError, CompiledPolicy, ListId, PatternList, compile, parse_duration,
 };
 pub use crd::{BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, Mode};
 pub use selector::Selector;
-pub use snapshot::{ImageMatches, ResolvedImage, Settings, Snapshot, UnmatchedImages};
+pub use snapshot::{
+    ImageMatches, ResolvedImage, Settings, Snapshot, SnapshotBuilder, UnmatchedImages,
+};

@@ -1,16 +1,17 @@
-//! The immutable snapshot of all compiled policies. Every pattern of every policy is compiled
-//! into one [`GlobSet`], so matching an image costs one pass over its name however many
-//! policies there are, plus work proportional to the patterns that actually match.
+//! The immutable snapshot of all compiled policies. Every pattern of every policy is filed in
+//! one [`Matcher`], so matching an image costs a few lookups by the prefixes of its name
+//! however many policies there are, plus work proportional to the patterns filed there.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use globset::{GlobSet, GlobSetBuilder};
-
-use super::compile::{CompileError, CompiledPolicy, PatternList, compile};
+use super::compile::{CompileError, CompiledPolicy, ListId, compile};
 use super::crd::ImagePolicy;
+use super::matcher::{Matcher, Use};
+use super::pattern::Pattern;
 use super::selector::{Selector, SelectorSet};
 use crate::reference::{Reference, ReferenceError};
 
@@ -43,35 +44,18 @@ impl Default for Settings {
     }
 }
 
-/// Which pattern list a glob belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum List {
-    Images,
-    Allowed,
-    Denied,
-}
-
-impl List {
-    fn flag(self) -> u8 {
-        match self {
-            List::Images => ImageMatches::GOVERNED,
-            List::Allowed => ImageMatches::ALLOWED,
-            List::Denied => ImageMatches::DENIED,
-        }
-    }
-}
-
-/// One use of a glob: policy index, list, pattern index.
-type Use = (u32, List, u32);
-
-/// All policies in force, compiled, with their patterns in one set matcher.
+/// All policies in force, compiled, with their patterns in one [`Matcher`].
+///
+/// Policies are shared (`Arc`) with the snapshots built before and after this one: a rebuild
+/// keeps every policy that did not change (see [`SnapshotBuilder`]), so that while a new
+/// snapshot is built beside the one in force, only the matcher and the changed policies exist
+/// twice.
 #[derive(Debug)]
 pub struct Snapshot {
-    policies: Vec<CompiledPolicy>,
+    policies: Vec<Arc<CompiledPolicy>>,
     settings: Settings,
-    names: GlobSet,
-    /// For each glob of `names`, the patterns that use it.
-    uses: Vec<Vec<Use>>,
+    /// Every pattern with a name glob, of every list of every policy.
+    matcher: Matcher,
     /// Patterns with no name glob but a suffix (`**:latest`): checked for every image.
     suffix_only: Vec<Use>,
     /// Per policy, the flags that hold for every image (lists containing a bare `**`).
@@ -84,6 +68,15 @@ pub struct Snapshot {
     /// Unique to this snapshot, so that what a thread remembers of images (see
     /// [`Snapshot::resolve`]) is never used with another one.
     id: u64,
+}
+
+/// The flag of [`ImageMatches`] that a match in a list sets.
+fn flag(list: ListId) -> u8 {
+    match list {
+        ListId::Images => ImageMatches::GOVERNED,
+        ListId::AllowedImages => ImageMatches::ALLOWED,
+        ListId::DeniedImages => ImageMatches::DENIED,
+    }
 }
 
 /// The source of snapshot ids.
@@ -152,60 +145,50 @@ impl Snapshot {
     }
 
     /// Compiles every policy; the ones that fail are left out and their errors returned.
-    pub fn compile(policies: &[ImagePolicy], settings: Settings) -> (Snapshot, Vec<CompileError>) {
-        let mut compiled = Vec::with_capacity(policies.len());
-        let mut errors = Vec::new();
-        for p in policies {
-            match compile(p) {
-                Ok(c) => compiled.push(c),
-                Err(e) => errors.push(e),
-            }
-        }
-        (Snapshot::new(compiled, settings), errors)
+    pub fn compile<'a>(
+        policies: impl IntoIterator<Item = &'a ImagePolicy>,
+        settings: Settings,
+    ) -> (Snapshot, Vec<CompileError>) {
+        let mut builder = SnapshotBuilder::new(None);
+        let errors = policies
+            .into_iter()
+            .filter_map(|p| builder.add(p).err())
+            .collect();
+        (builder.build(settings), errors)
     }
 
-    /// Builds the snapshot (sorted by policy name) and its set matcher.
-    pub fn new(mut policies: Vec<CompiledPolicy>, settings: Settings) -> Snapshot {
+    /// Builds the snapshot (sorted by policy name) and its matcher.
+    pub fn new(policies: Vec<CompiledPolicy>, settings: Settings) -> Snapshot {
+        Snapshot::from_shared(policies.into_iter().map(Arc::new).collect(), settings)
+    }
+
+    /// Builds the snapshot (sorted by policy name) and its matcher from policies that other
+    /// snapshots may hold too.
+    pub fn from_shared(mut policies: Vec<Arc<CompiledPolicy>>, settings: Settings) -> Snapshot {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut builder = GlobSetBuilder::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut uses: Vec<Vec<Use>> = Vec::new();
+        let mut uses = Vec::new();
         let mut suffix_only = Vec::new();
         let mut base = vec![0u8; policies.len()];
         for (pi, policy) in policies.iter().enumerate() {
             if policy.governs_all() {
                 base[pi] |= ImageMatches::GOVERNED;
             }
-            let lists: [(List, Option<&PatternList>); 3] = [
-                (List::Images, Some(&policy.images)),
-                (List::Allowed, policy.allowed_images.as_ref()),
-                (List::Denied, Some(&policy.denied_images)),
-            ];
-            for (list, patterns) in lists {
-                for (ti, pattern) in patterns
-                    .into_iter()
-                    .flat_map(|l| l.patterns.iter())
-                    .enumerate()
-                {
-                    let u = (pi as u32, list, ti as u32);
-                    match (&pattern.name_glob, &pattern.suffix) {
-                        (None, None) => base[pi] |= list.flag(),
-                        (None, Some(_)) => suffix_only.push(u),
-                        (Some(glob), _) => {
-                            let id = *index.entry(glob.glob().to_owned()).or_insert_with(|| {
-                                builder.add(glob.clone());
-                                uses.push(Vec::new());
-                                uses.len() - 1
-                            });
-                            uses[id].push(u);
-                        }
+            for (list, patterns) in policy.pattern_lists() {
+                for (ti, pattern) in patterns.patterns.iter().enumerate() {
+                    let u = Use {
+                        policy: position(pi),
+                        index: position(ti),
+                        list,
+                    };
+                    match (pattern.name_glob(), pattern.has_suffix()) {
+                        (None, false) => base[pi] |= flag(list),
+                        (None, true) => suffix_only.push(u),
+                        (Some(_), _) => uses.push(u),
                     }
                 }
             }
         }
-        // Every glob was built on its own already, so building the set cannot fail; an empty
-        // set is the fallback that keeps the process up should it ever.
-        let names = builder.build().unwrap_or_else(|_| GlobSet::empty());
+        let matcher = Matcher::build(uses, |u| name_glob(&policies, u));
         let mut selectors: Vec<Selector> = Vec::new();
         let mut selector_ids: HashMap<&Selector, usize> = HashMap::new();
         let selector_of = policies
@@ -221,8 +204,7 @@ impl Snapshot {
         Snapshot {
             policies,
             settings,
-            names,
-            uses,
+            matcher,
             suffix_only,
             base,
             selectors: SelectorSet::new(&selectors),
@@ -232,8 +214,22 @@ impl Snapshot {
         }
     }
 
+    /// The compiled policy named `name`.
+    pub fn policy(&self, name: &str) -> Option<&Arc<CompiledPolicy>> {
+        self.policies
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.policies[i])
+    }
+
+    /// How many distinct name globs the snapshot's matcher holds, and how many uses of them
+    /// (a pattern written in many policies is one glob with many uses).
+    pub fn matcher_size(&self) -> (usize, usize) {
+        (self.matcher.globs(), self.matcher.uses())
+    }
+
     /// The compiled policies, sorted by name.
-    pub fn policies(&self) -> &[CompiledPolicy] {
+    pub fn policies(&self) -> &[Arc<CompiledPolicy>] {
         &self.policies
     }
 
@@ -302,24 +298,233 @@ impl Snapshot {
     /// Matches an image against every pattern of every policy at once.
     pub fn match_image(&self, reference: &Reference) -> ImageMatches {
         let mut flags = self.base.clone();
-        let mut mark = |&(pi, list, ti): &Use| {
-            let policy = &self.policies[pi as usize];
-            let patterns = match list {
-                List::Images => &policy.images,
-                List::Allowed => match &policy.allowed_images {
-                    Some(l) => l,
-                    None => return,
-                },
-                List::Denied => &policy.denied_images,
-            };
-            if patterns.patterns[ti as usize].suffix_matches(reference) {
-                flags[pi as usize] |= list.flag();
+        let mut mark = |u: Use| {
+            if self.pattern(u).is_some_and(|p| p.suffix_matches(reference)) {
+                flags[u.policy as usize] |= flag(u.list);
             }
         };
-        for id in self.names.matches(reference.name()) {
-            self.uses[id].iter().for_each(&mut mark);
-        }
-        self.suffix_only.iter().for_each(&mut mark);
+        self.matcher.for_each_match(
+            reference.name(),
+            |u| name_glob(&self.policies, u),
+            &mut mark,
+        );
+        self.suffix_only.iter().copied().for_each(&mut mark);
         ImageMatches { flags }
+    }
+
+    fn pattern(&self, u: Use) -> Option<&Pattern> {
+        pattern(&self.policies, u)
+    }
+}
+
+/// The pattern a use refers to.
+fn pattern(policies: &[Arc<CompiledPolicy>], u: Use) -> Option<&Pattern> {
+    policies
+        .get(u.policy as usize)?
+        .list(u.list)?
+        .patterns
+        .get(u.index as usize)
+}
+
+/// The name glob of the pattern a use refers to; only patterns with one are in the matcher.
+fn name_glob(policies: &[Arc<CompiledPolicy>], u: Use) -> &str {
+    pattern(policies, u)
+        .and_then(Pattern::name_glob)
+        .unwrap_or_default()
+}
+
+/// A position in the policies or a pattern list, as the matcher keeps it (see
+/// [`super::matcher`]: fewer than 4 billion of either fit in any snapshot).
+fn position(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// Builds a snapshot one policy at a time, keeping the compiled form of every policy that is
+/// the same in the previous snapshot: unchanged policies are then shared by both, and a policy
+/// source can stream its policies (read, compile, drop) instead of holding them all.
+#[derive(Debug)]
+pub struct SnapshotBuilder<'a> {
+    previous: Option<&'a Snapshot>,
+    policies: Vec<Arc<CompiledPolicy>>,
+}
+
+impl<'a> SnapshotBuilder<'a> {
+    /// A builder that reuses what it can of `previous`.
+    pub fn new(previous: Option<&'a Snapshot>) -> Self {
+        SnapshotBuilder {
+            previous,
+            policies: Vec::new(),
+        }
+    }
+
+    /// Compiles a policy and adds it, or says why it does not compile.
+    pub fn add(&mut self, policy: &ImagePolicy) -> Result<(), CompileError> {
+        let compiled = compile(policy)?;
+        self.add_compiled(compiled);
+        Ok(())
+    }
+
+    /// Adds a compiled policy; the previous snapshot's copy when it is the same.
+    pub fn add_compiled(&mut self, compiled: CompiledPolicy) {
+        let kept = self
+            .previous
+            .and_then(|s| s.policy(&compiled.name))
+            .filter(|p| ***p == compiled);
+        self.policies.push(match kept {
+            Some(p) => Arc::clone(p),
+            None => Arc::new(compiled),
+        });
+    }
+
+    /// Adds a policy compiled before (shared, not copied).
+    pub fn add_shared(&mut self, compiled: Arc<CompiledPolicy>) {
+        self.policies.push(compiled);
+    }
+
+    /// The policies added so far.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether no policy was added.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Builds the snapshot.
+    pub fn build(self, settings: Settings) -> Snapshot {
+        Snapshot::from_shared(self.policies, settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::ImagePolicySpec;
+
+    fn policy(name: &str, allowed: &[&str], denied: &[&str]) -> ImagePolicy {
+        let list = |l: &[&str]| Some(l.iter().map(|s| (*s).to_owned()).collect());
+        ImagePolicy::new(
+            name,
+            ImagePolicySpec {
+                images: list(&["registry.corp.example/**", "docker.io/**"]),
+                allowed_images: list(allowed),
+                denied_images: list(denied),
+                ..ImagePolicySpec::default()
+            },
+        )
+    }
+
+    #[test]
+    fn identical_patterns_across_many_policies_are_compiled_once() {
+        let patterns = [
+            "registry.corp.example/team/*",
+            "docker.io/library/alpine:3.*",
+        ];
+        let one = policy("p0", &patterns, &["docker.io/library/busybox"]);
+        let many: Vec<ImagePolicy> = (0..1000)
+            .map(|i| policy(&format!("p{i}"), &patterns, &["docker.io/library/busybox"]))
+            .collect();
+        let (single, errors) = Snapshot::compile([&one], Settings::default());
+        assert!(errors.is_empty());
+        let (shared, errors) = Snapshot::compile(&many, Settings::default());
+        assert!(errors.is_empty());
+        // Five distinct name globs (two in `images`, two allowed, one denied), whether one
+        // policy writes them or a thousand do; only the uses grow with the policies.
+        assert_eq!(single.matcher_size(), (5, 5));
+        assert_eq!(shared.matcher_size(), (5, 5000));
+
+        let image = Reference::parse("registry.corp.example/team/app:1").unwrap();
+        let matches = shared.match_image(&image);
+        assert!((0..1000).all(|i| matches.governed(i) && matches.allowed(i) && !matches.denied(i)));
+        let image = Reference::parse("busybox").unwrap();
+        let matches = shared.match_image(&image);
+        assert!((0..1000).all(|i| matches.governed(i) && !matches.allowed(i) && matches.denied(i)));
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_policies_that_did_not_change() {
+        let a = policy("a", &["registry.corp.example/a/*"], &[]);
+        let b = policy("b", &["registry.corp.example/b/*"], &[]);
+        let (first, _) = Snapshot::compile([&a, &b], Settings::default());
+
+        let b2 = policy("b", &["registry.corp.example/b/**"], &[]);
+        let mut builder = SnapshotBuilder::new(Some(&first));
+        builder.add(&b2).unwrap();
+        builder.add(&a).unwrap();
+        let second = builder.build(Settings::default());
+
+        let same = |s: &Snapshot, name| Arc::as_ptr(s.policy(name).unwrap());
+        assert_eq!(same(&first, "a"), same(&second, "a"), "unchanged: shared");
+        assert_ne!(
+            same(&first, "b"),
+            same(&second, "b"),
+            "changed: compiled anew"
+        );
+        assert_eq!(
+            second
+                .policy("b")
+                .unwrap()
+                .allowed_images
+                .as_ref()
+                .unwrap()
+                .sources(),
+            ["registry.corp.example/b/**"]
+        );
+        let names: Vec<&str> = second.policies().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "sorted by name");
+    }
+
+    mod properties {
+        use super::*;
+        use crate::policy::pattern::tests::generated;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// What the matcher finds for an image is what matching each pattern on its own
+            /// finds (which the pattern tests hold to globset).
+            #[test]
+            fn the_matcher_finds_exactly_the_patterns_that_match(
+                lists in proptest::collection::vec(
+                    (
+                        proptest::collection::vec(generated::pattern(), 0..4),
+                        proptest::collection::vec(generated::pattern(), 1..4),
+                        proptest::collection::vec(generated::pattern(), 0..4),
+                    ),
+                    1..6,
+                ),
+                images in proptest::collection::vec(generated::reference(), 1..8),
+            ) {
+                let policies: Vec<ImagePolicy> = lists
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (images, allowed, denied))| {
+                        let own = |l: &Vec<String>| Some(l.clone());
+                        ImagePolicy::new(&format!("p{i}"), ImagePolicySpec {
+                            images: own(images),
+                            allowed_images: own(allowed),
+                            denied_images: own(denied),
+                            ..ImagePolicySpec::default()
+                        })
+                    })
+                    .collect();
+                let (snapshot, _) = Snapshot::compile(&policies, Settings::default());
+                for image in &images {
+                    let Ok(r) = Reference::parse(image) else { continue };
+                    let got = snapshot.match_image(&r);
+                    for (i, p) in snapshot.policies().iter().enumerate() {
+                        let any = |l: Option<&crate::policy::PatternList>| {
+                            l.is_some_and(|l| l.patterns.iter().any(|pat| pat.matches(&r)))
+                        };
+                        let governed = p.images.patterns.is_empty() || any(Some(&p.images));
+                        prop_assert_eq!(got.governed(i), governed, "governed {} {}", p.name, image);
+                        prop_assert_eq!(got.allowed(i), any(p.allowed_images.as_ref()), "allowed {} {}", p.name, image);
+                        prop_assert_eq!(got.denied(i), any(Some(&p.denied_images)), "denied {} {}", p.name, image);
+                    }
+                }
+            }
+        }
     }
 }
