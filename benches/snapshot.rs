@@ -92,47 +92,179 @@ fn mib(bytes: usize) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// The bytes in use that `make`'s result holds.
+fn heap<T>(make: impl FnOnce() -> T) -> (T, usize) {
+    let before = IN_USE.load(Ordering::Relaxed);
+    let made = make();
+    (made, IN_USE.load(Ordering::Relaxed).saturating_sub(before))
+}
+
 fn main() {
-    let wanted: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(size) = args
+        .iter()
+        .position(|a| a == "--one")
+        .and_then(|i| args.get(i + 1))
+    {
+        let (n, per) = size
+            .split_once('x')
+            .and_then(|(n, p)| Some((n.parse().ok()?, p.parse().ok()?)))
+            .expect("--one POLICIESxPATTERNS");
+        one_size(n, per);
+        return;
+    }
+    let wanted: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     println!(
         "| policies | patterns each | patterns | compile | snapshot | per pattern | peak while compiling | resident |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let me = std::env::current_exe().expect("the benchmark's own path");
     for (n, per) in SIZES {
-        if !wanted.is_empty() && !wanted.contains(&format!("{n}x{per}")) {
+        let size = format!("{n}x{per}");
+        if !wanted.is_empty() && !wanted.contains(&&size) {
             continue;
         }
-        let policies = generated::policies(n, per);
-        let patterns = generated::pattern_count(n, per);
-
-        let mut fastest = Duration::MAX;
-        for _ in 0..RUNS {
-            let start = Instant::now();
-            let compiled = Snapshot::compile(&policies, Settings::default());
-            fastest = fastest.min(start.elapsed());
-            drop(black_box(compiled));
-        }
-
-        let rss_before = resident();
-        let before = IN_USE.load(Ordering::Relaxed);
-        PEAK.store(before, Ordering::Relaxed);
-        let (snapshot, errors) = Snapshot::compile(&policies, Settings::default());
-        assert!(errors.is_empty(), "generated policies compile: {errors:?}");
-        let after = IN_USE.load(Ordering::Relaxed);
-        let peak = PEAK.load(Ordering::Relaxed);
-        let rss_after = resident();
-        let size = after - before;
-        println!(
-            "| {n} | {per} | {patterns} | {:.1} ms | {} | {} B | {} | {} |",
-            fastest.as_secs_f64() * 1000.0,
-            mib(size),
-            size / patterns,
-            mib(peak - before),
-            mib(rss_after.saturating_sub(rss_before)),
-        );
-        drop(black_box(snapshot));
+        // Each size in a process of its own, so that what the allocator kept from the last one
+        // does not hide the resident memory of this one.
+        let status = std::process::Command::new(&me)
+            .args(["--one", &size])
+            .status()
+            .expect("the benchmark runs itself");
+        assert!(status.success(), "{size} failed");
     }
+    if wanted.is_empty() || wanted.iter().any(|w| *w == "parts") {
+        parts();
+    }
+}
+
+/// One row of the table.
+fn one_size(n: usize, per: usize) {
+    let policies = generated::policies(n, per);
+    let patterns = generated::pattern_count(n, per);
+
+    let rss_before = resident();
+    let before = IN_USE.load(Ordering::Relaxed);
+    PEAK.store(before, Ordering::Relaxed);
+    let (snapshot, errors) = Snapshot::compile(&policies, Settings::default());
+    assert!(errors.is_empty(), "generated policies compile: {errors:?}");
+    let after = IN_USE.load(Ordering::Relaxed);
+    let peak = PEAK.load(Ordering::Relaxed);
+    let rss_after = resident();
+
+    let mut fastest = Duration::MAX;
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        let compiled = Snapshot::compile(&policies, Settings::default());
+        fastest = fastest.min(start.elapsed());
+        drop(black_box(compiled));
+    }
+    let size = after - before;
+    println!(
+        "| {n} | {per} | {patterns} | {:.1} ms | {} | {} B | {} | {} |",
+        fastest.as_secs_f64() * 1000.0,
+        mib(size),
+        size / patterns,
+        mib(peak - before),
+        mib(rss_after.saturating_sub(rss_before)),
+    );
+    drop(black_box(snapshot));
+}
+
+/// Where the memory goes: the parts of a snapshot, and the parts of how it was built before
+/// (globset and a regex per policy), each measured on its own.
+fn parts() {
+    use imagegate::policy::compile;
+
+    println!();
+    println!("| part | bytes |");
+    println!("| --- | --- |");
+    let row = |what: &str, bytes: usize| println!("| {what} | {bytes} |");
+
+    let glob = |text: &str| {
+        globset::GlobBuilder::new(text)
+            .literal_separator(true)
+            .build()
+            .expect("glob")
+    };
+    let (g, bytes) = heap(|| glob("registry.corp.example/team-7/service-12"));
+    row("globset: one `Glob` (its tokens)", bytes);
+    let (m, bytes) = heap(|| g.compile_matcher());
+    row("globset: the same glob's `GlobMatcher` (a regex)", bytes);
+    drop(black_box(m));
+    let (m, bytes) = heap(|| glob("v1.*").compile_matcher());
+    row("globset: a tag suffix's `GlobMatcher` (`v1.*`)", bytes);
+    drop(black_box(m));
+    let (set, bytes) = heap(|| {
+        let mut b = globset::GlobSetBuilder::new();
+        b.add(glob("latest"));
+        b.add(glob("*-dev"));
+        b.build().expect("set")
+    });
+    row(
+        "globset: a policy's `deniedTags` set (`latest`, `*-dev`)",
+        bytes,
+    );
+    drop(black_box(set));
+    let globs: Vec<globset::Glob> = (0..1000)
+        .map(|i| glob(&format!("registry.corp.example/team-{i}/service-*")))
+        .collect();
+    let (set, bytes) = heap(|| {
+        let mut b = globset::GlobSetBuilder::new();
+        globs.iter().for_each(|g| {
+            b.add(g.clone());
+        });
+        b.build().expect("set")
+    });
+    row(
+        "globset: one `GlobSet` of 1,000 globs, per glob",
+        bytes / 1000,
+    );
+    drop(black_box((set, globs, g)));
+
+    let (r, bytes) = heap(|| {
+        regex::RegexBuilder::new("^(?:INC-[0-9]+)$")
+            .size_limit(64 * 1024)
+            .build()
+            .expect("regex")
+    });
+    row("regex: a break-glass `ticketPattern` (`INC-[0-9]+`)", bytes);
+    drop(black_box(r));
+
+    let (p, bytes) = heap(|| {
+        imagegate::policy::pattern::Pattern::parse("registry.corp.example/team-7/service-12")
+            .expect("pattern")
+    });
+    row("a `Pattern` (40 bytes and its text)", bytes);
+    drop(black_box(p));
+    for per in [3, 100] {
+        let policy = generated::policy(7, per);
+        let (c, bytes) = heap(|| compile(&policy).expect("compiles"));
+        row(
+            &format!("a compiled policy of {per} patterns, ticket regex included"),
+            bytes,
+        );
+        drop(black_box(c));
+    }
+    let policies = generated::policies(1000, 100);
+    let (compiled, policy_bytes) = heap(|| {
+        let mut cache = imagegate::policy::CompileCache::default();
+        policies
+            .iter()
+            .map(|p| imagegate::policy::compile_with(p, &mut cache).expect("compiles"))
+            .collect::<Vec<_>>()
+    });
+    let (snapshot, all) = heap(|| Snapshot::new(compiled, Settings::default()));
+    let (globs, uses) = snapshot.matcher_size();
+    row(
+        "1,000 × 100 patterns: the compiled policies, per pattern",
+        policy_bytes / 100_000,
+    );
+    row(
+        &format!(
+            "1,000 × 100 patterns: the snapshot around them (the matcher of {globs} globs and \
+             {uses} uses, selectors, flags), per pattern"
+        ),
+        all / 100_000,
+    );
+    drop(black_box(snapshot));
 }

@@ -1,6 +1,7 @@
 //! Reading Kubernetes manifests from files, folders and standard input: multi-document YAML,
 //! JSON, and `kind: List`. Used by `check` (manifests and policies) and `serve` (policies).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,18 @@ pub enum LoadError {
 /// name order; `-` is standard input.
 pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, LoadError> {
     let mut out = Vec::new();
+    for_each_file(paths, |documents| {
+        out.extend(documents);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Reads the paths as [`read_paths`] does, handing over the documents of one file at a time.
+fn for_each_file(
+    paths: &[PathBuf],
+    mut each: impl FnMut(Vec<Document>) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
     for path in paths {
         if path.as_os_str() == STDIN {
             let mut text = String::new();
@@ -109,14 +122,14 @@ pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, LoadError> {
                     path: "<stdin>".into(),
                 });
             }
-            out.extend(parse_documents("<stdin>", &text)?);
+            each(parse_documents("<stdin>", &text)?)?;
         } else {
             for file in files_of(path)? {
-                out.extend(read_file(&file)?);
+                each(read_file(&file)?)?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn files_of(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
@@ -258,36 +271,54 @@ pub struct LoadedPolicy {
 /// error naming the file, document and field.
 pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<LoadedPolicy>, LoadError> {
     let mut out: Vec<LoadedPolicy> = Vec::new();
-    for doc in read_paths(paths)? {
-        let group = doc.api_version().split_once('/').map_or("", |(g, _)| g);
-        if group != GROUP {
-            continue;
-        }
-        let policy = policy_from_document(&doc)?;
+    for_each_policy(paths, |source, policy| {
         crate::policy::compile(&policy).map_err(|error| LoadError::Policy {
-            source_name: doc.source.clone(),
+            source_name: source.to_owned(),
             policy: policy.metadata.name.clone().unwrap_or_default(),
             error,
         })?;
-        if let Some(first) = out
-            .iter()
-            .find(|p| p.policy.metadata.name == policy.metadata.name)
-        {
-            return Err(LoadError::Invalid {
-                source_name: doc.source.clone(),
-                message: format!(
-                    "a second ImagePolicy named {:?} (the first is at {}); policy names are unique",
-                    doc.name(),
-                    first.source
-                ),
-            });
-        }
         out.push(LoadedPolicy {
-            source: doc.source,
+            source: source.to_owned(),
             policy,
         });
-    }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// Reads the ImagePolicy documents of `paths` as [`load_policies`] does, but hands each policy
+/// to `each` (with its `FILE#DOC`) as soon as it is read, holding one file at a time: a policy
+/// source with many policies then never holds them all at once. `each` compiles it; its error
+/// ends the reading, as does a second policy of a name already read.
+pub fn for_each_policy(
+    paths: &[PathBuf],
+    mut each: impl FnMut(&str, ImagePolicy) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    // Where each name was first seen, for the error on a second policy of the same name.
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for_each_file(paths, |documents| {
+        for doc in documents {
+            let group = doc.api_version().split_once('/').map_or("", |(g, _)| g);
+            if group != GROUP {
+                continue;
+            }
+            let policy = policy_from_document(&doc)?;
+            // Compiled (by `each`) before the name is checked, so that a policy that does not
+            // compile is reported as such wherever it is.
+            each(&doc.source, policy)?;
+            if let Some(first) = seen.get(doc.name()) {
+                return Err(LoadError::Invalid {
+                    source_name: doc.source.clone(),
+                    message: format!(
+                        "a second ImagePolicy named {:?} (the first is at {first}); policy names are unique",
+                        doc.name(),
+                    ),
+                });
+            }
+            seen.insert(doc.name().to_owned(), doc.source.clone());
+        }
+        Ok(())
+    })
 }
 
 /// Reads an ImagePolicy from a document, strictly: unknown fields are errors, as with

@@ -111,7 +111,13 @@ pub fn start_policies(
     let metric_changes = index.subscribe();
     vec![
         tokio::spawn(run_policy_index(client.clone(), index)),
-        tokio::spawn(run_status_writer(client, store, status_changes, recorder)),
+        tokio::spawn(run_status_writer(
+            client,
+            store,
+            Arc::clone(&snapshot),
+            status_changes,
+            recorder,
+        )),
         tokio::spawn(run_policy_metrics(snapshot, metric_changes, metrics)),
     ]
 }
@@ -136,13 +142,16 @@ pub async fn run_policy_metrics(
 pub async fn run_status_writer(
     client: Client,
     store: Store<ImagePolicy>,
+    snapshot: SharedSnapshot,
     mut changed: watch::Receiver<index::Rebuilt>,
     recorder: Option<Recorder>,
 ) {
     loop {
+        let failed_policies = Arc::clone(&changed.borrow_and_update().failed);
+        let current = snapshot.load_full();
         let mut failed = false;
         for policy in store.state() {
-            let compiled = crate::policy::compile(&policy);
+            let compiled = compile_result(&policy, &current, &failed_policies);
             let result = compiled.as_ref().map(|_| ());
             match status::reconcile(client.clone(), &policy, result, recorder.as_ref()).await {
                 Ok(true) => tracing::info!(policy = %policy.name_any(), "status written"),
@@ -153,6 +162,7 @@ pub async fn run_status_writer(
                 }
             }
         }
+        drop(current);
         if failed {
             tokio::select! {
                 _ = tokio::time::sleep(RETRY_DELAY) => {}
@@ -162,6 +172,33 @@ pub async fn run_status_writer(
             return;
         }
     }
+}
+
+/// What compiling `policy` gives: read from the last rebuild when it compiled this generation
+/// (in the snapshot, or among the policies left out), so that a status pass does not compile
+/// every policy again; compiled here otherwise (the store is ahead of the rebuild, or the
+/// object has no generation).
+fn compile_result(
+    policy: &ImagePolicy,
+    snapshot: &Snapshot,
+    failed: &std::collections::HashMap<String, (Option<i64>, crate::policy::CompileError)>,
+) -> Result<(), crate::policy::CompileError> {
+    let generation = policy.metadata.generation;
+    if generation.is_some() {
+        let name = policy.name_any();
+        if snapshot
+            .policy(&name)
+            .is_some_and(|p| p.generation == generation)
+        {
+            return Ok(());
+        }
+        if let Some((g, e)) = failed.get(&name)
+            && *g == generation
+        {
+            return Err(e.clone());
+        }
+    }
+    crate::policy::compile(policy).map(|_| ())
 }
 
 /// Keeps `writer` (the namespace store) in step with the cluster's Namespaces.
@@ -415,5 +452,42 @@ pub fn start(
         namespaces,
         events: Arc::new(sink),
         tasks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{CompileError, ImagePolicySpec};
+
+    #[test]
+    fn the_status_writer_reads_compile_results_of_the_same_generation() {
+        let mut policy = ImagePolicy::new(
+            "p",
+            ImagePolicySpec {
+                allowed_images: Some(vec!["docker.io/**".into()]),
+                ..ImagePolicySpec::default()
+            },
+        );
+        policy.metadata.generation = Some(3);
+        let recorded = CompileError {
+            policy: "p".into(),
+            field: "spec".into(),
+            message: "as the rebuild found".into(),
+        };
+        let failed = [("p".to_owned(), (Some(3), recorded.clone()))].into();
+        let empty = Snapshot::empty(Settings::default());
+        // Read, not compiled again (compiling would say it is fine).
+        assert_eq!(compile_result(&policy, &empty, &failed), Err(recorded));
+        // Another generation than the rebuild saw: compiled here.
+        policy.metadata.generation = Some(4);
+        assert_eq!(compile_result(&policy, &empty, &failed), Ok(()));
+        // In the snapshot at this generation: in force.
+        let (snapshot, _) = Snapshot::compile([&policy], Settings::default());
+        policy.spec.allowed_images = Some(vec!["not a pattern".into()]);
+        assert_eq!(
+            compile_result(&policy, &snapshot, &Default::default()),
+            Ok(())
+        );
     }
 }

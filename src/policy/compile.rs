@@ -1,7 +1,9 @@
 //! Compiling one `ImagePolicy` into the form decisions use, with every error tied to the field
 //! path that caused it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
@@ -70,8 +72,9 @@ pub struct BreakGlassRule {
     pub allowed_users: Vec<String>,
     /// The ticket pattern as written.
     pub ticket_source: String,
-    /// The ticket pattern, anchored to the whole value.
-    pub ticket: Regex,
+    /// The ticket pattern, anchored to the whole value; shared by the policies that write the
+    /// same pattern (see [`CompileCache`]).
+    pub ticket: Arc<Regex>,
     /// How far ahead a `break-glass-until` time may lie.
     pub max_duration: Duration,
 }
@@ -154,8 +157,51 @@ impl CompiledPolicy {
     }
 }
 
+/// What compiling many policies can share: each distinct ticket pattern is compiled once. A
+/// compiled regular expression takes several kilobytes, more than all the rest of a small
+/// policy, and policies generated for many teams usually share their ticket pattern.
+#[derive(Debug, Default)]
+pub struct CompileCache {
+    tickets: HashMap<String, Arc<Regex>>,
+}
+
+impl CompileCache {
+    /// A cache that starts with the ticket patterns of these policies.
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a CompiledPolicy>) -> CompileCache {
+        let tickets = policies
+            .into_iter()
+            .filter_map(|p| p.break_glass.as_ref())
+            .map(|bg| (bg.ticket_source.clone(), Arc::clone(&bg.ticket)))
+            .collect();
+        CompileCache { tickets }
+    }
+
+    /// The compiled ticket pattern, anchored to the whole value.
+    fn ticket(&mut self, source: &str) -> Result<Arc<Regex>, regex::Error> {
+        if let Some(regex) = self.tickets.get(source) {
+            return Ok(Arc::clone(regex));
+        }
+        let regex = Arc::new(
+            regex::RegexBuilder::new(&format!("^(?:{source})$"))
+                .size_limit(TICKET_REGEX_SIZE_LIMIT)
+                .build()?,
+        );
+        self.tickets.insert(source.to_owned(), Arc::clone(&regex));
+        Ok(regex)
+    }
+}
+
 /// Compiles a policy, or says which field is wrong and why.
 pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
+    compile_with(policy, &mut CompileCache::default())
+}
+
+/// Compiles a policy as [`compile`] does, sharing what it can with the other policies compiled
+/// with the same cache.
+pub fn compile_with(
+    policy: &ImagePolicy,
+    cache: &mut CompileCache,
+) -> Result<CompiledPolicy, CompileError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let err = |field: String, message: String| CompileError {
         policy: name.clone(),
@@ -220,18 +266,15 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
     let break_glass = match &spec.break_glass {
         None => None,
         Some(bg) => {
-            let ticket = regex::RegexBuilder::new(&format!("^(?:{})$", bg.ticket_pattern))
-                .size_limit(TICKET_REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| {
-                    err(
-                        "spec.breakGlass.ticketPattern".into(),
-                        format!(
-                            "invalid regular expression {:?}: {e}; e.g. `^INC-[0-9]+$`",
-                            bg.ticket_pattern
-                        ),
-                    )
-                })?;
+            let ticket = cache.ticket(&bg.ticket_pattern).map_err(|e| {
+                err(
+                    "spec.breakGlass.ticketPattern".into(),
+                    format!(
+                        "invalid regular expression {:?}: {e}; e.g. `^INC-[0-9]+$`",
+                        bg.ticket_pattern
+                    ),
+                )
+            })?;
             let max_duration = match &bg.max_duration {
                 None => DEFAULT_MAX_DURATION,
                 Some(d) => {

@@ -9,7 +9,8 @@ mod selector;
 mod snapshot;
 
 pub use compile::{
-    BreakGlassRule, CompileError, CompiledPolicy, ListId, PatternList, compile, parse_duration,
+    BreakGlassRule, CompileCache, CompileError, CompiledPolicy, ListId, PatternList, compile,
+    compile_with, parse_duration,
 };
 pub use crd::{BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, Mode};
 pub use selector::Selector;

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::compile::{CompileError, CompiledPolicy, ListId, compile};
+use super::compile::{CompileCache, CompileError, CompiledPolicy, ListId, compile_with};
 use super::crd::ImagePolicy;
 use super::matcher::{Matcher, Use};
 use super::pattern::Pattern;
@@ -345,6 +345,7 @@ fn position(i: usize) -> u32 {
 #[derive(Debug)]
 pub struct SnapshotBuilder<'a> {
     previous: Option<&'a Snapshot>,
+    cache: CompileCache,
     policies: Vec<Arc<CompiledPolicy>>,
 }
 
@@ -353,27 +354,34 @@ impl<'a> SnapshotBuilder<'a> {
     pub fn new(previous: Option<&'a Snapshot>) -> Self {
         SnapshotBuilder {
             previous,
+            cache: CompileCache::of(
+                previous
+                    .iter()
+                    .flat_map(|s| s.policies.iter().map(|p| &**p)),
+            ),
             policies: Vec::new(),
         }
     }
 
     /// Compiles a policy and adds it, or says why it does not compile.
     pub fn add(&mut self, policy: &ImagePolicy) -> Result<(), CompileError> {
-        let compiled = compile(policy)?;
-        self.add_compiled(compiled);
+        let compiled = self.compile(policy)?;
+        self.policies.push(compiled);
         Ok(())
     }
 
-    /// Adds a compiled policy; the previous snapshot's copy when it is the same.
-    pub fn add_compiled(&mut self, compiled: CompiledPolicy) {
+    /// Compiles a policy without adding it: the previous snapshot's copy when it compiles to
+    /// the same, and sharing what it can with the policies compiled before.
+    pub fn compile(&mut self, policy: &ImagePolicy) -> Result<Arc<CompiledPolicy>, CompileError> {
+        let compiled = compile_with(policy, &mut self.cache)?;
         let kept = self
             .previous
             .and_then(|s| s.policy(&compiled.name))
             .filter(|p| ***p == compiled);
-        self.policies.push(match kept {
+        Ok(match kept {
             Some(p) => Arc::clone(p),
             None => Arc::new(compiled),
-        });
+        })
     }
 
     /// Adds a policy compiled before (shared, not copied).
