@@ -12,7 +12,12 @@
 //!   compiling needs on the way);
 //! - **compile**: the wall time of `Snapshot::compile`, the fastest of a few runs;
 //! - **resident**: the process's resident memory (`VmRSS`) after compiling, less before, which
-//!   also counts the allocator's rounding and the pages it keeps.
+//!   also counts the allocator's rounding and the pages it keeps (each size runs in a process
+//!   of its own);
+//! - **rebuild beside it**: a second snapshot built while the first is kept, from the same
+//!   policies with one changed, as a reload or a watch event builds it: the peak of the bytes
+//!   in use above the first snapshot (and that peak over the first snapshot's size, plus one),
+//!   and what the new snapshot holds that the first does not share.
 //!
 //! ```sh
 //! cargo bench --bench snapshot                  # every size
@@ -24,7 +29,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use imagegate::policy::{Settings, Snapshot};
+use imagegate::policy::{Settings, Snapshot, SnapshotBuilder};
 
 #[path = "support/generated.rs"]
 mod generated;
@@ -115,9 +120,9 @@ fn main() {
     }
     let wanted: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     println!(
-        "| policies | patterns each | patterns | compile | snapshot | per pattern | peak while compiling | resident |"
+        "| policies | patterns each | patterns | compile | snapshot | per pattern | peak while compiling | resident | rebuild beside it: peak | new snapshot's own |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let me = std::env::current_exe().expect("the benchmark's own path");
     for (n, per) in SIZES {
         let size = format!("{n}x{per}");
@@ -151,6 +156,23 @@ fn one_size(n: usize, per: usize) {
     let peak = PEAK.load(Ordering::Relaxed);
     let rss_after = resident();
 
+    // A rebuild beside the snapshot in force, one policy changed, as a reload or a watch event
+    // makes it: how far the bytes in use rise above the snapshot in force.
+    let mut changed = policies.clone();
+    changed[0] = generated::policy(n, per);
+    changed[0].metadata.name = policies[0].metadata.name.clone();
+    let steady = IN_USE.load(Ordering::Relaxed);
+    PEAK.store(steady, Ordering::Relaxed);
+    let mut builder = SnapshotBuilder::new(Some(&snapshot));
+    for p in &changed {
+        builder.add(p).expect("compiles");
+    }
+    let rebuilt = builder.build(Settings::default());
+    let rebuild_peak = PEAK.load(Ordering::Relaxed) - steady;
+    let rebuilt_size = IN_USE.load(Ordering::Relaxed) - steady;
+    drop(black_box(rebuilt));
+    drop(changed);
+
     let mut fastest = Duration::MAX;
     for _ in 0..RUNS {
         let start = Instant::now();
@@ -160,12 +182,15 @@ fn one_size(n: usize, per: usize) {
     }
     let size = after - before;
     println!(
-        "| {n} | {per} | {patterns} | {:.1} ms | {} | {} B | {} | {} |",
+        "| {n} | {per} | {patterns} | {:.1} ms | {} | {} B | {} | {} | {} ({:.2}×) | {} |",
         fastest.as_secs_f64() * 1000.0,
         mib(size),
         size / patterns,
         mib(peak - before),
         mib(rss_after.saturating_sub(rss_before)),
+        mib(rebuild_peak),
+        (size + rebuild_peak) as f64 / size as f64,
+        mib(rebuilt_size),
     );
     drop(black_box(snapshot));
 }
