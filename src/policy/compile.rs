@@ -9,6 +9,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::crd::{ImagePolicy, Mode};
+use super::matcher::MAX_PATTERNS_PER_LIST;
 use super::pattern::{PATTERN_HELP, Pattern, tag_matches, validate_tag_pattern};
 use super::selector::Selector;
 
@@ -51,8 +52,8 @@ impl PatternList {
 
 /// Which pattern list of a policy: what a snapshot's [`Matcher`](super::matcher::Matcher)
 /// reports a match in. Another list of patterns matched with the others (say, per entry of a
-/// rule) is another variant here, listed by [`CompiledPolicy::pattern_lists`] and read back by
-/// [`CompiledPolicy::list`].
+/// rule) is another variant here, with a code of its own, listed by
+/// [`CompiledPolicy::pattern_lists`] and read back by [`CompiledPolicy::list`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListId {
     /// `spec.images`.
@@ -61,6 +62,27 @@ pub enum ListId {
     AllowedImages,
     /// `spec.deniedImages`.
     DeniedImages,
+}
+
+impl ListId {
+    /// The list as one byte, as the matcher keeps it.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            ListId::Images => 0,
+            ListId::AllowedImages => 1,
+            ListId::DeniedImages => 2,
+        }
+    }
+
+    /// The list a byte of [`ListId::code`] stands for.
+    pub(crate) fn from_code(code: u8) -> Option<ListId> {
+        match code {
+            0 => Some(ListId::Images),
+            1 => Some(ListId::AllowedImages),
+            2 => Some(ListId::DeniedImages),
+            _ => None,
+        }
+    }
 }
 
 /// The break-glass rule of a policy.
@@ -211,8 +233,20 @@ pub fn compile_with(
     let spec = &policy.spec;
 
     let patterns = |field: &str, list: &Option<Vec<String>>| -> Result<PatternList, CompileError> {
-        let mut out = PatternList::default();
-        for (i, source) in list.iter().flatten().enumerate() {
+        let list = list.as_deref().unwrap_or_default();
+        if list.len() > MAX_PATTERNS_PER_LIST {
+            return Err(err(
+                format!("spec.{field}"),
+                format!(
+                    "{} patterns are more than one list may hold ({MAX_PATTERNS_PER_LIST}); split the policy",
+                    list.len()
+                ),
+            ));
+        }
+        let mut out = PatternList {
+            patterns: Vec::with_capacity(list.len()),
+        };
+        for (i, source) in list.iter().enumerate() {
             let p = Pattern::parse(source).map_err(|e| {
                 err(
                     format!("spec.{field}[{i}]"),

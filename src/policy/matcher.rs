@@ -15,7 +15,7 @@
 //! position), and its text is read from the first one's policy. Identical globs of many
 //! policies are one glob with many uses, checked once per name. What the index costs is four
 //! flat arrays: per bucket a 4-byte key and a 4-byte start, per glob a 4-byte start, per use
-//! 12 bytes.
+//! 8 bytes (12 while it is built).
 
 use std::hash::BuildHasher;
 
@@ -29,6 +29,29 @@ pub struct Use {
     pub policy: u32,
     pub index: u32,
     pub list: ListId,
+}
+
+/// How many patterns one list may hold: a use keeps the list in the top 8 bits of a word and
+/// the position in the low 24. A policy object is at most 1.5 MiB in etcd, so it cannot hold
+/// even a tenth of that.
+pub const MAX_PATTERNS_PER_LIST: usize = (1 << 24) - 1;
+
+impl Use {
+    /// The use as the index keeps it: policy, then list and position in one word.
+    fn pack(self) -> [u32; 2] {
+        [
+            self.policy,
+            (u32::from(self.list.code()) << 24) | (self.index & 0x00ff_ffff),
+        ]
+    }
+
+    fn unpack([policy, slot]: [u32; 2]) -> Option<Use> {
+        Some(Use {
+            policy,
+            index: slot & 0x00ff_ffff,
+            list: ListId::from_code((slot >> 24) as u8)?,
+        })
+    }
 }
 
 /// What a bucket key is made of; part of the hash, so that the three kinds never meet.
@@ -53,46 +76,78 @@ pub struct Matcher {
     buckets: Box<[u32]>,
     /// Per glob, its first use; one more at the end. The first use names the glob's text.
     globs: Box<[u32]>,
-    uses: Box<[Use]>,
+    /// The uses, packed ([`Use::pack`]), two words each.
+    uses: Vec<u32>,
 }
 
 impl Matcher {
-    /// Files every use under its glob; `glob_of` gives the name glob of a use.
-    pub fn build<'a>(uses: Vec<Use>, glob_of: impl Fn(Use) -> &'a str) -> Matcher {
+    /// Files every use under its glob: `count` uses, each with its glob, and `glob_of` to read
+    /// a use's glob again.
+    ///
+    /// Built to need little memory beyond its own, as it is built while the snapshot in force
+    /// still serves: the uses are written once, with their bucket key beside them, sorted
+    /// where they are, and the keys then squeezed out in place; the other arrays are counted
+    /// before they are filled.
+    pub fn build<'a>(
+        count: usize,
+        uses: impl Iterator<Item = (Use, &'a str)>,
+        glob_of: impl Fn(Use) -> &'a str,
+    ) -> Matcher {
         let hasher = foldhash::fast::FixedState::default();
-        let mut keyed: Vec<(u32, Use)> = uses
-            .into_iter()
-            .map(|u| (key_of_glob(&hasher, glob_of(u)), u))
-            .collect();
+        let mut keyed: Vec<u32> = Vec::with_capacity(3 * count);
+        for (u, glob) in uses {
+            let [policy, slot] = u.pack();
+            keyed.extend([key_of_glob(&hasher, glob), policy, slot]);
+        }
+        let text = |[_, policy, slot]: [u32; 3]| Use::unpack([policy, slot]).map_or("", &glob_of);
+        let (rows, _) = keyed.as_chunks_mut::<3>();
+        let n = rows.len();
         // By bucket, then by glob text, so that each glob's uses are one run.
-        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| glob_of(a.1).cmp(glob_of(b.1))));
-        let mut keys = Vec::new();
-        let mut buckets = Vec::new();
-        let mut globs = Vec::new();
-        let mut uses = Vec::with_capacity(keyed.len() + 1);
-        let mut last: Option<(u32, &str)> = None;
-        for (key, u) in keyed {
-            let glob = glob_of(u);
-            match last {
-                Some((k, g)) if k == key && g == glob => {}
-                Some((k, _)) if k == key => globs.push(index(uses.len())),
-                _ => {
-                    keys.push(key);
-                    buckets.push(index(globs.len()));
-                    globs.push(index(uses.len()));
-                }
+        rows.sort_unstable_by(|a, b| a[0].cmp(&b[0]).then_with(|| text(*a).cmp(text(*b))));
+
+        // Where a new bucket and a new glob start, counted, then written.
+        let starts = |i: usize| {
+            let row = rows[i];
+            match i.checked_sub(1).map(|j| rows[j]) {
+                Some(prev) if prev[0] == row[0] => (false, text(prev) != text(row)),
+                _ => (true, true),
             }
-            last = Some((key, glob));
-            uses.push(u);
+        };
+        let (mut n_buckets, mut n_globs) = (0, 0);
+        for i in 0..n {
+            let (bucket, glob) = starts(i);
+            n_buckets += usize::from(bucket);
+            n_globs += usize::from(glob);
+        }
+        let mut keys = Vec::with_capacity(n_buckets);
+        let mut buckets = Vec::with_capacity(n_buckets + 1);
+        let mut globs = Vec::with_capacity(n_globs + 1);
+        for (i, row) in rows.iter().enumerate() {
+            let (bucket, glob) = starts(i);
+            if bucket {
+                keys.push(row[0]);
+                buckets.push(index(globs.len()));
+            }
+            if glob {
+                globs.push(index(i));
+            }
         }
         buckets.push(index(globs.len()));
-        globs.push(index(uses.len()));
+        globs.push(index(n));
+
+        // The keys squeezed out: each row's two words of use move to the front.
+        for i in 0..n {
+            let (policy, slot) = (keyed[3 * i + 1], keyed[3 * i + 2]);
+            keyed[2 * i] = policy;
+            keyed[2 * i + 1] = slot;
+        }
+        keyed.truncate(2 * n);
         Matcher {
             hasher,
             keys: keys.into_boxed_slice(),
             buckets: buckets.into_boxed_slice(),
             globs: globs.into_boxed_slice(),
-            uses: uses.into_boxed_slice(),
+            uses: keyed,
         }
     }
 
@@ -118,9 +173,9 @@ impl Matcher {
             }
             visited.push(bucket);
             for g in self.buckets[bucket] as usize..self.buckets[bucket + 1] as usize {
-                let uses = &self.uses[self.globs[g] as usize..self.globs[g + 1] as usize];
-                if name_matches(glob_of(uses[0]), name) {
-                    uses.iter().copied().for_each(&mut found);
+                let first = self.uses_of(g).next();
+                if first.is_some_and(|u| name_matches(glob_of(u), name)) {
+                    self.uses_of(g).for_each(&mut found);
                 }
             }
         };
@@ -135,6 +190,13 @@ impl Matcher {
         visit(self.key(KeyKind::Prefix, name));
     }
 
+    /// The uses of glob `g`.
+    fn uses_of(&self, g: usize) -> impl Iterator<Item = Use> + '_ {
+        let (start, end) = (self.globs[g] as usize, self.globs[g + 1] as usize);
+        let (pairs, _) = self.uses[2 * start..2 * end].as_chunks::<2>();
+        pairs.iter().filter_map(|&pair| Use::unpack(pair))
+    }
+
     /// How many distinct name globs the index holds.
     pub fn globs(&self) -> usize {
         self.globs.len().saturating_sub(1)
@@ -142,7 +204,7 @@ impl Matcher {
 
     /// How many uses of them it holds.
     pub fn uses(&self) -> usize {
-        self.uses.len()
+        self.uses.len() / 2
     }
 
     fn key(&self, kind: KeyKind, text: &str) -> u32 {
@@ -192,7 +254,10 @@ mod tests {
             .collect();
         let leaked: &'static [&'static str] = Box::leak(list.into_boxed_slice());
         let glob_of = move |u: Use| leaked[u.policy as usize];
-        (Matcher::build(uses, glob_of), glob_of)
+        let uses: Vec<Use> = uses;
+        let count = uses.len();
+        let matcher = Matcher::build(count, uses.into_iter().map(|u| (u, glob_of(u))), glob_of);
+        (matcher, glob_of)
     }
 
     fn found(m: &Matcher, glob_of: impl Fn(Use) -> &'static str, name: &str) -> Vec<u32> {

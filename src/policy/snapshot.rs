@@ -166,29 +166,25 @@ impl Snapshot {
     /// snapshots may hold too.
     pub fn from_shared(mut policies: Vec<Arc<CompiledPolicy>>, settings: Settings) -> Snapshot {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut uses = Vec::new();
         let mut suffix_only = Vec::new();
         let mut base = vec![0u8; policies.len()];
+        let mut named = 0;
         for (pi, policy) in policies.iter().enumerate() {
             if policy.governs_all() {
                 base[pi] |= ImageMatches::GOVERNED;
             }
-            for (list, patterns) in policy.pattern_lists() {
-                for (ti, pattern) in patterns.patterns.iter().enumerate() {
-                    let u = Use {
-                        policy: position(pi),
-                        index: position(ti),
-                        list,
-                    };
-                    match (pattern.name_glob(), pattern.has_suffix()) {
-                        (None, false) => base[pi] |= flag(list),
-                        (None, true) => suffix_only.push(u),
-                        (Some(_), _) => uses.push(u),
-                    }
+            for (u, pattern) in uses_of(pi, policy) {
+                match (pattern.name_glob(), pattern.has_suffix()) {
+                    (None, false) => base[pi] |= flag(u.list),
+                    (None, true) => suffix_only.push(u),
+                    (Some(_), _) => named += 1,
                 }
             }
         }
-        let matcher = Matcher::build(uses, |u| name_glob(&policies, u));
+        let with_globs = policies.iter().enumerate().flat_map(|(pi, policy)| {
+            uses_of(pi, policy).filter_map(|(u, pattern)| Some((u, pattern.name_glob()?)))
+        });
+        let matcher = Matcher::build(named, with_globs, |u| name_glob(&policies, u));
         let mut selectors: Vec<Selector> = Vec::new();
         let mut selector_ids: HashMap<&Selector, usize> = HashMap::new();
         let selector_of = policies
@@ -315,6 +311,24 @@ impl Snapshot {
     fn pattern(&self, u: Use) -> Option<&Pattern> {
         pattern(&self.policies, u)
     }
+}
+
+/// Every pattern of a policy, with its use.
+fn uses_of(pi: usize, policy: &CompiledPolicy) -> impl Iterator<Item = (Use, &Pattern)> {
+    policy.pattern_lists().flat_map(move |(list, patterns)| {
+        patterns
+            .patterns
+            .iter()
+            .enumerate()
+            .map(move |(ti, pattern)| {
+                let u = Use {
+                    policy: position(pi),
+                    index: position(ti),
+                    list,
+                };
+                (u, pattern)
+            })
+    })
 }
 
 /// The pattern a use refers to.
