@@ -68,6 +68,8 @@ pub struct Snapshot {
     /// Unique to this snapshot, so that what a thread remembers of images (see
     /// [`Snapshot::resolve`]) is never used with another one.
     id: u64,
+    /// How many images a thread remembers for this snapshot.
+    remembered: usize,
 }
 
 /// The flag of [`ImageMatches`] that a match in a list sets.
@@ -98,6 +100,16 @@ pub enum ResolvedImage {
 /// far fewer distinct images than this at any moment; past it the memory is simply forgotten,
 /// so a stream of distinct images costs a re-parse, never unbounded memory.
 const RESOLVED_PER_THREAD: usize = 1024;
+
+/// The most bytes of match flags a thread remembers per snapshot. A remembered image holds a
+/// byte per policy, so with more than 4,096 policies fewer than [`RESOLVED_PER_THREAD`] images
+/// are remembered: 4 MiB per thread stays small beside such a snapshot (over 100 MiB with 100
+/// patterns per policy), where 1,024 images of 10,000 policies would be 10 MiB per thread.
+const RESOLVED_FLAGS_PER_THREAD: usize = 4 << 20;
+
+/// The fewest images a thread remembers, however many policies there are: the images of a few
+/// Deployments being scaled up at once.
+const RESOLVED_AT_LEAST: usize = 64;
 
 /// What this thread has resolved, for the snapshot with id `snapshot`. Hashed with `foldhash`
 /// (randomly seeded per process, as `hashbrown`'s default): several times faster than std's
@@ -197,6 +209,8 @@ impl Snapshot {
                 }))
             })
             .collect();
+        let remembered = (RESOLVED_FLAGS_PER_THREAD / policies.len().max(1))
+            .clamp(RESOLVED_AT_LEAST, RESOLVED_PER_THREAD);
         Snapshot {
             policies,
             settings,
@@ -207,6 +221,7 @@ impl Snapshot {
             selector_of,
             created: jiff::Timestamp::now(),
             id: NEXT_SNAPSHOT_ID.fetch_add(1, Ordering::Relaxed),
+            remembered,
         }
     }
 
@@ -283,7 +298,7 @@ impl Snapshot {
                 },
                 Err(e) => ResolvedImage::Invalid(e),
             });
-            if cache.images.len() >= RESOLVED_PER_THREAD {
+            if cache.images.len() >= self.remembered {
                 cache.images.clear();
             }
             cache.images.insert(image.to_owned(), Rc::clone(&resolved));
