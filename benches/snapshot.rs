@@ -270,6 +270,29 @@ fn parts() {
         );
         drop(black_box(c));
     }
+    for per in [3, 100] {
+        let (objects, bytes) = heap(|| generated::policies(1000, per));
+        let json: usize = objects
+            .iter()
+            .map(|p| serde_json::to_string(p).expect("json").len())
+            .sum();
+        let patterns = generated::pattern_count(1000, per);
+        row(
+            &format!(
+                "1,000 × {per} patterns: the `ImagePolicy` objects (as `run`'s store holds them, \
+                 without `managedFields`), per pattern"
+            ),
+            bytes / patterns,
+        );
+        row(
+            &format!(
+                "1,000 × {per} patterns: the objects as JSON (what a `last-applied-configuration` \
+                 annotation adds), per pattern"
+            ),
+            json / patterns,
+        );
+        drop(black_box(objects));
+    }
     let policies = generated::policies(1000, 100);
     let (compiled, policy_bytes) = heap(|| {
         let mut cache = imagegate::policy::CompileCache::default();

@@ -2,25 +2,31 @@
 //!
 //! Patterns are anchored at a registry host and made of `/`-separated components, and most of
 //! a cluster's patterns start with a few literal components (`registry.corp.example/team-7/…`).
-//! The index files each distinct name glob under the hash of its literal prefix (the components
-//! before the first wildcard; see [`literal_prefix`]), so a name only meets the globs filed
-//! under one of its own prefixes: `registry.corp.example/team-7/app` looks up
+//! The index files each distinct pattern under the hash of its name glob's literal prefix (the
+//! components before the first wildcard; see [`literal_prefix`]), so a name only meets the
+//! patterns filed under one of its own prefixes: `registry.corp.example/team-7/app` looks up
 //! `registry.corp.example`, `registry.corp.example/team-7` and the whole name, and checks the few
 //! globs found there with [`name_matches`]. A glob whose host has a wildcard
 //! (`*.corp.example/**`) is filed under the host's literal end from its first dot
-//! (`.corp.example`), looked up for each dot of the name's host; one with no such end is filed
-//! at the root, which every name looks up.
+//! (`.corp.example`), looked up for each dot of the name's host; one with no such end (and
+//! `**`, a suffix alone) is filed at the root, which every name looks up.
 //!
-//! The index holds no pattern text: each distinct glob is a run of [`Use`]s (policy, list,
-//! position), and its text is read from the first one's policy. Identical globs of many
-//! policies are one glob with many uses, checked once per name. What the index costs is four
-//! flat arrays: per bucket a 4-byte key and a 4-byte start, per glob a 4-byte start, per use
-//! 8 bytes (12 while it is built).
+//! The index holds no pattern text: each distinct pattern (name glob and suffix) is a run of
+//! [`Use`]s (policy, list, position), and its text is read from the first one's policy. A
+//! pattern written in many policies is one pattern with many uses: its name and suffix are
+//! checked once per image, however many policies use it. What the index costs is four flat
+//! arrays: per bucket a 4-byte key and a 4-byte start, per pattern a 4-byte start, per use 8
+//! bytes (12 while it is built).
 
 use std::hash::BuildHasher;
 
 use super::compile::ListId;
 use super::pattern::{literal_prefix, name_matches};
+
+/// What the index reads of a use's pattern: its name glob (`**` for a pattern that is a suffix
+/// alone), and the rest of the pattern, which the index does not interpret but files identical
+/// patterns by.
+pub type PatternKey<'a> = (&'a str, &'a str);
 
 /// One use of a pattern: the policy (its position in the snapshot), the list, and the
 /// position of the pattern in that list.
@@ -65,24 +71,40 @@ enum KeyKind {
     Prefix,
 }
 
-/// Every name glob of a snapshot, filed by literal prefix.
+/// Every pattern of a snapshot, filed by literal prefix.
 #[derive(Debug, Default)]
 pub struct Matcher {
     hasher: foldhash::fast::FixedState,
     /// The buckets' keys, sorted (32 bits of the key's hash: two prefixes that share them only
-    /// share a bucket, whose globs are checked one by one anyway).
+    /// share a bucket, whose patterns are checked one by one anyway).
     keys: Box<[u32]>,
-    /// Per bucket, its first glob; one more at the end.
+    /// Per bucket, its first pattern; one more at the end.
     buckets: Box<[u32]>,
-    /// Per glob, its first use; one more at the end. The first use names the glob's text.
-    globs: Box<[u32]>,
+    /// Per pattern, its first use; one more at the end. The first use names the pattern.
+    patterns: Box<[u32]>,
     /// The uses, packed ([`Use::pack`]), two words each.
     uses: Vec<u32>,
 }
 
+/// The uses of one pattern that matched a name.
+pub struct Found<'m> {
+    uses: &'m [[u32; 2]],
+}
+
+impl Found<'_> {
+    /// The use that names the pattern.
+    pub fn first(&self) -> Option<Use> {
+        self.uses.first().and_then(|&u| Use::unpack(u))
+    }
+
+    /// Every use of the pattern.
+    pub fn uses(&self) -> impl Iterator<Item = Use> + '_ {
+        self.uses.iter().filter_map(|&u| Use::unpack(u))
+    }
+}
+
 impl Matcher {
-    /// Files every use under its glob: `count` uses, each with its glob, and `glob_of` to read
-    /// a use's glob again.
+    /// Files `count` uses; `key_of` reads a use's pattern.
     ///
     /// Built to need little memory beyond its own, as it is built while the snapshot in force
     /// still serves: the uses are written once, with their bucket key beside them, sorted
@@ -90,50 +112,50 @@ impl Matcher {
     /// before they are filled.
     pub fn build<'a>(
         count: usize,
-        uses: impl Iterator<Item = (Use, &'a str)>,
-        glob_of: impl Fn(Use) -> &'a str,
+        uses: impl Iterator<Item = Use>,
+        key_of: impl Fn(Use) -> PatternKey<'a>,
     ) -> Matcher {
         let hasher = foldhash::fast::FixedState::default();
         let mut keyed: Vec<u32> = Vec::with_capacity(3 * count);
-        for (u, glob) in uses {
+        for u in uses {
             let [policy, slot] = u.pack();
-            keyed.extend([key_of_glob(&hasher, glob), policy, slot]);
+            keyed.extend([key_of_glob(&hasher, key_of(u).0), policy, slot]);
         }
-        let text = |[_, policy, slot]: [u32; 3]| Use::unpack([policy, slot]).map_or("", &glob_of);
+        let pattern = |[_, policy, slot]: [u32; 3]| Use::unpack([policy, slot]).map(&key_of);
         let (rows, _) = keyed.as_chunks_mut::<3>();
         let n = rows.len();
-        // By bucket, then by glob text, so that each glob's uses are one run.
-        rows.sort_unstable_by(|a, b| a[0].cmp(&b[0]).then_with(|| text(*a).cmp(text(*b))));
+        // By bucket, then by pattern, so that each pattern's uses are one run.
+        rows.sort_unstable_by(|a, b| a[0].cmp(&b[0]).then_with(|| pattern(*a).cmp(&pattern(*b))));
 
-        // Where a new bucket and a new glob start, counted, then written.
+        // Where a new bucket and a new pattern start, counted, then written.
         let starts = |i: usize| {
             let row = rows[i];
             match i.checked_sub(1).map(|j| rows[j]) {
-                Some(prev) if prev[0] == row[0] => (false, text(prev) != text(row)),
+                Some(prev) if prev[0] == row[0] => (false, pattern(prev) != pattern(row)),
                 _ => (true, true),
             }
         };
-        let (mut n_buckets, mut n_globs) = (0, 0);
+        let (mut n_buckets, mut n_patterns) = (0, 0);
         for i in 0..n {
-            let (bucket, glob) = starts(i);
+            let (bucket, pattern) = starts(i);
             n_buckets += usize::from(bucket);
-            n_globs += usize::from(glob);
+            n_patterns += usize::from(pattern);
         }
         let mut keys = Vec::with_capacity(n_buckets);
         let mut buckets = Vec::with_capacity(n_buckets + 1);
-        let mut globs = Vec::with_capacity(n_globs + 1);
+        let mut patterns = Vec::with_capacity(n_patterns + 1);
         for (i, row) in rows.iter().enumerate() {
-            let (bucket, glob) = starts(i);
+            let (bucket, pattern) = starts(i);
             if bucket {
                 keys.push(row[0]);
-                buckets.push(index(globs.len()));
+                buckets.push(index(patterns.len()));
             }
-            if glob {
-                globs.push(index(i));
+            if pattern {
+                patterns.push(index(i));
             }
         }
-        buckets.push(index(globs.len()));
-        globs.push(index(n));
+        buckets.push(index(patterns.len()));
+        patterns.push(index(n));
 
         // The keys squeezed out: each row's two words of use move to the front.
         for i in 0..n {
@@ -146,18 +168,19 @@ impl Matcher {
             hasher,
             keys: keys.into_boxed_slice(),
             buckets: buckets.into_boxed_slice(),
-            globs: globs.into_boxed_slice(),
+            patterns: patterns.into_boxed_slice(),
             uses: keyed,
         }
     }
 
-    /// Calls `found` with every use of every glob that matches `name` (`REGISTRY/REPOSITORY`),
-    /// each once; `glob_of` gives the name glob of a use, as for [`Matcher::build`].
+    /// Calls `found` once for every pattern whose name glob matches `name`
+    /// (`REGISTRY/REPOSITORY`), with its uses; `key_of` reads a use's pattern, as for
+    /// [`Matcher::build`]. The suffix is the caller's to check, once per pattern.
     pub fn for_each_match<'a>(
         &self,
         name: &str,
-        glob_of: impl Fn(Use) -> &'a str,
-        mut found: impl FnMut(Use),
+        key_of: impl Fn(Use) -> PatternKey<'a>,
+        mut found: impl FnMut(Found<'_>),
     ) {
         if self.keys.is_empty() {
             return;
@@ -172,10 +195,22 @@ impl Matcher {
                 return;
             }
             visited.push(bucket);
-            for g in self.buckets[bucket] as usize..self.buckets[bucket + 1] as usize {
-                let first = self.uses_of(g).next();
-                if first.is_some_and(|u| name_matches(glob_of(u), name)) {
-                    self.uses_of(g).for_each(&mut found);
+            // Patterns of one glob with different suffixes are neighbours: the glob is checked
+            // once for them.
+            let mut last: Option<(&str, bool)> = None;
+            for p in self.buckets[bucket] as usize..self.buckets[bucket + 1] as usize {
+                let uses = self.uses_of(p);
+                let Some(first) = uses.first().and_then(|&u| Use::unpack(u)) else {
+                    continue;
+                };
+                let glob = key_of(first).0;
+                let matched = match last {
+                    Some((g, m)) if g == glob => m,
+                    _ => name_matches(glob, name),
+                };
+                last = Some((glob, matched));
+                if matched {
+                    found(Found { uses });
                 }
             }
         };
@@ -190,16 +225,15 @@ impl Matcher {
         visit(self.key(KeyKind::Prefix, name));
     }
 
-    /// The uses of glob `g`.
-    fn uses_of(&self, g: usize) -> impl Iterator<Item = Use> + '_ {
-        let (start, end) = (self.globs[g] as usize, self.globs[g + 1] as usize);
-        let (pairs, _) = self.uses[2 * start..2 * end].as_chunks::<2>();
-        pairs.iter().filter_map(|&pair| Use::unpack(pair))
+    /// The uses of pattern `p`.
+    fn uses_of(&self, p: usize) -> &[[u32; 2]] {
+        let (start, end) = (self.patterns[p] as usize, self.patterns[p + 1] as usize);
+        self.uses[2 * start..2 * end].as_chunks::<2>().0
     }
 
-    /// How many distinct name globs the index holds.
-    pub fn globs(&self) -> usize {
-        self.globs.len().saturating_sub(1)
+    /// How many distinct patterns the index holds.
+    pub fn patterns(&self) -> usize {
+        self.patterns.len().saturating_sub(1)
     }
 
     /// How many uses of them it holds.
@@ -243,67 +277,74 @@ fn index(position: usize) -> u32 {
 mod tests {
     use super::*;
 
-    fn matcher(globs: &[&'static str]) -> (Matcher, impl Fn(Use) -> &'static str + Copy) {
-        let list: Vec<&'static str> = globs.to_vec();
-        let uses = (0..globs.len())
-            .map(|i| Use {
-                policy: i as u32,
-                index: 0,
-                list: ListId::Images,
-            })
-            .collect();
-        let leaked: &'static [&'static str] = Box::leak(list.into_boxed_slice());
-        let glob_of = move |u: Use| leaked[u.policy as usize];
-        let uses: Vec<Use> = uses;
-        let count = uses.len();
-        let matcher = Matcher::build(count, uses.into_iter().map(|u| (u, glob_of(u))), glob_of);
-        (matcher, glob_of)
+    /// A matcher of patterns given as (glob, suffix), one policy each.
+    fn matcher(
+        patterns: &[(&'static str, &'static str)],
+    ) -> (Matcher, impl Fn(Use) -> PatternKey<'static> + Copy) {
+        let leaked: &'static [(&'static str, &'static str)] =
+            Box::leak(patterns.to_vec().into_boxed_slice());
+        let key_of = move |u: Use| leaked[u.policy as usize];
+        let uses = (0..patterns.len()).map(|i| Use {
+            policy: i as u32,
+            index: 0,
+            list: ListId::Images,
+        });
+        (Matcher::build(patterns.len(), uses, key_of), key_of)
     }
 
-    fn found(m: &Matcher, glob_of: impl Fn(Use) -> &'static str, name: &str) -> Vec<u32> {
+    fn found(m: &Matcher, key_of: impl Fn(Use) -> PatternKey<'static>, name: &str) -> Vec<u32> {
         let mut out = Vec::new();
-        m.for_each_match(name, glob_of, |u| out.push(u.policy));
+        m.for_each_match(name, key_of, |f| out.extend(f.uses().map(|u| u.policy)));
         out.sort_unstable();
         out
     }
 
     #[test]
     fn finds_globs_through_every_kind_of_key() {
-        let (m, g) = matcher(&[
-            "registry.corp.example/team/app",   // 0: literal
-            "registry.corp.example/team/*",     // 1: prefix of two components
-            "registry.corp.example/**",         // 2: the host alone
-            "*.corp.example/team/**",           // 3: the host's literal end
-            "regis?ry.corp.example/team/app",   // 4: the host's literal end after `?`
-            "*/team/app",                       // 5: the root
-            "ghcr.io/corp/**",                  // 6: elsewhere
-            "registry.corp.example/team/app/*", // 7: longer than the name
+        let (m, k) = matcher(&[
+            ("registry.corp.example/team/app", ""),   // 0: literal
+            ("registry.corp.example/team/*", ""),     // 1: prefix of two components
+            ("registry.corp.example/**", ""),         // 2: the host alone
+            ("*.corp.example/team/**", ""),           // 3: the host's literal end
+            ("regis?ry.corp.example/team/app", ""),   // 4: the host's literal end after `?`
+            ("*/team/app", ""),                       // 5: the root
+            ("ghcr.io/corp/**", ""),                  // 6: elsewhere
+            ("registry.corp.example/team/app/*", ""), // 7: longer than the name
+            ("**", ":latest"),                        // 8: a suffix alone, at the root
         ]);
         assert_eq!(
-            found(&m, g, "registry.corp.example/team/app"),
-            [0, 1, 2, 3, 4, 5]
+            found(&m, k, "registry.corp.example/team/app"),
+            [0, 1, 2, 3, 4, 5, 8]
         );
-        assert_eq!(found(&m, g, "a.b.corp.example/team/x/y"), [3]);
-        assert_eq!(found(&m, g, "ghcr.io/corp/x"), [6]);
-        assert_eq!(found(&m, g, "quay.io/x"), Vec::<u32>::new());
+        assert_eq!(found(&m, k, "a.b.corp.example/team/x/y"), [3, 8]);
+        assert_eq!(found(&m, k, "ghcr.io/corp/x"), [6, 8]);
+        assert_eq!(found(&m, k, "quay.io/x"), [8]);
     }
 
     #[test]
-    fn identical_globs_are_one_glob_with_many_uses() {
-        let (m, g) = matcher(&[
-            "docker.io/library/*",
-            "docker.io/library/*",
-            "docker.io/library/*",
-            "docker.io/library/alpine",
+    fn identical_patterns_are_one_pattern_with_many_uses() {
+        let (m, k) = matcher(&[
+            ("docker.io/library/*", ""),
+            ("docker.io/library/*", ":1.*"),
+            ("docker.io/library/*", ""),
+            ("docker.io/library/*", ":1.*"),
+            ("docker.io/library/alpine", ""),
         ]);
-        assert_eq!((m.globs(), m.uses()), (2, 4));
-        assert_eq!(found(&m, g, "docker.io/library/alpine"), [0, 1, 2, 3]);
+        assert_eq!((m.patterns(), m.uses()), (3, 5));
+        let mut runs = Vec::new();
+        m.for_each_match("docker.io/library/alpine", k, |f| {
+            let mut policies: Vec<u32> = f.uses().map(|u| u.policy).collect();
+            policies.sort_unstable();
+            runs.push(policies);
+        });
+        runs.sort();
+        assert_eq!(runs, [vec![0, 2], vec![1, 3], vec![4]]);
     }
 
     #[test]
     fn an_empty_index_matches_nothing() {
-        let (m, g) = matcher(&[]);
-        assert_eq!((m.globs(), m.uses()), (0, 0));
-        assert!(found(&m, g, "docker.io/library/alpine").is_empty());
+        let (m, k) = matcher(&[]);
+        assert_eq!((m.patterns(), m.uses()), (0, 0));
+        assert!(found(&m, k, "docker.io/library/alpine").is_empty());
     }
 }

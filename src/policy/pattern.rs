@@ -96,6 +96,11 @@ impl Pattern {
         (self.suffix == SuffixKind::Digest).then(|| self.after_name())
     }
 
+    /// The suffix as written, with its `:` or `@`; empty when there is none.
+    pub fn suffix_text(&self) -> &str {
+        &self.source[self.name_end as usize..]
+    }
+
     /// Whether the pattern has a tag or digest suffix.
     pub fn has_suffix(&self) -> bool {
         self.suffix != SuffixKind::None

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::compile::{CompileCache, CompileError, CompiledPolicy, ListId, compile_with};
 use super::crd::ImagePolicy;
-use super::matcher::{Matcher, Use};
+use super::matcher::{Matcher, PatternKey, Use};
 use super::pattern::Pattern;
 use super::selector::{Selector, SelectorSet};
 use crate::reference::{Reference, ReferenceError};
@@ -54,16 +54,16 @@ impl Default for Settings {
 pub struct Snapshot {
     policies: Vec<Arc<CompiledPolicy>>,
     settings: Settings,
-    /// Every pattern with a name glob, of every list of every policy.
+    /// Every pattern of every list of every policy, but a bare `**`.
     matcher: Matcher,
-    /// Patterns with no name glob but a suffix (`**:latest`): checked for every image.
-    suffix_only: Vec<Use>,
     /// Per policy, the flags that hold for every image (lists containing a bare `**`).
     base: Vec<u8>,
     /// The distinct namespace selectors, indexed for matching all at once.
     selectors: SelectorSet,
-    /// Per policy, its index in `selectors` (`None`: every namespace).
-    selector_of: Vec<Option<usize>>,
+    /// The policies without a selector (they apply in every namespace), ascending.
+    everywhere: Vec<usize>,
+    /// Per distinct selector, the policies that have it, ascending.
+    selected: Vec<Vec<usize>>,
     created: jiff::Timestamp,
     /// Unique to this snapshot, so that what a thread remembers of images (see
     /// [`Snapshot::resolve`]) is never used with another one.
@@ -178,47 +178,50 @@ impl Snapshot {
     /// snapshots may hold too.
     pub fn from_shared(mut policies: Vec<Arc<CompiledPolicy>>, settings: Settings) -> Snapshot {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut suffix_only = Vec::new();
         let mut base = vec![0u8; policies.len()];
-        let mut named = 0;
+        let mut filed = 0;
         for (pi, policy) in policies.iter().enumerate() {
             if policy.governs_all() {
                 base[pi] |= ImageMatches::GOVERNED;
             }
             for (u, pattern) in uses_of(pi, policy) {
-                match (pattern.name_glob(), pattern.has_suffix()) {
-                    (None, false) => base[pi] |= flag(u.list),
-                    (None, true) => suffix_only.push(u),
-                    (Some(_), _) => named += 1,
+                if pattern.matches_all() {
+                    base[pi] |= flag(u.list);
+                } else {
+                    filed += 1;
                 }
             }
         }
-        let with_globs = policies.iter().enumerate().flat_map(|(pi, policy)| {
-            uses_of(pi, policy).filter_map(|(u, pattern)| Some((u, pattern.name_glob()?)))
+        let uses = policies.iter().enumerate().flat_map(|(pi, policy)| {
+            uses_of(pi, policy).filter_map(|(u, pattern)| (!pattern.matches_all()).then_some(u))
         });
-        let matcher = Matcher::build(named, with_globs, |u| name_glob(&policies, u));
+        let matcher = Matcher::build(filed, uses, |u| pattern_key(&policies, u));
         let mut selectors: Vec<Selector> = Vec::new();
+        let mut selected: Vec<Vec<usize>> = Vec::new();
+        let mut everywhere = Vec::new();
         let mut selector_ids: HashMap<&Selector, usize> = HashMap::new();
-        let selector_of = policies
-            .iter()
-            .map(|p| {
-                let s = p.selector.as_ref()?;
-                Some(*selector_ids.entry(s).or_insert_with(|| {
-                    selectors.push(s.clone());
-                    selectors.len() - 1
-                }))
-            })
-            .collect();
+        for (pi, policy) in policies.iter().enumerate() {
+            let Some(s) = policy.selector.as_ref() else {
+                everywhere.push(pi);
+                continue;
+            };
+            let id = *selector_ids.entry(s).or_insert_with(|| {
+                selectors.push(s.clone());
+                selected.push(Vec::new());
+                selectors.len() - 1
+            });
+            selected[id].push(pi);
+        }
         let remembered = (RESOLVED_FLAGS_PER_THREAD / policies.len().max(1))
             .clamp(RESOLVED_AT_LEAST, RESOLVED_PER_THREAD);
         Snapshot {
             policies,
             settings,
             matcher,
-            suffix_only,
             base,
             selectors: SelectorSet::new(&selectors),
-            selector_of,
+            everywhere,
+            selected,
             created: jiff::Timestamp::now(),
             id: NEXT_SNAPSHOT_ID.fetch_add(1, Ordering::Relaxed),
             remembered,
@@ -233,10 +236,10 @@ impl Snapshot {
             .map(|i| &self.policies[i])
     }
 
-    /// How many distinct name globs the snapshot's matcher holds, and how many uses of them
-    /// (a pattern written in many policies is one glob with many uses).
+    /// How many distinct patterns the snapshot's matcher holds, and how many uses of them (a
+    /// pattern written in many policies is one pattern with many uses, matched once per image).
     pub fn matcher_size(&self) -> (usize, usize) {
-        (self.matcher.globs(), self.matcher.uses())
+        (self.matcher.patterns(), self.matcher.uses())
     }
 
     /// The compiled policies, sorted by name.
@@ -260,19 +263,30 @@ impl Snapshot {
         self.created
     }
 
-    /// The indices of the policies that apply in a namespace with these labels. Each distinct
-    /// selector is evaluated once.
+    /// The indices of the policies that apply in a namespace with these labels, ascending.
+    /// The work follows the policies that apply and the selectors the labels touch, not the
+    /// number of policies.
     pub fn applying(
         &self,
         namespace_labels: &std::collections::BTreeMap<String, String>,
     ) -> Vec<usize> {
-        let verdicts = self.selectors.matching(namespace_labels);
-        self.selector_of
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_none_or(|i| verdicts[i]))
-            .map(|(i, _)| i)
-            .collect()
+        let matched = self.selectors.matching(namespace_labels);
+        let mut out = Vec::with_capacity(
+            self.everywhere.len()
+                + matched
+                    .iter()
+                    .map(|&s| self.selected[s].len())
+                    .sum::<usize>(),
+        );
+        out.extend_from_slice(&self.everywhere);
+        for &s in &matched {
+            out.extend_from_slice(&self.selected[s]);
+        }
+        if !matched.is_empty() {
+            // Ascending runs, one per list: the stable sort merges them.
+            out.sort();
+        }
+        out
     }
 
     /// Parses an image reference as written and matches it with [`match_image`]
@@ -309,17 +323,19 @@ impl Snapshot {
     /// Matches an image against every pattern of every policy at once.
     pub fn match_image(&self, reference: &Reference) -> ImageMatches {
         let mut flags = self.base.clone();
-        let mut mark = |u: Use| {
-            if self.pattern(u).is_some_and(|p| p.suffix_matches(reference)) {
-                flags[u.policy as usize] |= flag(u.list);
-            }
-        };
         self.matcher.for_each_match(
             reference.name(),
-            |u| name_glob(&self.policies, u),
-            &mut mark,
+            |u| pattern_key(&self.policies, u),
+            |found| {
+                // The same pattern in every use: its suffix is checked once.
+                let first = found.first().and_then(|u| self.pattern(u));
+                if first.is_some_and(|p| p.suffix_matches(reference)) {
+                    for u in found.uses() {
+                        flags[u.policy as usize] |= flag(u.list);
+                    }
+                }
+            },
         );
-        self.suffix_only.iter().copied().for_each(&mut mark);
         ImageMatches { flags }
     }
 
@@ -355,11 +371,12 @@ fn pattern(policies: &[Arc<CompiledPolicy>], u: Use) -> Option<&Pattern> {
         .get(u.index as usize)
 }
 
-/// The name glob of the pattern a use refers to; only patterns with one are in the matcher.
-fn name_glob(policies: &[Arc<CompiledPolicy>], u: Use) -> &str {
-    pattern(policies, u)
-        .and_then(Pattern::name_glob)
-        .unwrap_or_default()
+/// The pattern a use refers to, as the matcher files it: the normalised name glob (`**` for a
+/// suffix alone) and the suffix as written.
+fn pattern_key(policies: &[Arc<CompiledPolicy>], u: Use) -> PatternKey<'_> {
+    pattern(policies, u).map_or(("", ""), |p| {
+        (p.name_glob().unwrap_or("**"), p.suffix_text())
+    })
 }
 
 /// A position in the policies or a pattern list, as the matcher keeps it (see
@@ -466,8 +483,8 @@ mod tests {
         assert!(errors.is_empty());
         let (shared, errors) = Snapshot::compile(&many, Settings::default());
         assert!(errors.is_empty());
-        // Five distinct name globs (two in `images`, two allowed, one denied), whether one
-        // policy writes them or a thousand do; only the uses grow with the policies.
+        // Five distinct patterns (two in `images`, two allowed, one denied), whether one policy
+        // writes them or a thousand do; only the uses grow with the policies.
         assert_eq!(single.matcher_size(), (5, 5));
         assert_eq!(shared.matcher_size(), (5, 5000));
 
@@ -477,6 +494,47 @@ mod tests {
         let image = Reference::parse("busybox").unwrap();
         let matches = shared.match_image(&image);
         assert!((0..1000).all(|i| matches.governed(i) && !matches.allowed(i) && matches.denied(i)));
+    }
+
+    #[test]
+    fn the_policies_that_apply_are_those_whose_selector_matches_in_order() {
+        let with = |name: &str, selector: Option<&str>| {
+            let mut p = policy(name, &["registry.corp.example/**"], &[]);
+            p.spec.namespace_selector = selector.map(|s| serde_saphyr::from_str(s).unwrap());
+            p
+        };
+        let policies = [
+            with("a", Some("matchLabels: {team: t1}")),
+            with("b", None),
+            with("c", Some("matchLabels: {team: t1, env: prod}")),
+            with(
+                "d",
+                Some("matchExpressions: [{key: env, operator: In, values: [prod]}]"),
+            ),
+            with("e", Some("matchLabels: {team: t2}")),
+            with("f", None),
+            with("g", Some("matchLabels: {team: t1}")),
+            with("h", Some("{}")),
+        ];
+        let (snapshot, errors) = Snapshot::compile(&policies, Settings::default());
+        assert!(errors.is_empty());
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        for (pairs, want) in [
+            (&[][..], vec![1, 5, 7]),
+            (&[("team", "t1")][..], vec![0, 1, 5, 6, 7]),
+            (
+                &[("team", "t1"), ("env", "prod")][..],
+                vec![0, 1, 2, 3, 5, 6, 7],
+            ),
+            (&[("team", "t2"), ("env", "prod")][..], vec![1, 3, 4, 5, 7]),
+        ] {
+            assert_eq!(snapshot.applying(&labels(pairs)), want, "{pairs:?}");
+        }
     }
 
     #[test]
