@@ -205,6 +205,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .redirect(redirect)
+            // Object storage learns nothing of the registry's URLs.
+            .referer(false)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("imagegate/", env!("CARGO_PKG_VERSION")))
@@ -665,14 +667,7 @@ pub fn digest_of(algorithm: &str, bytes: &[u8]) -> Option<String> {
         _ => return None,
     };
     let d = ring::digest::digest(alg, bytes);
-    let mut out = String::with_capacity(algorithm.len() + 1 + d.as_ref().len() * 2);
-    out.push_str(algorithm);
-    out.push(':');
-    for b in d.as_ref() {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-    }
-    Some(out)
+    Some(format!("{algorithm}:{}", crate::signature::hex(d.as_ref())))
 }
 
 /// Reads a body up to `max` bytes; more is an over-limit fault.

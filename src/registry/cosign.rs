@@ -230,6 +230,7 @@ pub fn judge(
     if let Some(first) = unreadable.first() {
         let more = match unreadable.len() {
             1 => String::new(),
+            2 => " (and 1 more layer)".to_owned(),
             n => format!(" (and {} more layers)", n - 1),
         };
         return Outcome::Unavailable {
@@ -268,6 +269,117 @@ fn summarize(mut reasons: Vec<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::signature::PublicKey;
+    use crate::signature::tests::{p256, sign};
+    use base64::Engine as _;
+
+    const DIGEST: &str = "sha256:3f0000000000000000000000000000000000000000000000000000000000e1";
+
+    fn payload(digest: &str) -> Vec<u8> {
+        format!(
+            r#"{{"critical":{{"identity":{{"docker-reference":"r.example/team/app"}},"image":{{"docker-manifest-digest":"{digest}"}},"type":"cosign container image signature"}},"optional":null}}"#
+        )
+        .into_bytes()
+    }
+
+    fn signed(pair: &ring::signature::EcdsaKeyPair, digest: &str) -> Layer {
+        let payload = payload(digest);
+        let signature = base64::engine::general_purpose::STANDARD.encode(sign(pair, &payload));
+        Layer::Payload {
+            payload,
+            signature: Some(signature),
+        }
+    }
+
+    fn judged(layers: Vec<Layer>, verifier: &Verifier) -> Outcome {
+        judge(
+            &Signatures::Found(layers),
+            verifier,
+            "r.example",
+            "team/app",
+            DIGEST,
+        )
+    }
+
+    #[test]
+    fn the_first_layer_that_verifies_as_a_whole_decides() {
+        let (pair, pem) = p256();
+        let (other, _) = p256();
+        let verifier = Verifier::key(PublicKey::from_pem(&pem).unwrap());
+        let outcome = judged(
+            vec![
+                signed(&other, DIGEST),
+                Layer::Unreadable("layer 2: 503".into()),
+                signed(&pair, DIGEST),
+            ],
+            &verifier,
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Verified {
+                digest: DIGEST.to_owned(),
+                format: SignatureFormat::CosignTag,
+                signer: verifier.describe(),
+            }
+        );
+    }
+
+    #[test]
+    fn no_layer_that_verifies() {
+        let (pair, pem) = p256();
+        let verifier = Verifier::key(PublicKey::from_pem(&pem).unwrap());
+        assert_eq!(
+            judge(
+                &Signatures::None,
+                &verifier,
+                "r.example",
+                "team/app",
+                DIGEST
+            ),
+            Outcome::NotVerified {
+                reason: format!("no signature for {DIGEST} in r.example/team/app")
+            }
+        );
+        let other = "sha256:4a0000000000000000000000000000000000000000000000000000000000b2";
+        let Outcome::NotVerified { reason } = judged(
+            vec![signed(&pair, other), Layer::Foreign("layer 2 is x".into())],
+            &verifier,
+        ) else {
+            panic!("not verified")
+        };
+        assert!(
+            reason.starts_with(&format!("2 signatures for {DIGEST} in r.example/team/app, none valid: the signature is for {other}")),
+            "{reason}"
+        );
+        assert!(reason.ends_with("; layer 2 is x"), "{reason}");
+        assert!(matches!(
+            judged(vec![], &verifier),
+            Outcome::NotVerified { .. }
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_layer_makes_it_unavailable_when_nothing_verifies() {
+        let (_, pem) = p256();
+        let (other, _) = p256();
+        let verifier = Verifier::key(PublicKey::from_pem(&pem).unwrap());
+        let outcome = judged(
+            vec![
+                Layer::Unreadable("layer 1 is too big".into()),
+                signed(&other, DIGEST),
+                Layer::Unreadable("layer 3: 503".into()),
+            ],
+            &verifier,
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Unavailable {
+                reason: format!(
+                    "layer 1 is too big (and 1 more layer); no other signature for {DIGEST} in r.example/team/app verifies"
+                )
+            }
+        );
+    }
 
     #[test]
     fn summaries_list_distinct_reasons() {
