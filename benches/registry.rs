@@ -67,8 +67,7 @@ async fn cold_verification() {
     let mut requests = Vec::new();
     for i in 0..2 * IMAGES {
         let tag = format!("v{i}");
-        reg.push_image("bench/app", &tag).await;
-        reg.sign(&format!("bench/app:{tag}"), &[&key]).await;
+        reg.push_signed("bench/app", &tag, &[&key]).await;
         requests.push(request(
             &format!("{}/bench/app:{tag}", reg.host),
             &[("bench/release", &verifier)],
@@ -96,8 +95,7 @@ async fn concurrent_requests() {
     };
     let key = TestKey::new();
     let verifier = key.verifier();
-    reg.push_image("bench/app", "1.0").await;
-    reg.sign("bench/app:1.0", &[&key]).await;
+    reg.push_signed("bench/app", "1.0", &[&key]).await;
     let proxy = FaultProxy::start(&reg.host).await;
     let registry = adapter(ClientConfig {
         extra_roots: vec![],

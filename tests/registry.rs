@@ -94,11 +94,9 @@ async fn signed_unsigned_and_other_key_over_tls() {
         return;
     };
     let (release, other) = (TestKey::new(), TestKey::new());
-    let signed = reg.push_image("team/app", "1.0").await;
+    let signed = reg.push_signed("team/app", "1.0", &[&release]).await;
     let unsigned = reg.push_image("team/app", "2.0").await;
-    assert_eq!(reg.sign("team/app:1.0", &[&release]).await, signed);
-    let foreign = reg.push_image("team/app", "3.0").await;
-    reg.sign("team/app:3.0", &[&other]).await;
+    let foreign = reg.push_signed("team/app", "3.0", &[&other]).await;
 
     let registry = adapter(reg.client_config(), Credentials::anonymous());
     let (v_release, v_other) = (release.verifier(), other.verifier());
@@ -368,8 +366,7 @@ async fn hostile_answers_are_unavailable() {
         return;
     };
     let key = TestKey::new();
-    let digest = reg.push_image("team/app", "1.0").await;
-    reg.sign("team/app:1.0", &[&key]).await;
+    let digest = reg.push_signed("team/app", "1.0", &[&key]).await;
     let proxy = FaultProxy::start(&reg.host).await;
     let v = key.verifier();
     let image = format!("{}/team/app@{digest}", proxy.host);
@@ -476,10 +473,8 @@ async fn tls_and_plain_http_only_as_configured() {
     };
     let key = TestKey::new();
     let v = key.verifier();
-    let d_tls = tls.push_image("team/app", "1.0").await;
-    tls.sign("team/app:1.0", &[&key]).await;
-    let d_plain = plain.push_image("team/app", "1.0").await;
-    plain.sign("team/app:1.0", &[&key]).await;
+    let d_tls = tls.push_signed("team/app", "1.0", &[&key]).await;
+    let d_plain = plain.push_signed("team/app", "1.0", &[&key]).await;
     let image_tls = format!("{}/team/app@{d_tls}", tls.host);
     let image_plain = format!("{}/team/app@{d_plain}", plain.host);
     let requests = [
@@ -568,8 +563,7 @@ async fn basic_auth_needs_the_docker_config() {
     };
     let key = TestKey::new();
     let v = key.verifier();
-    let digest = reg.push_image("team/app", "1.0").await;
-    reg.sign("team/app:1.0", &[&key]).await;
+    let digest = reg.push_signed("team/app", "1.0", &[&key]).await;
     let image = format!("{}/team/app:1.0", reg.host);
     let requests = [request(&image, &[("p/e", &v)])];
 
@@ -627,10 +621,8 @@ async fn bearer_token_auth_as_real_registries_use_it() {
     };
     let key = TestKey::new();
     let v = key.verifier();
-    let first = reg.push_image("team/app", "1.0").await;
-    let second = reg.push_image("team/app", "2.0").await;
-    reg.sign("team/app:1.0", &[&key]).await;
-    reg.sign("team/app:2.0", &[&key]).await;
+    let first = reg.push_signed("team/app", "1.0", &[&key]).await;
+    let second = reg.push_signed("team/app", "2.0", &[&key]).await;
     let token = reg.token.as_ref().unwrap();
     let image = format!("{}/team/app:1.0", reg.host);
 
@@ -665,8 +657,7 @@ async fn server_errors_and_the_deadline() {
     };
     let key = TestKey::new();
     let v = key.verifier();
-    let digest = reg.push_image("team/app", "1.0").await;
-    reg.sign("team/app:1.0", &[&key]).await;
+    let digest = reg.push_signed("team/app", "1.0", &[&key]).await;
     let proxy = FaultProxy::start(&reg.host).await;
     let registry = adapter(
         ClientConfig {
@@ -734,8 +725,7 @@ async fn an_outage_after_a_verification_is_stale_until_the_stale_ttl() {
     };
     let key = TestKey::new();
     let v = key.verifier();
-    let digest = reg.push_image("team/app", "1.0").await;
-    reg.sign("team/app:1.0", &[&key]).await;
+    let digest = reg.push_signed("team/app", "1.0", &[&key]).await;
     let unverified = reg.push_image("team/app", "new").await;
     let proxy = FaultProxy::start(&reg.host).await;
     let ttl = Duration::from_millis(200);
@@ -821,8 +811,7 @@ async fn concurrent_requests_share_one_lookup() {
         return;
     };
     let (release, ci) = (TestKey::new(), TestKey::new());
-    let digest = reg.push_image("team/app", "1.0").await;
-    reg.sign("team/app:1.0", &[&release]).await;
+    let digest = reg.push_signed("team/app", "1.0", &[&release]).await;
     let proxy = FaultProxy::start(&reg.host).await;
     let registry = adapter(
         ClientConfig {

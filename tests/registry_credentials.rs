@@ -88,8 +88,7 @@ async fn a_login_from_a_secret_opens_the_registry() {
         return;
     };
     let key = TestKey::new();
-    let digest = reg.push_image("team/app", "1.0").await;
-    reg.sign("team/app:1.0", &[&key]).await;
+    let digest = reg.push_signed("team/app", "1.0", &[&key]).await;
     let registry = Registry::new(
         Config {
             client: reg.client_config(),

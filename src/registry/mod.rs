@@ -324,18 +324,10 @@ impl Inner {
                 }
                 Err(reason) => {
                     let mut p = lock(&progress);
-                    p.digest_error = Some(reason.clone());
                     for check in &request.checks {
-                        p.entries.insert(
-                            check.entry.clone(),
-                            EntryEvidence {
-                                outcome: Outcome::Unavailable {
-                                    reason: reason.clone(),
-                                },
-                                source: Source::Fresh,
-                            },
-                        );
+                        p.entries.insert(check.entry.clone(), unavailable(&reason));
                     }
+                    p.digest_error = Some(reason);
                     return;
                 }
             },
@@ -388,10 +380,7 @@ impl Inner {
                             outcome: known_good,
                             source: Source::Stale,
                         },
-                        None => EntryEvidence {
-                            outcome: Outcome::Unavailable { reason },
-                            source: Source::Fresh,
-                        },
+                        None => unavailable(&reason),
                     }
                 }
                 outcome => EntryEvidence {
@@ -441,12 +430,7 @@ impl Inner {
                     outcome,
                     source: Source::Stale,
                 },
-                None => EntryEvidence {
-                    outcome: Outcome::Unavailable {
-                        reason: reason.to_owned(),
-                    },
-                    source: Source::Fresh,
-                },
+                None => unavailable(reason),
             };
             found.entries.insert(check.entry.clone(), evidence);
         }
@@ -592,6 +576,16 @@ impl Inner {
             m.set_registry_cache_size(crate::metrics::RegistryCache::signatures, cached);
         }
         ticket.finish(Arc::new(outcomes));
+    }
+}
+
+/// An entry the registry could not answer for, now.
+fn unavailable(reason: &str) -> EntryEvidence {
+    EntryEvidence {
+        outcome: Outcome::Unavailable {
+            reason: reason.to_owned(),
+        },
+        source: Source::Fresh,
     }
 }
 

@@ -347,6 +347,13 @@ impl TestRegistry {
             .unwrap()
     }
 
+    /// Pushes a small image as `repo:tag` and signs it with each of `keys`; its digest.
+    pub async fn push_signed(&self, repo: &str, tag: &str, keys: &[&TestKey]) -> String {
+        let digest = self.push_image(repo, tag).await;
+        assert_eq!(self.sign(&format!("{repo}:{tag}"), keys).await, digest);
+        digest
+    }
+
     /// Pushes an image index of `manifests` (digests in `repo`) as `repo:tag`; its digest.
     pub async fn push_index(&self, repo: &str, tag: &str, manifests: &[&str]) -> String {
         let oci = self.oci();
@@ -848,13 +855,9 @@ impl Issuer {
         if req.header("authorization") != Some(expected.as_str()) {
             return (401, r#"{"details":"a login is required"}"#.to_owned());
         }
-        let query = req.path.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        let url = reqwest::Url::parse(&format!("https://token.test{}", req.path)).unwrap();
         let mut access = Vec::new();
-        for pair in query.split('&') {
-            let Some(("scope", scope)) = pair.split_once('=') else {
-                continue;
-            };
-            let scope = percent_decode(scope);
+        for (_, scope) in url.query_pairs().filter(|(k, _)| k == "scope") {
             // repository:NAME:ACTIONS
             let mut parts = scope.splitn(3, ':');
             let (Some(kind), Some(name), Some(actions)) =
@@ -898,30 +901,6 @@ impl Issuer {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let v = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?');
-                out.push(v);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
