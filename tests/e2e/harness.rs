@@ -312,6 +312,18 @@ impl E2e {
 
     /// The CRD, the test namespace and the operator namespace.
     async fn prepare(&self) {
+        let version = self.client().apiserver_version().await.unwrap_or_else(|e| {
+            panic!(
+                "cannot reach the API server of {KUBECONFIG_VAR}={}: {e}",
+                self.0.kubeconfig_path.display()
+            )
+        });
+        eprintln!(
+            "{}: API server {}, run {}",
+            self.name(),
+            version.git_version,
+            run_id()
+        );
         self.ensure_crd().await;
         for namespace in [self.namespace(), &self.operator_namespace()] {
             self.create_namespace(namespace).await;
@@ -671,7 +683,12 @@ impl E2e {
                 op.log_tail()
             );
         }
-        if let Some(dir) = self.0.dir.lock().expect("the directory lock").take() {
+        let mut dir = self.0.dir.lock().expect("the directory lock");
+        let written = dir
+            .as_ref()
+            .and_then(|d| std::fs::read_dir(d.path()).ok())
+            .is_some_and(|mut entries| entries.next().is_some());
+        if written && let Some(dir) = dir.take() {
             eprintln!("--- logs and kubeconfigs kept in {}", dir.keep().display());
         }
     }
