@@ -14,7 +14,9 @@ To add an alert (for a new metric, say):
      looks alike where it must not;
   4. add a section "#### <AlertName>" under "Alerts" in docs/operations.md (its runbook);
   5. if the metric is new, add a panel to dashboards/imagegate.json and describe it under
-     "Dashboard" in docs/operations.md.
+     "Dashboard" in docs/operations.md, and make exercise() in tests/monitoring.rs count it
+     (or, for a family `imagegate serve` never counts, such as one only `imagegate run` sets,
+     list it in NOT_COUNTED_BY_SERVE there).
 tests/monitoring.rs fails until every step is done, and runs promtool on the result.
 */}}
 {{- define "imagegate.alertRules" -}}
