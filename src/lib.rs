@@ -16,6 +16,7 @@ pub mod namespaces;
 pub mod operator;
 pub mod policy;
 pub mod reference;
+pub mod report;
 pub mod skim;
 pub mod state;
 pub mod telemetry;

@@ -116,14 +116,18 @@ fn json_output_follows_the_contract() {
     assert_eq!(canary["allowed"], false);
     let v = &canary["violations"][0];
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    // The contract's fields, and where the image is written (`file`, `line`, `column`).
     assert_eq!(
         keys,
         [
             "canonical",
+            "column",
             "container",
             "containerType",
             "excused",
+            "file",
             "image",
+            "line",
             "message",
             "mode",
             "policy",
@@ -138,6 +142,14 @@ fn json_output_follows_the_contract() {
     assert_eq!(v["image"], "nginx");
     assert_eq!(v["canonical"], "docker.io/library/nginx:latest");
     assert_eq!(v["excused"], false);
+    assert_eq!(
+        v["file"],
+        "examples/manifests/denied/shop-web-from-docker-hub.yaml"
+    );
+    assert_eq!(
+        (v["line"].as_u64(), v["column"].as_u64()),
+        (Some(16), Some(18))
+    );
     let sandbox = &results[0];
     assert_eq!(sandbox["allowed"], true);
     assert_eq!(sandbox["warnings"].as_array().unwrap().len(), 1);
@@ -273,7 +285,8 @@ fn bad_input_is_exit_two() {
                 bad_yaml.display().to_string(),
                 "examples/manifests".into(),
             ],
-            "bad.yaml: invalid YAML",
+            // The file, line and column of the syntax error.
+            "bad.yaml:2:11: invalid YAML",
         ),
         (
             vec![
