@@ -177,11 +177,12 @@ pub enum Input {
 }
 
 impl Input {
-    /// The name its positions are shown with: `-` for standard input, else the path.
+    /// The name its positions are shown with: `-` for standard input, else the path
+    /// without a leading `./` (files found in `.` are `apps/web.yaml`, not `./apps/web.yaml`).
     pub fn name(&self) -> String {
         match self {
             Input::Stdin => STDIN.to_owned(),
-            Input::File(path) => path.display().to_string(),
+            Input::File(path) => path.strip_prefix(".").unwrap_or(path).display().to_string(),
         }
     }
 }
@@ -273,7 +274,7 @@ pub fn read_input(input: &Input) -> Parsed {
             parse(STDIN_SOURCE, STDIN, &text)
         }
         Input::File(path) => {
-            let name = path.display().to_string();
+            let name = input.name();
             match read_text(path, &name) {
                 Ok(text) => parse(&name, &name, &text),
                 Err(e) => failed(e),

@@ -4,7 +4,7 @@
 //!
 //! The mapping:
 //!
-//! - one `<testsuite>` per file (in input order), named by the file; for objects that come
+//! - one `<testsuite>` per file, named by the file, in name order; for objects that come
 //!   from no file, one per namespace;
 //! - one `<testcase>` per object: `name` is the object's name, `classname` is
 //!   `NAMESPACE.Kind` (`Kind` for cluster-scoped objects), so Jenkins groups them as packages
@@ -12,7 +12,9 @@
 //! - a denied object's test case has a `<failure>` whose message is the denial's first line,
 //!   whose type is the first denying rule (`imagegate/allowedImages`), and whose text lists
 //!   every denying violation with the `FILE:LINE:COLUMN` of its image;
-//! - warnings, `Audit` violations and excused ones go to the test case's `<system-out>`;
+//! - violations that do not deny (`Warn`, `Audit`, excused) go to the test case's
+//!   `<system-out>` with where their images are, after the warnings that none of them repeats
+//!   (a honoured break-glass);
 //! - a skipped document is a `<testcase>` with `<skipped>` and the reason;
 //! - an input that could not be read is a `<testcase>` with `<error>`.
 //!
@@ -75,6 +77,8 @@ pub fn render(report: &Report) -> Result<String, quick_junit::SerializeError> {
     for (i, case) in cases {
         suites[i].add_test_case(case);
     }
+    // By file name, as CI systems list them.
+    suites.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = JunitReport::new(REPORT_NAME);
     out.add_test_suites(suites);
     out.to_string()
@@ -101,7 +105,18 @@ fn object_case(r: &ObjectResult) -> TestCase {
         format!("{}.{}", r.namespace, r.kind)
     });
     located(&mut case, r.location.as_ref());
-    let mut out: Vec<String> = r.warnings.iter().map(|w| format!("Warning: {w}")).collect();
+    // The warnings that no finding below repeats (a honoured break-glass), then the findings
+    // that do not deny, with where their images are.
+    let mut out: Vec<String> = r
+        .warnings
+        .iter()
+        .filter(|w| {
+            !r.violations
+                .iter()
+                .any(|f| w.strip_prefix("imagegate: ") == Some(&f.violation.to_string()))
+        })
+        .map(|w| format!("Warning: {w}"))
+        .collect();
     out.extend(
         r.violations
             .iter()

@@ -24,6 +24,9 @@ pub fn render(report: &Report) -> String {
     for s in &report.skipped {
         let _ = writeln!(out, "SKIPPED  {} ({}): {}", s.source, s.location, s.message);
     }
+    for e in &report.errors {
+        let _ = writeln!(out, "ERROR    {e}");
+    }
     out.push('\n');
     out.push_str(&summary(report));
     out
@@ -63,7 +66,7 @@ pub fn summary(report: &Report) -> String {
     if summary.errors > 0 {
         let _ = writeln!(
             out,
-            "{} input{} could not be read (see the errors above); the run fails",
+            "{} input{} could not be read; the run fails",
             summary.errors,
             if summary.errors == 1 { "" } else { "s" },
         );

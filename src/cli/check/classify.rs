@@ -240,6 +240,7 @@ pub fn helm_chart_of(path: &Path) -> Option<&Path> {
 
 /// The skip message of a Helm template in `chart`.
 pub fn helm_template_message(chart: &Path) -> String {
+    let chart = chart.strip_prefix(".").unwrap_or(chart);
     format!(
         "a template of the Helm chart {}, not YAML until rendered; check what it renders: `helm template RELEASE {} | imagegate check --policies … -`",
         chart.display(),

@@ -171,7 +171,7 @@ pub fn run(args: &CheckArgs) -> Result<Report, LoadError> {
     };
 
     let mut report = Report::default();
-    let documents = read(&args.paths, &mut report);
+    let (documents, order) = read(&args.paths, &mut report);
     let scopes = Scopes::from_documents(&documents);
     let mut objects = Vec::new();
     let mut namespace_docs = Vec::new();
@@ -187,6 +187,10 @@ pub fn run(args: &CheckArgs) -> Result<Report, LoadError> {
             }),
         }
     }
+    // Skipped files and documents in input order, as the results are.
+    report
+        .skipped
+        .sort_by_key(|s| order.get(&s.location.file).copied().unwrap_or(usize::MAX));
     let labels = namespace_labels(&namespace_docs, &args.namespace_labels, &mut report);
     for (doc, cluster_scoped) in objects {
         match judge.object(doc, cluster_scoped, &labels) {
@@ -198,9 +202,10 @@ pub fn run(args: &CheckArgs) -> Result<Report, LoadError> {
 }
 
 /// Reads every input; what cannot be read goes into the report, and Helm templates are
-/// skipped unread.
-fn read(paths: &[PathBuf], report: &mut Report) -> Vec<Document> {
+/// skipped unread. Also the position of each file among the inputs.
+fn read(paths: &[PathBuf], report: &mut Report) -> (Vec<Document>, HashMap<String, usize>) {
     let mut documents = Vec::new();
+    let mut order = HashMap::new();
     for input in manifests::inputs(paths) {
         let input = match input {
             Ok(input) => input,
@@ -209,6 +214,8 @@ fn read(paths: &[PathBuf], report: &mut Report) -> Vec<Document> {
                 continue;
             }
         };
+        let n = order.len();
+        order.entry(input.name()).or_insert(n);
         if let manifests::Input::File(path) = &input
             && let Some(chart) = classify::helm_chart_of(path)
         {
@@ -231,7 +238,7 @@ fn read(paths: &[PathBuf], report: &mut Report) -> Vec<Document> {
             report.errors.push(input_error(&e));
         }
     }
-    documents
+    (documents, order)
 }
 
 fn input_error(e: &LoadError) -> InputError {
