@@ -1,31 +1,20 @@
 //! `imagegate check` as a CI job runs it: exit codes, text and JSON output, bad input.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod cli;
+
+use std::path::Path;
+use std::process::Output;
+
+use cli::{stderr, stdout};
 
 fn check(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-        .arg("check")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("imagegate runs");
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    cli::imagegate(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &all,
+        stdin.unwrap_or_default(),
+    )
 }
 
 #[test]

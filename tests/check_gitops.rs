@@ -10,9 +10,12 @@
 //! `pre-commit` (PyPI); `.ci/run` installs both. Without them the tests print `SKIPPED: …`
 //! and pass, except in CI (`CI` set), where they fail.
 
-use std::io::Write;
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+use cli::{stderr, stdout};
 
 use serde_json::Value;
 
@@ -32,28 +35,9 @@ fn golden(name: &str) -> PathBuf {
 
 /// Runs `imagegate check --policies policies --now NOW ARGS…` in the repository.
 fn check(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-        .args(["check", "--policies", "policies", "--now", NOW])
-        .args(args)
-        .current_dir(repo())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("imagegate runs");
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let mut all = vec!["check", "--policies", "policies", "--now", NOW];
+    all.extend_from_slice(args);
+    cli::imagegate(&repo(), &all, stdin.unwrap_or_default())
 }
 
 fn json(args: &[&str]) -> (Option<i32>, Value) {
@@ -469,13 +453,16 @@ fn junit_report_is_as_golden_and_valid_junit() {
     let file = dir.path().join("report.xml");
     std::fs::write(&file, &text).unwrap();
     let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/formats/junit.xsd");
-    let out = Command::new(xmllint)
-        .arg("--noout")
-        .arg("--schema")
-        .arg(&schema)
-        .arg(&file)
-        .output()
-        .unwrap();
+    let lint = || {
+        Command::new(xmllint)
+            .arg("--noout")
+            .arg("--schema")
+            .arg(&schema)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = lint();
     assert!(out.status.success(), "{}", stderr(&out));
 
     // And the schema is not a pushover: a test case without a name fails it.
@@ -484,14 +471,7 @@ fn junit_report_is_as_golden_and_valid_junit() {
         text.replacen("<testcase name=\"node-exporter\"", "<testcase", 1),
     )
     .unwrap();
-    let out = Command::new(xmllint)
-        .arg("--noout")
-        .arg("--schema")
-        .arg(&schema)
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "a nameless test case validated");
+    assert!(!lint().status.success(), "a nameless test case validated");
 
     // One suite per file, one case per object or skipped document or unreadable file.
     assert!(text.contains("<testsuites name=\"imagegate check\" tests=\"30\" skipped=\"12\" failures=\"2\" errors=\"1\">"), "{text}");
