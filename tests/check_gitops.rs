@@ -272,6 +272,37 @@ fn a_missing_path_is_an_error_that_does_not_stop_the_run() {
 }
 
 #[test]
+fn policies_that_cannot_be_read_are_the_whole_report() {
+    // Nothing is judged; the report a CI system reads says why.
+    let args = [
+        "check",
+        "--policies",
+        "policies/missing.yaml",
+        "--output",
+        "json",
+        "apps",
+    ];
+    let out = cli::imagegate(&repo(), &args, "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("policies/missing.yaml: cannot read"),
+        "{}",
+        stderr(&out)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"][0]["source"], "policies/missing.yaml");
+    assert_eq!(report["summary"]["objects"], 0);
+    // The text report is the message on standard error alone.
+    let out = cli::imagegate(
+        &repo(),
+        &["check", "--policies", "policies/missing.yaml", "apps"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[test]
 fn standard_input_is_located_as_dash_line() {
     let text = std::fs::read_to_string(repo().join("apps/shop/base/deployment.yaml")).unwrap();
     let namespaces = std::fs::read_to_string(repo().join("clusters/prod/namespaces.yaml")).unwrap();

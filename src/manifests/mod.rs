@@ -138,12 +138,14 @@ pub enum LoadError {
 }
 
 impl LoadError {
-    /// The file the error is about, when it is about one.
-    pub fn file(&self) -> Option<&str> {
+    /// What the error is about: a file, or a document (`FILE#DOC`).
+    pub fn source(&self) -> &str {
         match self {
-            LoadError::Io { path, .. } | LoadError::TooLarge { path } => Some(path),
-            LoadError::Syntax { file, .. } => Some(file),
-            LoadError::Invalid { .. } | LoadError::Policy { .. } => None,
+            LoadError::Io { path, .. } | LoadError::TooLarge { path } => path,
+            LoadError::Syntax { file, .. } => file,
+            LoadError::Invalid { source_name, .. } | LoadError::Policy { source_name, .. } => {
+                source_name
+            }
         }
     }
 
@@ -155,7 +157,7 @@ impl LoadError {
         }
     }
 
-    /// What went wrong, without the file and position.
+    /// What went wrong, without the source and position.
     pub fn message(&self) -> String {
         match self {
             LoadError::Io { source, .. } => format!("cannot read: {source}"),

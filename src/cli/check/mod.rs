@@ -111,16 +111,24 @@ fn parse_now(s: &str) -> Result<jiff::Timestamp, String> {
 
 /// Runs `imagegate check`.
 pub fn main(args: CheckArgs) -> ExitCode {
-    let report = match run(&args) {
-        Ok(report) => report,
+    let (report, judged) = match run(&args) {
+        Ok(report) => (report, true),
+        // Without policies nothing is judged. The error is the whole report: a CI system that
+        // reads the report's file sees the failure there too (the text report stays empty).
         Err(e) => {
-            eprintln!("imagegate check: {e}");
-            return ExitCode::from(EXIT_BAD_INPUT);
+            let report = Report {
+                errors: vec![input_error(&e)],
+                ..Report::default()
+            };
+            (report, false)
         }
     };
     // Errors go to standard error as well, where a CI log shows them whatever the format.
     for e in &report.errors {
         eprintln!("imagegate check: {e}");
+    }
+    if !judged && args.output == OutputFormat::Text {
+        return ExitCode::from(EXIT_BAD_INPUT);
     }
     let text = match args.output {
         OutputFormat::Text => Ok(report::text::render(&report)),
@@ -242,14 +250,14 @@ fn read(paths: &[PathBuf], report: &mut Report) -> (Vec<Document>, HashMap<Strin
 }
 
 fn input_error(e: &LoadError) -> InputError {
-    let file = e.file().unwrap_or_default().to_owned();
+    // A position is only ever known for a syntax error, whose source is its file.
     InputError {
         location: e.position().map(|at| Location {
-            file: file.clone(),
+            file: e.source().to_owned(),
             line: at.line,
             column: Some(at.column),
         }),
-        source: file,
+        source: e.source().to_owned(),
         message: e.message(),
     }
 }
