@@ -259,7 +259,7 @@ fn parts() {
         imagegate::policy::pattern::Pattern::parse("registry.corp.example/team-7/service-12")
             .expect("pattern")
     });
-    row("a `Pattern` (40 bytes and its text)", bytes);
+    row("a `Pattern`'s text (the 40-byte `Pattern` itself is in its list)", bytes);
     drop(black_box(p));
     for per in [3, 100] {
         let policy = generated::policy(7, per);
@@ -309,8 +309,8 @@ fn parts() {
     );
     row(
         &format!(
-            "1,000 × 100 patterns: the snapshot around them (the matcher of {globs} globs and \
-             {uses} uses, selectors, flags), per pattern"
+            "1,000 × 100 patterns: the snapshot around them (the matcher of {globs} distinct \
+             patterns and {uses} uses, selectors, flags), per pattern"
         ),
         all / 100_000,
     );
