@@ -16,7 +16,7 @@ use crate::decision::{Decision, Input, Requester, decide};
 use crate::metrics::{AdmissionResult, decision_label};
 use crate::namespaces::Labels;
 use crate::policy::crd::GROUP as POLICY_GROUP;
-use crate::policy::{ImagePolicy, Snapshot, compile};
+use crate::policy::{ImagePolicy, Snapshot, validate};
 use crate::skim::{Skim, Skimmed};
 use crate::workload::{Workload, WorkloadKind, WorkloadObject};
 
@@ -507,7 +507,7 @@ impl AdmissionRequest {
         match &self.target {
             Target::Skip(why) => Outcome::Skipped(why),
             Target::Unreadable(why) => Outcome::Refused(why.clone()),
-            Target::Policy(p) => Outcome::Policy(compile(p).map(|_| ())),
+            Target::Policy(p) => Outcome::Policy(validate(p)),
             Target::Workload { object, old, .. } => match labels {
                 Err(why) => Outcome::Refused(format!(
                     "the labels of namespace {:?} cannot be read, so the policies that apply are unknown: {why}",

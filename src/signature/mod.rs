@@ -35,10 +35,8 @@ impl PublicKey {
                 pem.label
             )));
         }
-        let (_, spki) =
-            x509_parser::x509::SubjectPublicKeyInfo::from_der(&pem.contents).map_err(|e| {
-                KeyError(format!("not a PKIX public key: {e}"))
-            })?;
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&pem.contents)
+            .map_err(|e| KeyError(format!("not a PKIX public key: {e}")))?;
         let algorithm = match spki.algorithm.algorithm.to_id_string().as_str() {
             "1.2.840.10045.2.1" => KeyAlgorithm::EcdsaP256,
             "1.3.101.112" => KeyAlgorithm::Ed25519,
