@@ -22,4 +22,5 @@ pub mod skim;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod verification;
 pub mod workload;

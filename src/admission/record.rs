@@ -335,6 +335,7 @@ mod tests {
                 namespace_labels: &labels,
                 requester: Some(&requester),
                 now,
+                evidence: None,
             },
         );
         let ctx = RecordContext {
@@ -443,6 +444,7 @@ mod tests {
                     mode: Mode::Warn,
                 },
             ],
+            unverified: vec![],
         };
         let requester = Requester {
             username: odd.into(),

@@ -264,6 +264,7 @@ fn check_document(
             namespace_labels: &ns_labels,
             requester,
             now,
+            evidence: None,
         },
     );
     fill(&mut result, kind, &decision);

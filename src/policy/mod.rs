@@ -17,5 +17,7 @@ pub use crd::{
     Mode, SecretKeyRef, SignatureEntry, TransparencyLog,
 };
 pub use selector::Selector;
+#[cfg(test)]
+pub(crate) use signatures::test_keys;
 pub use signatures::{SecretKeys, SignatureRule};
 pub use snapshot::{ImageMatches, ResolvedImage, Settings, Snapshot, UnmatchedImages};

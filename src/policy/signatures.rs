@@ -297,20 +297,27 @@ fn anchored_regex(source: &str) -> Result<regex::Regex, regex::Error> {
         .build()
 }
 
+/// Public keys for tests (their private halves were not kept).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::{ImagePolicy, compile, compile_with, validate};
-
+pub(crate) mod test_keys {
+    /// ECDSA P-256.
     pub(crate) const P256: &str = "-----BEGIN PUBLIC KEY-----
 MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEFuYtyimxH4ekI/DPBs7f7b995d31
 alNHziivH6xP0AaP4LXw1Wl0/7foK5JnYAgDcvA1P+hIPQj/Q9EI2FBH8A==
 -----END PUBLIC KEY-----
 ";
-    const ED25519: &str = "-----BEGIN PUBLIC KEY-----
+    /// Ed25519.
+    pub(crate) const ED25519: &str = "-----BEGIN PUBLIC KEY-----
 MCowBQYDK2VwAyEAFRvsdhYQ6UWTKwD6t77OaROn1JFhSG9GTCJQCzng/QM=
 -----END PUBLIC KEY-----
 ";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_keys::{ED25519, P256};
+    use super::*;
+    use crate::policy::{ImagePolicy, compile, compile_with, validate};
 
     fn policy(entries: &str) -> ImagePolicy {
         serde_saphyr::from_str(&format!(

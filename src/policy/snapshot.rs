@@ -80,6 +80,8 @@ pub struct Snapshot {
     selectors: SelectorSet,
     /// Per policy, its index in `selectors` (`None`: every namespace).
     selector_of: Vec<Option<usize>>,
+    /// Whether some policy has `verifySignatures` entries.
+    signing: bool,
     created: jiff::Timestamp,
     /// Unique to this snapshot, so that what a thread remembers of images (see
     /// [`Snapshot::resolve`]) is never used with another one.
@@ -218,7 +220,9 @@ impl Snapshot {
                 }))
             })
             .collect();
+        let signing = policies.iter().any(|p| !p.signatures.is_empty());
         Snapshot {
+            signing,
             policies,
             settings,
             names,
@@ -241,6 +245,12 @@ impl Snapshot {
     /// remembers about one can be told apart from what it remembers about another.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether some policy has signature entries: when not, no request needs evidence, and
+    /// deciding costs this one test more than before signatures existed.
+    pub fn has_signature_rules(&self) -> bool {
+        self.signing
     }
 
     /// The engine settings.
