@@ -10,6 +10,7 @@ pub mod cli;
 pub mod decision;
 pub mod events;
 pub mod evidence;
+pub mod gather;
 pub mod http;
 pub mod manifests;
 pub mod metrics;

@@ -490,6 +490,7 @@ impl AdmissionRequest {
             annotations: self.annotations(),
             now,
             latency,
+            evidence: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::{EngineArgs, LogFormat};
+use crate::cli::{EngineArgs, LogFormat, VerifyArgs};
 use crate::http::{AppState, ServerConfig, run_server};
 use crate::metrics::Metrics;
 use crate::operator::certificates::{CertParams, service_sans};
@@ -104,6 +104,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// A `--webhook-url`: the base URL and its host.
@@ -248,6 +251,8 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
         tls,
         readiness: Arc::clone(&running.readiness),
         metrics,
+        evidence: Arc::new(crate::gather::NoRegistry),
+        verify_timeout: args.verify.verify_timeout,
     };
     let mut server = ServerConfig::new(args.addr, args.metrics_addr.0);
     server.drain_delay = DRAIN_DELAY;

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
 
-use super::{EngineArgs, LogFormat};
+use super::{EngineArgs, LogFormat, VerifyArgs};
 use crate::certs::{self, CertPair};
 use crate::events::NoEvents;
 use crate::http::{AppState, Listeners, ServerConfig};
@@ -113,6 +113,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// A server ready to run: policies loaded, certificate in place, sockets bound.
@@ -329,6 +332,8 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         tls,
         readiness,
         metrics,
+        evidence: Arc::new(crate::gather::NoRegistry),
+        verify_timeout: args.verify.verify_timeout,
     };
     let mut config = ServerConfig::new(
         args.addr,
@@ -422,6 +427,13 @@ impl Prepared {
     /// The shared state (for tests and embedding).
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Gathers signature evidence from `evidence` instead of the registry client built from
+    /// the flags (for tests and embedding).
+    pub fn with_evidence(mut self, evidence: Arc<dyn crate::evidence::Gather>) -> Prepared {
+        self.state.evidence = evidence;
+        self
     }
 
     /// Serves until `shutdown` completes, reloading on file changes; returns after draining.

@@ -301,16 +301,9 @@ fn anchored_regex(source: &str) -> Result<regex::Regex, regex::Error> {
 #[cfg(test)]
 pub(crate) mod test_keys {
     /// ECDSA P-256.
-    pub(crate) const P256: &str = "-----BEGIN PUBLIC KEY-----
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEFuYtyimxH4ekI/DPBs7f7b995d31
-alNHziivH6xP0AaP4LXw1Wl0/7foK5JnYAgDcvA1P+hIPQj/Q9EI2FBH8A==
------END PUBLIC KEY-----
-";
+    pub(crate) const P256: &str = include_str!("../../tests/data/keys/p256.pub");
     /// Ed25519.
-    pub(crate) const ED25519: &str = "-----BEGIN PUBLIC KEY-----
-MCowBQYDK2VwAyEAFRvsdhYQ6UWTKwD6t77OaROn1JFhSG9GTCJQCzng/QM=
------END PUBLIC KEY-----
-";
+    pub(crate) const ED25519: &str = include_str!("../../tests/data/keys/ed25519.pub");
 }
 
 #[cfg(test)]
