@@ -207,3 +207,169 @@ impl Gather for Replay {
         futures::future::ready(out).boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::evidence::EntryCheck;
+    use crate::policy::TransparencyLog;
+    use crate::policy::test_keys::P256;
+    use crate::reference::Reference;
+    use crate::signature::{PublicKey, Verifier};
+
+    const D: &str = "sha256:3f4ac9e1d2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b77e1";
+
+    fn request(image: &str, entries: &[&str]) -> EvidenceRequest {
+        let verifier = Arc::new(Verifier::Key(PublicKey::from_pem(P256).unwrap()));
+        EvidenceRequest {
+            image: image.to_owned(),
+            reference: Reference::parse(image).unwrap(),
+            checks: entries
+                .iter()
+                .map(|e| EntryCheck {
+                    entry: (*e).to_owned(),
+                    verifier: Arc::clone(&verifier),
+                    transparency_log: TransparencyLog::Skip,
+                })
+                .collect(),
+        }
+    }
+
+    fn deadline() -> Deadline {
+        Deadline {
+            at: Instant::now(),
+            budget: Duration::ZERO,
+        }
+    }
+
+    fn gather(source: &dyn Gather, requests: &[EvidenceRequest]) -> Evidence {
+        futures::executor::block_on(source.gather(requests, deadline()))
+    }
+
+    fn result(e: &Evidence, image: &str, entry: &str) -> serde_json::Value {
+        serde_json::to_value(&e.images[image].entries[entry].outcome).unwrap()["result"].clone()
+    }
+
+    #[test]
+    fn offline_skips_and_no_registry_fails_every_check() {
+        let asked = [
+            request("quay.io/a/b:1", &["p/x", "q/y"]),
+            request(
+                "quay.io/c@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                &["p/x"],
+            ),
+        ];
+        let e = gather(&Offline, &asked);
+        assert_eq!(e.images.len(), 2);
+        for (image, entry) in [("quay.io/a/b:1", "p/x"), ("quay.io/a/b:1", "q/y")] {
+            assert_eq!(result(&e, image, entry), "skipped");
+        }
+        let pinned = &e.images[asked[1].image.as_str()];
+        assert!(pinned.digest.as_deref().unwrap().starts_with("sha256:0123"));
+        let e = gather(&NoRegistry, &asked);
+        assert_eq!(result(&e, "quay.io/a/b:1", "q/y"), "unavailable");
+    }
+
+    fn record_line(evidence: &serde_json::Value) -> String {
+        serde_json::json!({
+            "timestamp": "2026-11-22T12:00:00Z", "target": "imagegate::decision",
+            "images": [{"image": "quay.io/a/b:1", "verdict": "allowed"}],
+            "evidence": evidence,
+        })
+        .to_string()
+    }
+
+    fn image_evidence(result: &str) -> serde_json::Value {
+        let outcome = if result == "verified" {
+            serde_json::json!({"result": "verified", "digest": D, "format": "cosignTag", "signer": "k"})
+        } else {
+            serde_json::json!({"result": result, "reason": "no signature found"})
+        };
+        serde_json::json!({"digest": D, "digestError": null, "digestSource": "fresh",
+            "entries": {"p/x": {"outcome": outcome, "source": "cache"}}})
+    }
+
+    #[test]
+    fn replay_reads_records_and_bare_evidence() {
+        let first = record_line(
+            &serde_json::json!({"images": {"quay.io/a/b:1": image_evidence("notVerified")}}),
+        );
+        let no_evidence =
+            serde_json::json!({"target": "imagegate::decision", "images": []}).to_string();
+        let later = record_line(
+            &serde_json::json!({"images": {"quay.io/a/b:1": image_evidence("verified")}}),
+        );
+        let text = format!("{first}\n\n{no_evidence}\n{later}\n");
+        let replay = Replay::parse(&text, "records.log").unwrap();
+        let e = gather(
+            &replay,
+            &[
+                request("quay.io/a/b:1", &["p/x", "p/other"]),
+                request("quay.io/z:1", &["p/x"]),
+            ],
+        );
+        assert_eq!(
+            result(&e, "quay.io/a/b:1", "p/x"),
+            "verified",
+            "the later record counts"
+        );
+        assert_eq!(
+            e.images["quay.io/a/b:1"].entries["p/x"].source,
+            Source::Cache
+        );
+        assert_eq!(e.images["quay.io/a/b:1"].digest.as_deref(), Some(D));
+        let missing =
+            serde_json::to_value(&e.images["quay.io/a/b:1"].entries["p/other"].outcome).unwrap();
+        assert_eq!(missing["result"], "unavailable");
+        assert!(
+            missing["reason"]
+                .as_str()
+                .unwrap()
+                .contains("records.log holds no outcome"),
+            "{missing}"
+        );
+        assert!(
+            e.images["quay.io/z:1"]
+                .digest_error
+                .as_deref()
+                .unwrap()
+                .contains("no evidence for this image")
+        );
+
+        // One record, pretty-printed, and a bare evidence object.
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(&later).unwrap(),
+        )
+        .unwrap();
+        let bare = serde_json::json!({"images": {"quay.io/a/b:1": image_evidence("verified")}})
+            .to_string();
+        for text in [pretty, bare] {
+            let replay = Replay::parse(&text, "f").unwrap();
+            assert_eq!(replay.evidence().images.len(), 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn replay_refuses_what_holds_no_evidence() {
+        for (text, says) in [
+            ("", "empty"),
+            ("not json\n", "line 1: not a JSON decision record"),
+            (
+                "{\"target\": \"imagegate::decision\", \"images\": []}\n{\"target\": \"x\"}\n",
+                "no line is a decision record with evidence",
+            ),
+            (
+                "{\"evidence\": {\"images\": {\"a\": {\"entries\": 3}}}}",
+                "the evidence cannot be read",
+            ),
+            ("[1, 2]", "not a JSON object"),
+        ] {
+            let e = Replay::parse(text, "f").unwrap_err().to_string();
+            assert!(e.starts_with("f: "), "{e}");
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+}
