@@ -98,6 +98,16 @@ pub struct RunArgs {
     #[arg(long, env = "IMAGEGATE_OWNER_CLUSTER_ROLE")]
     pub owner_cluster_role: Option<String>,
 
+    /// Secrets in --namespace that verifySignatures keys may name (secretRef), comma-separated;
+    /// the operator reads and watches exactly these, by name.
+    #[arg(
+        long,
+        env = "IMAGEGATE_KEY_SECRETS",
+        value_delimiter = ',',
+        value_name = "NAME,…"
+    )]
+    pub key_secrets: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -224,6 +234,12 @@ impl RunArgs {
             secret_name: self.secret_name.clone(),
             owner_cluster_role: self.owner_cluster_role.clone(),
             settings: self.engine.settings(),
+            key_secrets: self
+                .key_secrets
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
         })
     }
 }

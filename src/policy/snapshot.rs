@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::{GlobSet, GlobSetBuilder};
 
-use super::compile::{CompileError, CompiledPolicy, PatternList, compile};
+use super::compile::{CompileError, CompiledPolicy, PatternList, compile_with};
 use super::crd::ImagePolicy;
 use super::selector::{Selector, SelectorSet};
+use super::signatures::SecretKeys;
 use crate::reference::{Reference, ReferenceError};
 
 /// What happens to an image that no applying policy governs.
@@ -155,10 +156,19 @@ impl Snapshot {
 
     /// Compiles every policy; the ones that fail are left out and their errors returned.
     pub fn compile(policies: &[ImagePolicy], settings: Settings) -> (Snapshot, Vec<CompileError>) {
+        Snapshot::compile_with(policies, settings, &SecretKeys::default())
+    }
+
+    /// As [`compile`](Self::compile), with `secretRef` keys read from `secrets`.
+    pub fn compile_with(
+        policies: &[ImagePolicy],
+        settings: Settings,
+        secrets: &SecretKeys,
+    ) -> (Snapshot, Vec<CompileError>) {
         let mut compiled = Vec::with_capacity(policies.len());
         let mut errors = Vec::new();
         for p in policies {
-            match compile(p) {
+            match compile_with(p, secrets) {
                 Ok(c) => compiled.push(c),
                 Err(e) => errors.push(e),
             }
