@@ -545,7 +545,7 @@ fn check_image(
                         p.name,
                         Rule::VerifySignatures,
                         shown(),
-                        verification::OFFLINE_WARNING
+                        crate::evidence::OFFLINE
                     )),
                     Judgement::NotVerified(why) => out.push(violation(
                         Some(pi),

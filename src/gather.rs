@@ -1,6 +1,6 @@
 //! Evidence sources other than a registry, for `check` and for servers without a registry
-//! client: [`Offline`] looks at nothing, [`Replay`] answers from evidence written down before
-//! (a decision record's), [`NoRegistry`] fails closed. Each answers every check it is asked,
+//! client (besides [`Offline`](crate::evidence::Offline)): [`Replay`] answers from evidence
+//! written down before (a decision record's), [`NoRegistry`] fails closed. Each answers every check it is asked,
 //! so a decision never has to guess what a missing outcome means.
 
 use std::collections::BTreeMap;
@@ -36,24 +36,6 @@ fn answer_all(requests: &[EvidenceRequest], outcome: &Outcome) -> Evidence {
         }
     }
     evidence
-}
-
-/// `check --offline`: no registry is contacted, and every check is skipped (a warning, no
-/// violation).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Offline;
-
-impl Gather for Offline {
-    fn gather<'a>(
-        &'a self,
-        requests: &'a [EvidenceRequest],
-        _deadline: Deadline,
-    ) -> BoxFuture<'a, Evidence> {
-        let outcome = Outcome::Skipped {
-            reason: "offline: no registry was contacted".to_owned(),
-        };
-        futures::future::ready(answer_all(requests, &outcome)).boxed()
-    }
 }
 
 /// A server or command built without a registry client: every check is unavailable, so every
@@ -214,7 +196,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::evidence::EntryCheck;
+    use crate::evidence::{EntryCheck, Offline};
     use crate::policy::TransparencyLog;
     use crate::policy::test_keys::P256;
     use crate::reference::Reference;
@@ -223,7 +205,7 @@ mod tests {
     const D: &str = "sha256:3f4ac9e1d2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b77e1";
 
     fn request(image: &str, entries: &[&str]) -> EvidenceRequest {
-        let verifier = Arc::new(Verifier::Key(PublicKey::from_pem(P256).unwrap()));
+        let verifier = Arc::new(Verifier::key(PublicKey::from_pem(P256).unwrap()));
         EvidenceRequest {
             image: image.to_owned(),
             reference: Reference::parse(image).unwrap(),

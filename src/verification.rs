@@ -11,9 +11,6 @@ use crate::policy::{CompiledPolicy, ResolvedImage, SignatureRule, Snapshot};
 use crate::reference::Reference;
 use crate::workload::Workload;
 
-/// The warning for an image whose signatures were not looked at (`check --offline`).
-pub const OFFLINE_WARNING: &str = "signature not verified (offline)";
-
 /// The entries of `policy` that are for `reference`, an image the policy governs.
 pub fn candidates<'a>(
     policy: &'a CompiledPolicy,

@@ -5,6 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub use crate::signature::TransparencyLog;
+
 /// Group of the ImagePolicy API.
 pub const GROUP: &str = "imagegate.dev";
 /// Version of the ImagePolicy API.
@@ -281,13 +283,4 @@ pub struct ConfigMapKeyRef {
     /// The key in the ConfigMap's data, for example `trusted_root.json`.
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
-}
-
-/// Whether a transparency-log entry must accompany a signature.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
-pub enum TransparencyLog {
-    /// Do not look for one.
-    Skip,
-    /// A Rekor entry verified against the trusted root's log keys must be present.
-    Require,
 }

@@ -277,15 +277,9 @@ fn key_verifier(
             ));
         }
     };
-    let public = PublicKey::from_pem(pem).map_err(|e| {
-        (
-            field,
-            format!(
-                "not a usable public key: {e}; give a PEM `PUBLIC KEY` (PKIX) of ECDSA P-256/P-384, Ed25519 or RSA 2048–8192 bits, as in cosign.pub"
-            ),
-        )
-    })?;
-    Ok(Some(Verifier::Key(public)))
+    let public =
+        PublicKey::from_pem(pem).map_err(|e| (field, format!("not a usable public key: {e}")))?;
+    Ok(Some(Verifier::key(public)))
 }
 
 /// The largest compiled identity regex, as for break-glass tickets.
