@@ -392,3 +392,54 @@ async fn a_server_without_a_registry_client_fails_closed() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn serve_reads_secret_ref_keys_from_the_key_secret_dir() {
+    let spec = "verifySignatures:\n- name: release\n  key:\n    secretRef: {name: cosign, key: cosign.pub}";
+    let policies = policy("sig", spec);
+
+    // Without the folder the policy cannot compile, and serve says why.
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        serve: imagegate::cli::serve::ServeArgs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, &policies).unwrap();
+    let certs = dir.path().join("certs");
+    let argv = [
+        "serve",
+        "--policies",
+        file.to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "off",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+    ];
+    let args = <Args as clap::Parser>::try_parse_from(argv).unwrap().serve;
+    let e = format!("{:#}", imagegate::cli::serve::prepare(&args).unwrap_err());
+    assert!(
+        e.contains("spec.verifySignatures[0].key.secretRef: the Secret \"cosign\" cannot be read")
+            && e.contains("--key-secret-dir"),
+        "{e}"
+    );
+
+    // With it, the key is read from DIR/cosign/cosign.pub.
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(keys.join("cosign")).unwrap();
+    std::fs::write(keys.join("cosign/cosign.pub"), KEY).unwrap();
+    let evidence = FixedEvidence::new(&[("sig/release", verified())]);
+    let s = server(
+        &policies,
+        &evidence,
+        &["--key-secret-dir", keys.to_str().unwrap()],
+    )
+    .await;
+    let r = s.review(&fixture("pod-create.json")).await;
+    assert_eq!(r["allowed"], true, "{r}");
+    assert_eq!(evidence.asked()[0].0.len(), 4, "every image of the Pod");
+    s.stop().await;
+}

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
 
-use super::{EngineArgs, LogFormat, VerifyArgs};
+use super::{EngineArgs, KeySecretDirArgs, LogFormat, VerifyArgs};
 use crate::certs::{self, CertPair};
 use crate::events::NoEvents;
 use crate::http::{AppState, Listeners, ServerConfig};
@@ -116,6 +116,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub verify: VerifyArgs,
+
+    #[command(flatten)]
+    pub keys: KeySecretDirArgs,
 }
 
 /// A server ready to run: policies loaded, certificate in place, sockets bound.
@@ -143,6 +146,7 @@ impl std::fmt::Debug for Prepared {
 #[derive(Clone)]
 struct Reloader {
     policies: Vec<PathBuf>,
+    keys: KeySecretDirArgs,
     settings: Settings,
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
@@ -153,9 +157,10 @@ struct Reloader {
 impl Reloader {
     /// Loads and compiles every policy; the snapshot, or why not (naming file and field).
     fn load(&self) -> anyhow::Result<Snapshot> {
-        let loaded = crate::manifests::load_policies(&self.policies)?;
+        let secrets = self.keys.secret_keys()?;
+        let loaded = crate::manifests::load_policies_with(&self.policies, &secrets)?;
         let policies: Vec<_> = loaded.into_iter().map(|l| l.policy).collect();
-        let (snapshot, errors) = Snapshot::compile(&policies, self.settings.clone());
+        let (snapshot, errors) = Snapshot::compile_with(&policies, self.settings.clone(), &secrets);
         if let Some(e) = errors.first() {
             anyhow::bail!("policy {:?}: {e}", e.policy);
         }
@@ -301,6 +306,7 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     let tls_files = args.tls_cert.clone().zip(args.tls_key.clone());
     let reload = Reloader {
         policies: args.policies.clone(),
+        keys: args.keys.clone(),
         settings,
         snapshot: Arc::clone(&snapshot),
         metrics: Arc::clone(&metrics),
@@ -347,6 +353,7 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
 
     let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let mut watched: Vec<PathBuf> = args.policies.clone();
+    watched.extend(args.keys.key_secret_dir.clone());
     if let Some((cert, key)) = &tls_files {
         watched.push(cert.clone());
         watched.push(key.clone());

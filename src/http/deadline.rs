@@ -12,10 +12,6 @@ use crate::evidence::Deadline;
 /// scheduling delays and the network back to the API server.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 
-/// The default `--verify-timeout`: under the API server's default webhook timeout of 10 s less
-/// the margin, so a caller that waits as long as the API server does gets an answer.
-pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(8);
-
 /// The longest `?timeout=` taken as it is. The API server allows at most 30 s; a larger value
 /// is not the API server's, and `--verify-timeout` applies instead.
 const MAX_API_SERVER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,18 +72,21 @@ fn go_duration(text: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    /// The default `--verify-timeout`.
+    const EIGHT: Duration = Duration::from_secs(8);
+
     #[test]
     fn the_api_servers_timeout_less_the_margin() {
         let now = Instant::now();
-        let d = deadline("timeout=10s", now, DEFAULT_VERIFY_TIMEOUT);
+        let d = deadline("timeout=10s", now, EIGHT);
         assert_eq!(d.budget, Duration::from_secs(9));
         assert_eq!(d.at, now + Duration::from_secs(9));
         assert_eq!(
-            deadline("a=b&timeout=30s", now, DEFAULT_VERIFY_TIMEOUT).budget,
+            deadline("a=b&timeout=30s", now, EIGHT).budget,
             Duration::from_secs(29)
         );
         assert_eq!(
-            deadline("timeout=1s", now, DEFAULT_VERIFY_TIMEOUT).budget,
+            deadline("timeout=1s", now, EIGHT).budget,
             Duration::ZERO,
             "nothing left for the registry: only cached outcomes can count"
         );
