@@ -152,21 +152,15 @@ fn failure(
     reasons: &[(&str, String)],
     all_unavailable: bool,
 ) -> String {
+    // The reasons name the digest and repository themselves ("no signature for sha256:3f…e1 in
+    // registry.corp.example/team/app"), and the pinned form at the end gives the digest whole.
     let mut out = String::from("has no verified signature");
-    match digest {
-        Some(d) => {
-            out.push_str(" for ");
-            out.push_str(&short(d));
-            out.push_str(" in ");
-            out.push_str(reference.name());
-        }
-        None => {
-            if let Some(why) = evidence.and_then(|e| e.digest_error.as_deref()) {
-                out.push_str(" (its tag could not be resolved to a digest: ");
-                out.push_str(why);
-                out.push(')');
-            }
-        }
+    if digest.is_none()
+        && let Some(why) = evidence.and_then(|e| e.digest_error.as_deref())
+    {
+        out.push_str(" (its tag could not be resolved to a digest: ");
+        out.push_str(why);
+        out.push(')');
     }
     out.push_str(": ");
     for (i, (entry, why)) in reasons.iter().enumerate() {
@@ -369,7 +363,7 @@ mod tests {
         );
         let not_verified_says = [
             "container \"app\": image \"registry.corp.example/team/app:1.0\"",
-            "has no verified signature for sha256:3f4ac9…77e1 in registry.corp.example/team/app: release: no signature found",
+            "(registry.corp.example/team/app:1.0) has no verified signature: release: no signature found; sign",
             sign.as_str(),
         ];
         // snapshot, evidence entries, allowed, violation rules, message parts, warning parts
