@@ -379,21 +379,6 @@ async fn the_decision_counts_the_rule_in_the_metrics() {
 }
 
 #[tokio::test]
-async fn a_server_without_a_registry_client_fails_closed() {
-    let s = TestServer::start(&signing_policy("sig", "Enforce", "'**'"), &[]).await;
-    let r = s.review(&fixture("pod-create.json")).await;
-    assert_eq!(r["allowed"], false);
-    assert!(
-        r["status"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("could not be checked: no registry client is configured"),
-        "{r}"
-    );
-    s.stop().await;
-}
-
-#[tokio::test]
 async fn serve_reads_secret_ref_keys_from_the_key_secret_dir() {
     let spec = "verifySignatures:\n- name: release\n  key:\n    secretRef: {name: cosign, key: cosign.pub}";
     let policies = policy("sig", spec);

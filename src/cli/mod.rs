@@ -64,26 +64,6 @@ impl EngineArgs {
     }
 }
 
-/// How long registry work for one request may take, shared by `run`, `serve` and `check`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct VerifyArgs {
-    /// How long signature verification may wait for registries when the caller sets no
-    /// deadline (h/m/s, e.g. `8s`). Calls from the API server carry `?timeout=`, and registry
-    /// work ends one second before it instead.
-    #[arg(long, env = "IMAGEGATE_VERIFY_TIMEOUT", default_value = "8s", value_parser = parse_verify_timeout)]
-    pub verify_timeout: std::time::Duration,
-}
-
-fn parse_verify_timeout(text: &str) -> Result<std::time::Duration, String> {
-    let d = crate::policy::parse_duration(text)?;
-    if d.is_zero() {
-        return Err(format!(
-            "{text:?} leaves no time to ask a registry; use at least 1s"
-        ));
-    }
-    Ok(d)
-}
-
 /// Where `serve` and `check` read the keys that `secretRef` names, having no cluster.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct KeySecretDirArgs {

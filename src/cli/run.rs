@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::{EngineArgs, LogFormat, VerifyArgs};
+use crate::cli::{EngineArgs, LogFormat};
 use crate::http::{AppState, ServerConfig, run_server};
 use crate::metrics::Metrics;
 use crate::operator::certificates::{CertParams, service_sans};
 use crate::operator::webhook_config::{Endpoint, FailurePolicy, WebhookParams};
 use crate::operator::{self, OperatorConfig};
+use crate::registry::{Credentials, Registry, RegistryArgs, RegistryCredentialSecretArgs};
 use crate::tls::CertResolver;
 
 /// Where Kubernetes mounts the Pod's namespace.
@@ -116,7 +117,10 @@ pub struct RunArgs {
     pub engine: EngineArgs,
 
     #[command(flatten)]
-    pub verify: VerifyArgs,
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub registry_credentials: RegistryCredentialSecretArgs,
 }
 
 /// A `--webhook-url`: the base URL and its host.
@@ -259,7 +263,32 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
     );
     let tls = CertResolver::new();
     let metrics = Arc::new(Metrics::new());
-    let running = operator::start(client, config, Arc::clone(&tls), Arc::clone(&metrics));
+    // Logins come from the credential Secrets, read at once and every minute by the task below.
+    let registry = Registry::new(
+        args.registry.config(Credentials::anonymous())?,
+        Some(Arc::clone(&metrics)),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up the registry client: {e}"))?;
+    let credential_secrets = args
+        .registry_credentials
+        .registry_credentials_secrets
+        .clone();
+    let namespace = config.namespace.clone();
+    let mut running = operator::start(
+        client.clone(),
+        config,
+        Arc::clone(&tls),
+        Arc::clone(&metrics),
+    );
+    if !credential_secrets.is_empty() {
+        running
+            .tasks
+            .push(tokio::spawn(registry.clone().refresh_credentials(
+                client,
+                namespace,
+                credential_secrets,
+            )));
+    }
     let state = AppState {
         snapshot: Arc::clone(&running.snapshot),
         namespaces: running.namespaces.clone(),
@@ -267,8 +296,8 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
         tls,
         readiness: Arc::clone(&running.readiness),
         metrics,
-        evidence: Arc::new(crate::gather::NoRegistry),
-        verify_timeout: args.verify.verify_timeout,
+        evidence: Arc::new(registry),
+        verify_timeout: args.registry.verify_timeout,
     };
     let mut server = ServerConfig::new(args.addr, args.metrics_addr.0);
     server.drain_delay = DRAIN_DELAY;

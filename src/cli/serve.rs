@@ -13,13 +13,14 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
 
-use super::{EngineArgs, KeySecretDirArgs, LogFormat, VerifyArgs};
+use super::{EngineArgs, KeySecretDirArgs, LogFormat};
 use crate::certs::{self, CertPair};
 use crate::events::NoEvents;
 use crate::http::{AppState, Listeners, ServerConfig};
 use crate::metrics::Metrics;
 use crate::namespaces::{FixedNamespaces, Labels, parse_namespace_labels};
 use crate::policy::{Settings, Snapshot};
+use crate::registry::{DockerConfigArgs, Registry, RegistryArgs};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::CertResolver;
 
@@ -115,7 +116,10 @@ pub struct ServeArgs {
     pub engine: EngineArgs,
 
     #[command(flatten)]
-    pub verify: VerifyArgs,
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub docker: DockerConfigArgs,
 
     #[command(flatten)]
     pub keys: KeySecretDirArgs,
@@ -330,6 +334,17 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     };
     metrics.set_cert_not_after(tls.not_after());
 
+    // Lookups run on the runtime `prepare` is called in, so they can outlive a request.
+    let credentials = args
+        .docker
+        .credentials()
+        .context("cannot read the registry logins")?;
+    let registry = Registry::new(
+        args.registry.config(credentials)?,
+        Some(Arc::clone(&metrics)),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up the registry client: {e}"))?;
+
     let namespaces: HashMap<String, Labels> = args.namespace_labels.iter().cloned().collect();
     let state = AppState {
         snapshot,
@@ -338,8 +353,8 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         tls,
         readiness,
         metrics,
-        evidence: Arc::new(crate::gather::NoRegistry),
-        verify_timeout: args.verify.verify_timeout,
+        evidence: Arc::new(registry),
+        verify_timeout: args.registry.verify_timeout,
     };
     let mut config = ServerConfig::new(
         args.addr,
