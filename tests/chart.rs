@@ -124,8 +124,15 @@ struct Expect<'a> {
     image: &'a str,
     priority_class: Option<&'a str>,
     verify_timeout: &'a str,
+    /// `signatures.cacheTTL`, `staleTTL`, `tagCacheTTL`.
+    signature_ttls: [&'a str; 3],
     /// `signatures.keySecrets`.
     key_secrets: &'a [&'a str],
+    /// `registries.credentialsSecrets`.
+    credentials_secrets: &'a [&'a str],
+    /// `--registry-ca-file` and `--insecure-registry`, when set.
+    registry_ca_files: Option<&'a str>,
+    insecure_registries: Option<&'a str>,
 }
 
 const DEFAULTS: Expect<'static> = Expect {
@@ -143,7 +150,11 @@ const DEFAULTS: Expect<'static> = Expect {
     image: "ghcr.io/imagegate/imagegate:0.1.0",
     priority_class: Some("system-cluster-critical"),
     verify_timeout: "8s",
+    signature_ttls: ["10m", "24h", "30s"],
     key_secrets: &[],
+    credentials_secrets: &[],
+    registry_ca_files: None,
+    insecure_registries: None,
 };
 
 const PRODUCTION: Expect<'static> = Expect {
@@ -161,7 +172,13 @@ const PRODUCTION: Expect<'static> = Expect {
     image: "registry.corp.example/platform/imagegate:0.1.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     priority_class: None,
     verify_timeout: "4s",
+    signature_ttls: ["5m", "4h", "10s"],
     key_secrets: &["cosign-release", "cosign-vendor"],
+    credentials_secrets: &["registry-pull"],
+    registry_ca_files: Some(
+        "/etc/imagegate/registry-ca/0/ca.crt,/etc/imagegate/registry-ca/1/mirror-ca.pem",
+    ),
+    insecure_registries: Some("mirror.lan:5000"),
 };
 
 /// The flags `imagegate run` accepts (from its own definition); anything else in the chart's
@@ -433,17 +450,61 @@ fn check_deployment(r: &Rendered, d: &Deployment, want: &Expect) {
         ("--owner-cluster-role", RELEASE),
         ("--log-format", want.log_format),
         ("--verify-timeout", want.verify_timeout),
+        ("--signature-cache-ttl", want.signature_ttls[0]),
+        ("--signature-stale-ttl", want.signature_ttls[1]),
+        ("--tag-cache-ttl", want.signature_ttls[2]),
     ];
     for (flag, value) in expected {
         assert_eq!(flags.get(flag), Some(&value), "[{}] {flag}", r.helm);
     }
     let key_secrets = want.key_secrets.join(",");
-    assert_eq!(
-        flags.get("--key-secrets").copied(),
-        (!key_secrets.is_empty()).then_some(key_secrets.as_str()),
-        "[{}] --key-secrets",
-        r.helm
-    );
+    let credentials = want.credentials_secrets.join(",");
+    for (flag, value) in [
+        ("--key-secrets", Some(key_secrets.as_str())),
+        ("--registry-credentials-secret", Some(credentials.as_str())),
+        ("--registry-ca-file", want.registry_ca_files),
+        ("--insecure-registry", want.insecure_registries),
+    ] {
+        assert_eq!(
+            flags.get(flag).copied(),
+            value.filter(|v| !v.is_empty()),
+            "[{}] {flag}",
+            r.helm
+        );
+    }
+    // Each registry CA file is a key of a ConfigMap or Secret, mounted read-only where the flag
+    // says.
+    let mounts: BTreeMap<String, (String, bool)> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            (
+                m.name.clone(),
+                (m.mount_path.clone(), m.read_only.unwrap_or(false)),
+            )
+        })
+        .collect();
+    for file in want.registry_ca_files.iter().flat_map(|f| f.split(',')) {
+        let (dir, key) = file.rsplit_once('/').expect("a path");
+        let index = dir.rsplit('/').next().expect("an index");
+        let name = format!("registry-ca-{index}");
+        assert_eq!(mounts.get(&name), Some(&(dir.to_owned(), true)), "{name}");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no volume {name}"));
+        let items = volume
+            .config_map
+            .as_ref()
+            .and_then(|c| c.items.clone())
+            .or_else(|| volume.secret.as_ref().and_then(|s| s.items.clone()))
+            .unwrap_or_default();
+        assert_eq!(items.len(), 1, "{name}");
+        assert_eq!((items[0].key.as_str(), items[0].path.as_str()), (key, key));
+    }
 }
 
 fn check_service(r: &Rendered, d: &Deployment) {
@@ -526,6 +587,10 @@ fn operator_namespace_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
         for verb in ["get", "list", "watch"] {
             grants.push((("", "secrets", verb), Some((*name).to_owned())));
         }
+    }
+    // Registry logins: read by name (every minute), never watched or written.
+    for name in want.credentials_secrets {
+        grants.push((("", "secrets", "get"), Some((*name).to_owned())));
     }
     grants
 }
@@ -1077,6 +1142,16 @@ fn values_schema_rejects_bad_values() {
             "metrics.grafanaDashboard.labelValue=not a label",
             "labelValue",
         ),
+        ("signatures.keySecrets[0]=Cosign_Key", "keySecrets"),
+        ("signatures.verifyTimeout=8", "verifyTimeout"),
+        ("signatures.staleTTL=1d", "staleTTL"),
+        ("registries.insecure[0]=http://mirror.lan", "insecure"),
+        (
+            "registries.credentialsSecrets[0]=Pull Secret",
+            "credentialsSecrets",
+        ),
+        ("registries.caCertificates[0].key=ca.crt", "caCertificates"),
+        ("registries.caCertificates[0].file=ca.crt", "caCertificates"),
     ];
     let chart = chart_dir();
     let chart = chart.to_str().expect("UTF-8 path");
