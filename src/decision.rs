@@ -882,7 +882,7 @@ impl Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::{ImagePolicy, Settings, compile};
     use crate::workload::WorkloadKind;
@@ -903,7 +903,10 @@ mod tests {
     }
 
     /// A Pod from `(container type, name, image, pull policy)` and annotations.
-    fn pod(images: &[(&str, &str, &str, Option<&str>)], annotations: &[(&str, &str)]) -> Workload {
+    pub(crate) fn pod(
+        images: &[(&str, &str, &str, Option<&str>)],
+        annotations: &[(&str, &str)],
+    ) -> Workload {
         let mut spec = serde_json::json!({});
         for (ty, name, image, pull) in images {
             let entry = if *ty == "volumes" {

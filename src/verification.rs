@@ -211,7 +211,7 @@ mod tests {
     use crate::evidence::{Evidence, SignatureFormat, Source};
     use crate::policy::test_keys::{ED25519, P256};
     use crate::policy::{ImagePolicy, Mode, Settings, compile};
-    use crate::workload::{ContainerType, WorkloadKind};
+    use crate::workload::ContainerType;
 
     const D1: &str = "sha256:3f4ac9e1d2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b77e1";
     const D2: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -243,24 +243,10 @@ mod tests {
         Snapshot::new(compiled, Settings::default())
     }
 
+    /// A Pod from `(container type, name, image)`.
     fn pod(images: &[(&str, &str, &str)]) -> Workload {
-        let mut spec = serde_json::json!({});
-        for (ty, name, image) in images {
-            let entry = if *ty == "volumes" {
-                serde_json::json!({"name": name, "image": {"reference": image}})
-            } else {
-                serde_json::json!({"name": name, "image": image})
-            };
-            spec.as_object_mut()
-                .unwrap()
-                .entry(ty.to_string())
-                .or_insert_with(|| serde_json::json!([]))
-                .as_array_mut()
-                .unwrap()
-                .push(entry);
-        }
-        let object = serde_json::json!({"metadata": {"name": "p"}, "spec": spec});
-        Workload::from_value(WorkloadKind::Pod, &object).unwrap()
+        let images: Vec<_> = images.iter().map(|&(t, n, i)| (t, n, i, None)).collect();
+        crate::decision::tests::pod(&images, &[])
     }
 
     fn labels() -> BTreeMap<String, String> {

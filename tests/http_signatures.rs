@@ -133,6 +133,22 @@ async fn server(policies: &str, evidence: &Arc<FixedEvidence>, extra: &[&str]) -
     TestServer::start_with(policies, extra, Some(gather)).await
 }
 
+/// A server with the policy `sig` (in `mode`) whose entry `release` is for the sidecar's
+/// registry, `ghcr.io/example/**`, and evidence from `outcomes`.
+async fn sidecar_server(
+    mode: &str,
+    outcomes: &[(&str, Outcome)],
+) -> (TestServer, Arc<FixedEvidence>) {
+    let evidence = FixedEvidence::new(outcomes);
+    let s = server(
+        &signing_policy("sig", mode, "'ghcr.io/example/**'"),
+        &evidence,
+        &[],
+    )
+    .await;
+    (s, evidence)
+}
+
 async fn review_at(server: &TestServer, path: &str, body: &Value) -> Value {
     let (status, out) = server.post(path, serde_json::to_vec(body).unwrap()).await;
     assert_eq!(status, 200, "{out}");
@@ -141,13 +157,7 @@ async fn review_at(server: &TestServer, path: &str, body: &Value) -> Value {
 
 #[tokio::test]
 async fn signed_images_are_admitted_and_unsigned_ones_denied_naming_the_entry() {
-    let evidence = FixedEvidence::new(&[("sig/release", verified())]);
-    let s = server(
-        &signing_policy("sig", "Enforce", "'ghcr.io/example/**'"),
-        &evidence,
-        &[],
-    )
-    .await;
+    let (s, evidence) = sidecar_server("Enforce", &[("sig/release", verified())]).await;
     let review = fixture("pod-create.json");
     let r = s.review(&review).await;
     assert_eq!(r["allowed"], true, "{r}");
@@ -162,13 +172,7 @@ async fn signed_images_are_admitted_and_unsigned_ones_denied_naming_the_entry() 
     );
     s.stop().await;
 
-    let evidence = FixedEvidence::new(&[]);
-    let s = server(
-        &signing_policy("sig", "Enforce", "'ghcr.io/example/**'"),
-        &evidence,
-        &[],
-    )
-    .await;
+    let (s, _) = sidecar_server("Enforce", &[]).await;
     let r = s.review(&review).await;
     assert_eq!(r["allowed"], false);
     let message = r["status"]["message"].as_str().unwrap();
@@ -323,13 +327,7 @@ async fn warn_mode_admits_with_a_warning_and_unavailable_fails_closed() {
     let unavailable = Outcome::Unavailable {
         reason: "verification did not finish within 9s".into(),
     };
-    let evidence = FixedEvidence::new(&[("sig/release", unavailable.clone())]);
-    let s = server(
-        &signing_policy("sig", "Warn", "'ghcr.io/example/**'"),
-        &evidence,
-        &[],
-    )
-    .await;
+    let (s, _) = sidecar_server("Warn", &[("sig/release", unavailable.clone())]).await;
     let r = s.review(&fixture("pod-create.json")).await;
     assert_eq!(r["allowed"], true, "{r}");
     let w = warnings(&r);
@@ -341,13 +339,7 @@ async fn warn_mode_admits_with_a_warning_and_unavailable_fails_closed() {
     assert_eq!(r["auditAnnotations"]["decision"], "warned");
     s.stop().await;
 
-    let evidence = FixedEvidence::new(&[("sig/release", unavailable)]);
-    let s = server(
-        &signing_policy("sig", "Enforce", "'ghcr.io/example/**'"),
-        &evidence,
-        &[],
-    )
-    .await;
+    let (s, _) = sidecar_server("Enforce", &[("sig/release", unavailable)]).await;
     let r = s.review(&fixture("pod-create.json")).await;
     assert_eq!(r["allowed"], false);
     let message = r["status"]["message"].as_str().unwrap();
@@ -360,13 +352,7 @@ async fn warn_mode_admits_with_a_warning_and_unavailable_fails_closed() {
 
 #[tokio::test]
 async fn the_decision_counts_the_rule_in_the_metrics() {
-    let evidence = FixedEvidence::new(&[]);
-    let s = server(
-        &signing_policy("sig", "Enforce", "'ghcr.io/example/**'"),
-        &evidence,
-        &[],
-    )
-    .await;
+    let (s, _) = sidecar_server("Enforce", &[]).await;
     let r = s.review(&fixture("pod-create.json")).await;
     assert_eq!(r["allowed"], false);
     let (_, metrics) = s.get("/metrics").await;

@@ -566,15 +566,7 @@ async fn least_privilege_with_the_charts_rbac() {
         )
         .await;
 
-        // Nothing it tried was forbidden (the API server's RBAC refusal reads "… is forbidden:
-        // User … cannot …").
-        let log = operator.log();
-        let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("is forbidden")).collect();
-        assert!(
-            forbidden.is_empty(),
-            "the chart's RBAC lacks permissions the operator uses:\n{}",
-            forbidden.join("\n")
-        );
+        assert_nothing_forbidden(&operator);
     })
     .await;
 }
@@ -660,15 +652,21 @@ async fn signature_keys_are_read_from_the_secrets_the_chart_lists() {
         status_of(&signed, "True", "").await;
         until_enforced(&e2e, &signed).await;
 
-        let log = operator.log();
-        let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("is forbidden")).collect();
-        assert!(
-            forbidden.is_empty(),
-            "the chart's RBAC lacks permissions the operator uses:\n{}",
-            forbidden.join("\n")
-        );
+        assert_nothing_forbidden(&operator);
     })
     .await;
+}
+
+/// Asserts that nothing the operator tried was forbidden (the API server's RBAC refusal reads
+/// "… is forbidden: User … cannot …").
+fn assert_nothing_forbidden(operator: &harness::Operator) {
+    let log = operator.log();
+    let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("is forbidden")).collect();
+    assert!(
+        forbidden.is_empty(),
+        "the chart's RBAC lacks permissions the operator uses:\n{}",
+        forbidden.join("\n")
+    );
 }
 
 /// A public key for `secretRef` entries (its private half was not kept).
