@@ -85,6 +85,11 @@ fn main() -> anyhow::Result<()> {
             }
             "all" => {
                 let request = admission::parse_admission_review(black_box(body.as_bytes()))?;
+                // As the handler: registry evidence only when a signature entry governs an
+                // image (never with the example policies).
+                if snapshot.has_signature_rules() {
+                    black_box(request.evidence_requests(&snapshot, &labels));
+                }
                 let outcome = request.decide(&snapshot, Ok(&labels), now);
                 black_box(request.response(&outcome).to_json());
                 if let Outcome::Decided(d) = &outcome {

@@ -8,8 +8,10 @@ use std::hash::BuildHasher as _;
 
 use serde::Serialize;
 
+use crate::evidence::Evidence;
 use crate::policy::{CompiledPolicy, Mode, ResolvedImage, Settings, Snapshot, UnmatchedImages};
 use crate::reference::Reference;
+use crate::verification::{self, Judgement};
 use crate::workload::{ContainerType, ImageUse, Workload};
 
 /// The annotation that asks for a break-glass exception; its value is the ticket.
@@ -37,6 +39,10 @@ pub struct Input<'a> {
     pub requester: Option<&'a Requester>,
     /// The moment of the decision.
     pub now: jiff::Timestamp,
+    /// What the registry adapter found for the images that signature entries govern (see
+    /// [`verification::requests`]); `None` when nothing was gathered, which fails every image
+    /// that needed it (fail closed).
+    pub evidence: Option<&'a Evidence>,
 }
 
 /// The rule a violation breaks, named as the policy field.
@@ -54,6 +60,7 @@ pub enum Rule {
     BreakGlass,
     /// No applying policy governs the image, and `--unmatched-images deny` is set.
     UnmatchedImages,
+    VerifySignatures,
 }
 
 impl Rule {
@@ -68,11 +75,12 @@ impl Rule {
             Rule::RequirePullPolicyAlways => "requirePullPolicyAlways",
             Rule::BreakGlass => "breakGlass",
             Rule::UnmatchedImages => "unmatchedImages",
+            Rule::VerifySignatures => "verifySignatures",
         }
     }
 
     /// Every rule, for metrics.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 9] = [
         Rule::Reference,
         Rule::AllowedImages,
         Rule::DeniedImages,
@@ -81,6 +89,7 @@ impl Rule {
         Rule::RequirePullPolicyAlways,
         Rule::BreakGlass,
         Rule::UnmatchedImages,
+        Rule::VerifySignatures,
     ];
 }
 
@@ -210,6 +219,10 @@ pub struct Decision {
     pub break_glass: Vec<BreakGlassUse>,
     /// Every image with its verdict.
     pub images: Vec<ImageVerdict>,
+    /// Warnings for images whose signatures were not looked at (offline), in the order found;
+    /// part of [`warnings`](Self::warnings), and no violation.
+    #[serde(skip)]
+    pub unverified: Vec<String>,
     /// The policies that applied.
     pub policies: Vec<AppliedPolicy>,
 }
@@ -287,29 +300,21 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
         ..Decision::default()
     };
 
-    let old_images: HashSet<(ContainerType, &str, &str)> = input
-        .old_object
-        .iter()
-        .flat_map(|old| &old.images)
-        .map(|o| (o.container_type, o.container.as_str(), o.image.as_str()))
-        .collect();
+    let old_images = OldImages::new(input.old_object);
     let mut canonicals = Vec::with_capacity(input.object.images.len());
     for (index, image) in input.object.images.iter().enumerate() {
-        let unchanged = old_images.contains(&(
-            image.container_type,
-            image.container.as_str(),
-            image.image.as_str(),
-        ));
         let target = Target {
             index,
             image,
-            unchanged,
+            unchanged: old_images.contains(image),
         };
         canonicals.push(check_image(
             snapshot,
             &applying,
             &target,
+            input.evidence,
             &mut decision.violations,
+            &mut decision.unverified,
         ));
     }
 
@@ -348,6 +353,32 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
     decision
 }
 
+/// The images of the old object on UPDATE, by what makes an image the same: container type,
+/// container (or volume) name and image string.
+pub(crate) struct OldImages<'a>(HashSet<(ContainerType, &'a str, &'a str)>);
+
+impl<'a> OldImages<'a> {
+    /// The old object's images (none without one: an empty set does not allocate).
+    pub(crate) fn new(old: Option<&'a Workload>) -> OldImages<'a> {
+        OldImages(
+            old.iter()
+                .flat_map(|old| &old.images)
+                .map(|o| (o.container_type, o.container.as_str(), o.image.as_str()))
+                .collect(),
+        )
+    }
+
+    /// Whether `image` was in the old object as it is now.
+    pub(crate) fn contains(&self, image: &ImageUse) -> bool {
+        !self.0.is_empty()
+            && self.0.contains(&(
+                image.container_type,
+                image.container.as_str(),
+                image.image.as_str(),
+            ))
+    }
+}
+
 /// One image being checked, with its position in the object.
 struct Target<'a> {
     index: usize,
@@ -360,7 +391,9 @@ fn check_image(
     snapshot: &Snapshot,
     applying: &[usize],
     target: &Target<'_>,
+    evidence: Option<&Evidence>,
     out: &mut Vec<Violation>,
+    unverified: &mut Vec<String>,
 ) -> Option<String> {
     let Target {
         index,
@@ -497,6 +530,30 @@ fn check_image(
                         shown()
                     )
                 });
+            }
+        }
+        // An image an UPDATE leaves as it was is not looked up again (see
+        // `verification::requests`): it is judged by what was admitted, and by the audit.
+        if !p.signatures.is_empty() && !unchanged {
+            let mut entries = verification::candidates(p, reference).peekable();
+            if entries.peek().is_some() {
+                let found = evidence.and_then(|e| e.images.get(&image.image));
+                match verification::judge(entries, reference, found) {
+                    Judgement::Verified => {}
+                    Judgement::Offline => unverified.push(format!(
+                        "imagegate: [{}/{}] {}: {}",
+                        p.name,
+                        Rule::VerifySignatures,
+                        shown(),
+                        crate::evidence::OFFLINE
+                    )),
+                    Judgement::NotVerified(why) => out.push(violation(
+                        Some(pi),
+                        Rule::VerifySignatures,
+                        Some(canonical),
+                        format!("{} {why}", shown()),
+                    )),
+                }
             }
         }
     }
@@ -741,7 +798,7 @@ pub fn is_trusted_controller(username: &str, namespaces: &[String]) -> bool {
 }
 
 fn warnings(decision: &Decision) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = decision.unverified.clone();
     for v in &decision.violations {
         if v.excused || v.mode == Mode::Audit {
             continue;
@@ -825,7 +882,7 @@ impl Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::{ImagePolicy, Settings, compile};
     use crate::workload::WorkloadKind;
@@ -846,7 +903,10 @@ mod tests {
     }
 
     /// A Pod from `(container type, name, image, pull policy)` and annotations.
-    fn pod(images: &[(&str, &str, &str, Option<&str>)], annotations: &[(&str, &str)]) -> Workload {
+    pub(crate) fn pod(
+        images: &[(&str, &str, &str, Option<&str>)],
+        annotations: &[(&str, &str)],
+    ) -> Workload {
         let mut spec = serde_json::json!({});
         for (ty, name, image, pull) in images {
             let entry = if *ty == "volumes" {
@@ -895,6 +955,7 @@ mod tests {
                 namespace_labels: &ns,
                 requester,
                 now: NOW.parse().unwrap(),
+                evidence: None,
             },
         )
     }
@@ -1170,6 +1231,7 @@ spec:
                 namespace_labels: &dev,
                 requester: None,
                 now: NOW.parse().unwrap(),
+                evidence: None,
             },
         );
         assert_eq!(
@@ -1226,6 +1288,7 @@ spec:
             namespace_labels: &ns,
             requester: None,
             now: NOW.parse().unwrap(),
+            evidence: None,
         };
         let d = decide(&s, &input);
         assert!(!d.allowed);

@@ -74,6 +74,7 @@ fn crd_describes_the_api() {
         "deniedTags",
         "requirePullPolicyAlways",
         "breakGlass",
+        "verifySignatures",
     ] {
         assert!(
             spec["properties"].get(field).is_some(),
@@ -88,6 +89,47 @@ fn crd_describes_the_api() {
     assert!(
         spec["x-kubernetes-validations"].is_array(),
         "the spec carries a CEL rule"
+    );
+    assert!(
+        spec["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("self.verifySignatures"),
+        "a policy with only signature entries sets a rule"
+    );
+
+    // verifySignatures: unique names, one of key/keyless, one of publicKey/secretRef.
+    let signatures = &spec["properties"]["verifySignatures"];
+    let rules = |schema: &serde_json::Value| -> Vec<String> {
+        schema["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["rule"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        rules(signatures),
+        ["self.all(a, self.exists_one(b, b.name == a.name))"]
+    );
+    let entry = &signatures["items"];
+    assert_eq!(rules(entry), ["has(self.key) != has(self.keyless)"]);
+    assert_eq!(entry["required"], serde_json::json!(["name"]));
+    assert_eq!(entry["properties"]["name"]["pattern"], "^[a-z0-9-]{1,63}$");
+    assert_eq!(
+        rules(&entry["properties"]["key"]),
+        ["has(self.publicKey) != has(self.secretRef)"]
+    );
+    assert_eq!(
+        rules(&entry["properties"]["keyless"]),
+        [
+            "has(self.issuer) != has(self.issuerRegExp)",
+            "has(self.subject) != has(self.subjectRegExp)"
+        ]
+    );
+    assert_eq!(
+        entry["properties"]["transparencyLog"]["enum"],
+        serde_json::json!(["Skip", "Require"])
     );
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::json_line::JsonLine;
 use crate::decision::{AppliedPolicy, BreakGlassUse, Decision, ImageVerdict, Requester, Violation};
+use crate::evidence::Evidence;
 use crate::namespaces::Labels;
 use crate::telemetry;
 
@@ -37,6 +38,9 @@ pub struct RecordContext<'a> {
     /// The moment the decision used as "now" (replay with `--now`).
     pub now: jiff::Timestamp,
     pub latency: Duration,
+    /// What the registry adapter found for the images signature entries govern (replay with
+    /// `--evidence`); `None` when nothing was gathered.
+    pub evidence: Option<&'a Evidence>,
 }
 
 /// One decision record, as written.
@@ -63,6 +67,7 @@ struct Record<'a> {
     break_glass_ticket: Option<String>,
     break_glass: &'a [BreakGlassUse],
     violations: Option<&'a [Violation]>,
+    evidence: Option<&'a Evidence>,
     reason: Option<&'a str>,
     latency_us: u64,
 }
@@ -92,14 +97,15 @@ impl<'a> Record<'a> {
             break_glass_ticket: None,
             break_glass: &[],
             violations: None,
+            evidence: ctx.evidence.filter(|e| !e.images.is_empty()),
             reason: None,
             latency_us: u64::try_from(ctx.latency.as_micros()).unwrap_or(u64::MAX),
         }
     }
 
     /// The record as one JSON line, newline included. Absent parts are left out: no
-    /// requester, labels, images, policies, ticket or reason; no imagegate annotations and no
-    /// break-glass use.
+    /// requester, labels, images, policies, ticket or reason; no imagegate annotations, no
+    /// break-glass use and no evidence.
     fn line(&self) -> Vec<u8> {
         let mut line = Vec::with_capacity(LINE_CAPACITY);
         self.write_line(&mut line);
@@ -213,6 +219,9 @@ impl<'a> Record<'a> {
                 w.end_object();
             }
             w.end_array();
+        }
+        if let Some(evidence) = self.evidence {
+            w.serialized_field("evidence", evidence);
         }
         if let Some(reason) = self.reason {
             w.string_field("reason", reason);
@@ -335,6 +344,7 @@ mod tests {
                 namespace_labels: &labels,
                 requester: Some(&requester),
                 now,
+                evidence: None,
             },
         );
         let ctx = RecordContext {
@@ -350,6 +360,7 @@ mod tests {
             annotations: Some(&object.annotations),
             now,
             latency: Duration::from_micros(42),
+            evidence: None,
         };
         let line: serde_json::Value =
             serde_json::from_slice(&record_of(&ctx, &d, "denied").line()).unwrap();
@@ -378,6 +389,10 @@ mod tests {
             "no imagegate annotations, no field"
         );
         assert!(line.get("reason").is_none() && line.get("break_glass").is_none());
+        assert!(
+            line.get("evidence").is_none(),
+            "no signature rule, no evidence"
+        );
     }
 
     #[test]
@@ -443,6 +458,7 @@ mod tests {
                     mode: Mode::Warn,
                 },
             ],
+            unverified: vec![],
         };
         let requester = Requester {
             username: odd.into(),
@@ -455,6 +471,18 @@ mod tests {
         )]
         .into();
         let now: jiff::Timestamp = "2026-11-22T12:00:00.123456789Z".parse().unwrap();
+        let evidence: Evidence = serde_json::from_value(serde_json::json!({"images": {
+            "registry.corp.example/app:1": {
+                "digest": "sha256:3f4ac9e1d2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b77e1",
+                "digestError": null,
+                "digestSource": "stale",
+                "entries": {
+                    "p/release": {"outcome": {"result": "verified", "digest": "sha256:3f4ac9e1d2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b77e1", "format": "cosignTag", "signer": "sha256:ab"}, "source": "stale"},
+                    "p/other": {"outcome": {"result": "notVerified", "reason": odd}, "source": "fresh"},
+                },
+            },
+        }}))
+        .unwrap();
         let ctx = RecordContext {
             endpoint: "validate",
             uid: "u",
@@ -468,6 +496,7 @@ mod tests {
             annotations: Some(&annotations),
             now,
             latency: Duration::from_secs(u64::MAX),
+            evidence: Some(&evidence),
         };
         let bytes = record_of(&ctx, &d, "excused").line();
         assert_eq!(bytes.last(), Some(&b'\n'));
@@ -490,6 +519,12 @@ mod tests {
             }])
         );
         assert_eq!(line["namespace_labels"], serde_json::json!({"a\"b": odd}));
+        assert_eq!(line["evidence"], serde(&evidence));
+        assert_eq!(
+            serde_json::from_value::<Evidence>(line["evidence"].clone()).unwrap(),
+            evidence,
+            "the evidence reads back as it was"
+        );
         assert_eq!(line["annotations"], serde(&annotations));
         assert_eq!(line["user"], odd);
         assert_eq!(line["groups"], serde_json::json!([]));

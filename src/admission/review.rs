@@ -13,11 +13,13 @@ use super::{
     truncate,
 };
 use crate::decision::{Decision, Input, Requester, decide};
+use crate::evidence::{Evidence, EvidenceRequest};
 use crate::metrics::{AdmissionResult, decision_label};
 use crate::namespaces::Labels;
 use crate::policy::crd::GROUP as POLICY_GROUP;
-use crate::policy::{ImagePolicy, Snapshot, compile};
+use crate::policy::{ImagePolicy, Snapshot, validate};
 use crate::skim::{Skim, Skimmed};
+use crate::verification;
 use crate::workload::{Workload, WorkloadKind, WorkloadObject};
 
 /// The only AdmissionReview version imagegate speaks.
@@ -488,6 +490,7 @@ impl AdmissionRequest {
             annotations: self.annotations(),
             now,
             latency,
+            evidence: None,
         }
     }
 
@@ -496,18 +499,41 @@ impl AdmissionRequest {
         matches!(self.target, Target::Workload { .. })
     }
 
-    /// Decides the request. `labels` is the namespace's labels, or why they are unknown (which
-    /// denies a workload: labels are never assumed).
+    /// Decides the request without registry evidence (see [`decide_with`](Self::decide_with)).
     pub fn decide(
         &self,
         snapshot: &Snapshot,
         labels: Result<&Labels, &str>,
         now: jiff::Timestamp,
     ) -> Outcome {
+        self.decide_with(snapshot, labels, now, None)
+    }
+
+    /// What the registry adapter must gather before [`decide_with`](Self::decide_with): empty
+    /// for everything but a Pod or workload with images that signature entries govern.
+    pub fn evidence_requests(&self, snapshot: &Snapshot, labels: &Labels) -> Vec<EvidenceRequest> {
+        match &self.target {
+            Target::Workload { object, old, .. } => {
+                verification::requests(snapshot, object, old.as_ref(), labels)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Decides the request. `labels` is the namespace's labels, or why they are unknown (which
+    /// denies a workload: labels are never assumed); `evidence` what was gathered for
+    /// [`evidence_requests`](Self::evidence_requests).
+    pub fn decide_with(
+        &self,
+        snapshot: &Snapshot,
+        labels: Result<&Labels, &str>,
+        now: jiff::Timestamp,
+        evidence: Option<&Evidence>,
+    ) -> Outcome {
         match &self.target {
             Target::Skip(why) => Outcome::Skipped(why),
             Target::Unreadable(why) => Outcome::Refused(why.clone()),
-            Target::Policy(p) => Outcome::Policy(compile(p).map(|_| ())),
+            Target::Policy(p) => Outcome::Policy(validate(p)),
             Target::Workload { object, old, .. } => match labels {
                 Err(why) => Outcome::Refused(format!(
                     "the labels of namespace {:?} cannot be read, so the policies that apply are unknown: {why}",
@@ -521,6 +547,7 @@ impl AdmissionRequest {
                         namespace_labels: labels,
                         requester: Some(&self.requester),
                         now,
+                        evidence,
                     },
                 )),
             },

@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::operator::certificates::{CertParams, service_sans};
 use crate::operator::webhook_config::{Endpoint, FailurePolicy, WebhookParams};
 use crate::operator::{self, OperatorConfig};
+use crate::registry::{Credentials, Registry, RegistryArgs, RegistryCredentialSecretArgs};
 use crate::tls::CertResolver;
 
 /// Where Kubernetes mounts the Pod's namespace.
@@ -98,12 +99,28 @@ pub struct RunArgs {
     #[arg(long, env = "IMAGEGATE_OWNER_CLUSTER_ROLE")]
     pub owner_cluster_role: Option<String>,
 
+    /// Secrets in --namespace that verifySignatures keys may name (secretRef), comma-separated;
+    /// the operator reads and watches exactly these, by name.
+    #[arg(
+        long,
+        env = "IMAGEGATE_KEY_SECRETS",
+        value_delimiter = ',',
+        value_name = "NAME,…"
+    )]
+    pub key_secrets: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub registry_credentials: RegistryCredentialSecretArgs,
 }
 
 /// A `--webhook-url`: the base URL and its host.
@@ -221,6 +238,12 @@ impl RunArgs {
             secret_name: self.secret_name.clone(),
             owner_cluster_role: self.owner_cluster_role.clone(),
             settings: self.engine.settings(),
+            key_secrets: self
+                .key_secrets
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
         })
     }
 }
@@ -240,7 +263,32 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
     );
     let tls = CertResolver::new();
     let metrics = Arc::new(Metrics::new());
-    let running = operator::start(client, config, Arc::clone(&tls), Arc::clone(&metrics));
+    // Logins come from the credential Secrets, read at once and every minute by the task below.
+    let registry = Registry::new(
+        args.registry.config(Credentials::anonymous())?,
+        Some(Arc::clone(&metrics)),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up the registry client: {e}"))?;
+    let credential_secrets = args
+        .registry_credentials
+        .registry_credentials_secrets
+        .clone();
+    let namespace = config.namespace.clone();
+    let mut running = operator::start(
+        client.clone(),
+        config,
+        Arc::clone(&tls),
+        Arc::clone(&metrics),
+    );
+    if !credential_secrets.is_empty() {
+        running
+            .tasks
+            .push(tokio::spawn(registry.clone().refresh_credentials(
+                client,
+                namespace,
+                credential_secrets,
+            )));
+    }
     let state = AppState {
         snapshot: Arc::clone(&running.snapshot),
         namespaces: running.namespaces.clone(),
@@ -248,6 +296,8 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
         tls,
         readiness: Arc::clone(&running.readiness),
         metrics,
+        evidence: Arc::new(registry),
+        verify_timeout: args.registry.verify_timeout,
     };
     let mut server = ServerConfig::new(args.addr, args.metrics_addr.0);
     server.drain_delay = DRAIN_DELAY;

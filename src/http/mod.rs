@@ -15,10 +15,13 @@ use futures::StreamExt;
 
 use crate::admission::{self, BadRequest, record};
 use crate::events::{EventSink, ObjectRef};
+use crate::evidence::{Evidence, EvidenceRequest, Gather};
 use crate::metrics::{AdmissionResult, Endpoint, Metrics};
 use crate::namespaces::{Labels, NamespaceLabels};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::{CertResolver, server_config};
+
+pub mod deadline;
 
 /// The largest request body: an UPDATE carries two objects of up to 3 MiB each (etcd's default
 /// object limit is 1.5 MiB, raised to 3 MiB on some clusters), plus the envelope.
@@ -59,6 +62,10 @@ pub struct AppState {
     pub tls: Arc<CertResolver>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Where evidence for signature entries comes from (the registry adapter).
+    pub evidence: Arc<dyn Gather>,
+    /// How long registry work may take for a request that does not say (`--verify-timeout`).
+    pub verify_timeout: Duration,
 }
 
 /// Where and how to listen.
@@ -362,11 +369,23 @@ async fn namespace_labels(state: &AppState, namespace: &str) -> Result<Labels, S
     }
 }
 
+/// Gathers the evidence `requests` ask for, within the request's deadline (see [`deadline`]).
+async fn gather(
+    state: &AppState,
+    req: &actix_web::HttpRequest,
+    arrived: Instant,
+    requests: &[EvidenceRequest],
+) -> Evidence {
+    let deadline = deadline::deadline(req.query_string(), arrived, state.verify_timeout);
+    state.evidence.gather(requests, deadline).await
+}
+
 async fn validate(
     req: actix_web::HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let arrived = Instant::now();
     let body = match read_body(&req, payload, &state, Endpoint::validate).await {
         Ok(b) => b,
         Err(res) => return res,
@@ -390,12 +409,33 @@ async fn validate(
         Some(Err(e)) => Err(e.as_str()),
         None => Ok(&empty),
     };
-    let outcome = request.decide(&snapshot, labels_ref, now);
-    drop(snapshot);
+    // Registry evidence only when a signature entry governs an image of the object: otherwise
+    // this is one test of the snapshot.
+    let requests = match labels_ref {
+        Ok(labels) if snapshot.has_signature_rules() => {
+            request.evidence_requests(&snapshot, labels)
+        }
+        _ => Vec::new(),
+    };
+    let mut evidence = None;
+    let outcome = if requests.is_empty() {
+        let outcome = request.decide(&snapshot, labels_ref, now);
+        drop(snapshot);
+        outcome
+    } else {
+        // Held as an `Arc` across the wait, not as a guard: the decision uses the snapshot the
+        // requests came from.
+        let snapshot = arc_swap::Guard::into_inner(snapshot);
+        let gathered = evidence.insert(gather(&state, &req, arrived, &requests).await);
+        request.decide_with(&snapshot, labels_ref, now, Some(gathered))
+    };
     let response = request.response(&outcome);
     let latency = started.elapsed();
 
-    let ctx = request.record_context(labels_ref.ok(), now, latency);
+    let ctx = record::RecordContext {
+        evidence: evidence.as_ref(),
+        ..request.record_context(labels_ref.ok(), now, latency)
+    };
     match &outcome {
         admission::Outcome::Skipped(_) => {}
         admission::Outcome::Decided(d) => {
@@ -435,6 +475,7 @@ async fn image_review(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let arrived = Instant::now();
     let body = match read_body(&req, payload, &state, Endpoint::imagereview).await {
         Ok(b) => b,
         Err(res) => return res,
@@ -447,6 +488,25 @@ async fn image_review(
     drop(body);
     let labels = namespace_labels(&state, &request.namespace).await;
     let now = jiff::Timestamp::now();
+    let mut evidence = None;
+    let decided = match &labels {
+        Ok(labels) => {
+            let snapshot = state.snapshot.load();
+            let requests = if snapshot.has_signature_rules() {
+                request.evidence_requests(&snapshot, labels)
+            } else {
+                Vec::new()
+            };
+            if requests.is_empty() {
+                Ok(request.decide(&snapshot, labels, now))
+            } else {
+                let snapshot = arc_swap::Guard::into_inner(snapshot);
+                let gathered = evidence.insert(gather(&state, &req, arrived, &requests).await);
+                Ok(request.decide_with(&snapshot, labels, now, Some(gathered)))
+            }
+        }
+        Err(why) => Err(why),
+    };
     let ctx = |latency| record::RecordContext {
         endpoint: "imagereview",
         uid: "",
@@ -460,10 +520,10 @@ async fn image_review(
         annotations: Some(&request.workload.annotations),
         now,
         latency,
+        evidence: evidence.as_ref(),
     };
-    let (response, result) = match &labels {
-        Ok(labels) => {
-            let decision = request.decide(&state.snapshot.load(), labels, now);
+    let (response, result) = match decided {
+        Ok(decision) => {
             let latency = started.elapsed();
             let label = crate::metrics::decision_label(&decision);
             record::decision(&ctx(latency), &decision, label);

@@ -24,13 +24,14 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::policy::{ImagePolicy, Settings, Snapshot};
+use crate::policy::{ImagePolicy, SecretKeys, Settings, Snapshot};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::CertResolver;
 
 pub mod certificates;
 pub mod events;
 pub mod index;
+pub mod key_secrets;
 pub mod namespaces;
 pub mod status;
 pub mod webhook_config;
@@ -71,27 +72,55 @@ pub enum Error {
 
 /// Feeds ImagePolicy watch events into `index` for as long as the process runs. Watch errors
 /// are logged and retried with kube-runtime's backoff; the snapshot in force stays meanwhile.
+///
+/// When the index follows key Secrets ([`PolicyIndex::follow_secrets`]), their contents are fed
+/// in as they change, and each change re-compiles the policies.
 pub async fn run_policy_index(client: Client, mut index: PolicyIndex) {
     let api: Api<ImagePolicy> = Api::all(client);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => {
-                if let Some(errors) = index.apply(&event) {
-                    tracing::debug!(
-                        policies = index.store().len(),
-                        left_out = errors.len(),
-                        "policy snapshot rebuilt"
-                    );
-                    for e in errors {
-                        tracing::warn!(policy = %e.policy, field = %e.field, message = %e.message,
-                            "policy does not compile and is left out");
-                    }
+    let mut secret_updates = index.take_secret_updates();
+    loop {
+        let errors = tokio::select! {
+            event = events.next() => match event {
+                None => return,
+                Some(Ok(event)) => index.apply(&event),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "ImagePolicy watch failed; retrying");
+                    None
                 }
+            },
+            keys = next_secret_keys(&mut secret_updates) => index.set_secrets(keys),
+        };
+        if let Some(errors) = errors {
+            tracing::debug!(
+                policies = index.store().len(),
+                left_out = errors.len(),
+                "policy snapshot rebuilt"
+            );
+            for e in errors {
+                tracing::warn!(policy = %e.policy, field = %e.field, message = %e.message,
+                    "policy does not compile and is left out");
             }
-            Err(e) => tracing::warn!(error = %e, "ImagePolicy watch failed; retrying"),
+        }
+    }
+}
+
+/// The key Secrets' contents from `updates` once they change (from nothing, the first time);
+/// never, when there are none to follow.
+async fn next_secret_keys(updates: &mut Option<watch::Receiver<Option<SecretKeys>>>) -> SecretKeys {
+    loop {
+        let Some(rx) = updates else {
+            return std::future::pending().await;
+        };
+        if rx.changed().await.is_err() {
+            // The sender is gone: the keys in use stay.
+            *updates = None;
+            continue;
+        }
+        if let Some(keys) = rx.borrow_and_update().clone() {
+            return keys;
         }
     }
 }
@@ -107,11 +136,18 @@ pub fn start_policies(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let store = index.store();
     let snapshot = index.snapshot();
+    let secrets = index.secrets();
     let status_changes = index.subscribe();
     let metric_changes = index.subscribe();
     vec![
         tokio::spawn(run_policy_index(client.clone(), index)),
-        tokio::spawn(run_status_writer(client, store, status_changes, recorder)),
+        tokio::spawn(run_status_writer(
+            client,
+            store,
+            secrets,
+            status_changes,
+            recorder,
+        )),
         tokio::spawn(run_policy_metrics(snapshot, metric_changes, metrics)),
     ]
 }
@@ -132,17 +168,19 @@ pub async fn run_policy_metrics(
     }
 }
 
-/// Writes each policy's status whenever the index changes, and retries failed writes.
+/// Writes each policy's status whenever the index changes, and retries failed writes. Policies
+/// compile with the key Secrets' contents the index uses.
 pub async fn run_status_writer(
     client: Client,
     store: Store<ImagePolicy>,
+    secrets: Arc<ArcSwap<SecretKeys>>,
     mut changed: watch::Receiver<index::Rebuilt>,
     recorder: Option<Recorder>,
 ) {
     loop {
         let mut failed = false;
         for policy in store.state() {
-            let compiled = crate::policy::compile(&policy);
+            let compiled = crate::policy::compile_with(&policy, &secrets.load());
             let result = compiled.as_ref().map(|_| ());
             match status::reconcile(client.clone(), &policy, result, recorder.as_ref()).await {
                 Ok(true) => tracing::info!(policy = %policy.name_any(), "status written"),
@@ -345,6 +383,8 @@ pub struct OperatorConfig {
     pub owner_cluster_role: Option<String>,
     /// Engine settings for the snapshot.
     pub settings: Settings,
+    /// The Secrets in `namespace` that `secretRef` keys may name (`--key-secrets`).
+    pub key_secrets: Vec<String>,
 }
 
 /// What the webhook server reads, kept current by the operator's tasks.
@@ -372,11 +412,13 @@ pub fn start(
         config.settings.clone(),
     )));
     let readiness = Arc::new(Readiness::default());
-    let index = PolicyIndex::new(
+    let mut index = PolicyIndex::new(
         Arc::clone(&snapshot),
         Arc::clone(&readiness),
         config.settings.clone(),
     );
+    let (keys_tx, keys_rx) = watch::channel(None);
+    index.follow_secrets(keys_rx);
     let store = index.store();
     let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
     let (ns_store, ns_writer) = reflector::store();
@@ -386,6 +428,11 @@ pub fn start(
 
     let mut tasks = start_policies(client.clone(), index, Some(recorder), Arc::clone(&metrics));
     tasks.extend([
+        tokio::spawn(key_secrets::run_key_secrets(
+            client.clone(),
+            key_secrets::KeySecrets::new(&config.namespace, &config.key_secrets),
+            keys_tx,
+        )),
         tokio::spawn(run_namespace_reflector(client.clone(), ns_writer)),
         tokio::spawn(events::run_event_publisher(
             client.clone(),

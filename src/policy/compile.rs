@@ -10,6 +10,7 @@ use regex::Regex;
 use super::crd::{ImagePolicy, Mode};
 use super::pattern::{PATTERN_HELP, Pattern, tag_glob};
 use super::selector::Selector;
+use super::signatures::{Resolve, SecretKeys, SignatureRule, compile_entries};
 
 /// The default for `breakGlass.maxDuration`.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -99,6 +100,8 @@ pub struct CompiledPolicy {
     pub require_pull_policy_always: bool,
     /// `spec.breakGlass`.
     pub break_glass: Option<BreakGlassRule>,
+    /// `spec.verifySignatures` (empty when unset).
+    pub signatures: Vec<SignatureRule>,
 }
 
 impl CompiledPolicy {
@@ -108,8 +111,28 @@ impl CompiledPolicy {
     }
 }
 
-/// Compiles a policy, or says which field is wrong and why.
+/// Compiles a policy, or says which field is wrong and why. A `secretRef` key cannot be read
+/// here: use [`compile_with`] and the Secrets the caller has read.
 pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
+    compile_with(policy, &SecretKeys::default())
+}
+
+/// Compiles a policy with `secretRef` keys read from `secrets`.
+pub fn compile_with(
+    policy: &ImagePolicy,
+    secrets: &SecretKeys,
+) -> Result<CompiledPolicy, CompileError> {
+    compile_as(policy, Resolve::Fully(secrets))
+}
+
+/// Checks what a policy says by itself, as the admission webhook does when it is applied: every
+/// field is valid. Whether its `secretRef` Secrets can be read, and whether this version
+/// supports all it asks for, is judged when it is put in force (its `Ready` condition).
+pub fn validate(policy: &ImagePolicy) -> Result<(), CompileError> {
+    compile_as(policy, Resolve::Shape).map(|_| ())
+}
+
+fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPolicy, CompileError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let err = |field: String, message: String| CompileError {
         policy: name.clone(),
@@ -136,11 +159,15 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         || spec.denied_images.as_ref().is_some_and(|l| !l.is_empty())
         || spec.require_digest.is_some()
         || spec.denied_tags.as_ref().is_some_and(|l| !l.is_empty())
-        || spec.require_pull_policy_always.is_some();
+        || spec.require_pull_policy_always.is_some()
+        || spec
+            .verify_signatures
+            .as_ref()
+            .is_some_and(|l| !l.is_empty());
     if !has_rule {
         return Err(err(
             "spec".into(),
-            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags or requirePullPolicyAlways".into(),
+            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways or verifySignatures".into(),
         ));
     }
 
@@ -207,6 +234,13 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         }
     };
 
+    let signatures = compile_entries(
+        &name,
+        spec.verify_signatures.as_deref().unwrap_or_default(),
+        resolve,
+    )
+    .map_err(|(field, message)| err(field, message))?;
+
     Ok(CompiledPolicy {
         name: name.clone(),
         generation: policy.metadata.generation,
@@ -220,6 +254,7 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         denied_tag_set,
         require_pull_policy_always: spec.require_pull_policy_always.unwrap_or(false),
         break_glass,
+        signatures,
     })
 }
 

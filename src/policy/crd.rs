@@ -5,6 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub use crate::signature::TransparencyLog;
+
 /// Group of the ImagePolicy API.
 pub const GROUP: &str = "imagegate.dev";
 /// Version of the ImagePolicy API.
@@ -27,8 +29,8 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new(
-    "has(self.allowedImages) || has(self.deniedImages) || has(self.requireDigest) || has(self.deniedTags) || has(self.requirePullPolicyAlways)"
-).message("set at least one rule: allowedImages, deniedImages, requireDigest, deniedTags or requirePullPolicyAlways"))]
+    "has(self.allowedImages) || has(self.deniedImages) || has(self.requireDigest) || has(self.deniedTags) || has(self.requirePullPolicyAlways) || (has(self.verifySignatures) && size(self.verifySignatures) > 0)"
+).message("set at least one rule: allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways or verifySignatures"))]
 #[serde(rename_all = "camelCase")]
 pub struct ImagePolicySpec {
     /// What a violation does. Enforce denies the object; Warn admits it and returns a warning to
@@ -78,6 +80,14 @@ pub struct ImagePolicySpec {
     /// `Always` for `latest` or no tag, `IfNotPresent` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_pull_policy_always: Option<bool>,
+
+    /// Signatures that governed images must carry: an image passes when at least one entry
+    /// whose `images` match it verifies a signature over the image's digest (any of). An image
+    /// that no entry matches is not subject to this rule. Omitted or empty: no signature rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("entry names must be unique within verifySignatures"))]
+    pub verify_signatures: Option<Vec<SignatureEntry>>,
 
     /// Who may override this policy's violations in an emergency, with the annotations
     /// `imagegate.image-policy.k8s.io/break-glass: <ticket>` and
@@ -157,4 +167,120 @@ pub struct ImagePolicyStatus {
     /// (and its field path) otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// One entry of `verifySignatures`: which images it is for and how their signatures must
+/// verify.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.key) != has(self.keyless)").message("set exactly one of key and keyless"))]
+pub struct SignatureEntry {
+    /// The entry's name, unique in the policy: lower-case letters, digits and `-`, at most 63
+    /// characters. Named in messages, decision records and metrics (as `POLICY/NAME`).
+    // The length bound also keeps the API server's cost estimate of the uniqueness rule low.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9-]{1,63}$"))]
+    pub name: String,
+
+    /// Which of the policy's governed images this entry is for, as image patterns (the syntax
+    /// of `spec.images`). Omitted: `["**"]`, every governed image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), inner(length(min = 1, max = 1024)))]
+    pub images: Option<Vec<String>>,
+
+    /// A cosign key pair: the signature must verify under its public key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyVerifier>,
+
+    /// A Sigstore keyless signature: a Fulcio certificate whose OIDC issuer and subject match.
+    /// Not supported by this version of imagegate yet: a policy with a keyless entry does not
+    /// compile (Ready=False) rather than pass unverified images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyless: Option<KeylessVerifier>,
+
+    /// Whether a transparency-log (Rekor) entry for the signature must be present and verify.
+    /// Default `Skip` with `key` and `Require` with `keyless`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparency_log: Option<TransparencyLog>,
+}
+
+/// The public key of a cosign key pair: exactly one of `publicKey` and `secretRef`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.publicKey) != has(self.secretRef)").message("set exactly one of publicKey and secretRef"))]
+pub struct KeyVerifier {
+    /// The public key in PEM (`-----BEGIN PUBLIC KEY-----`, PKIX): ECDSA P-256 or P-384,
+    /// Ed25519, or RSA of 2048 to 8192 bits, as `cosign generate-key-pair` writes `cosign.pub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16384))]
+    pub public_key: Option<String>,
+
+    /// A key of a Secret in imagegate's own namespace that holds the PEM public key. The
+    /// operator may read only the Secrets it is told to (Helm value `signatures.keySecrets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in imagegate's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in the Secret's data, for example `cosign.pub`.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A Sigstore keyless identity: exactly one of `issuer` and `issuerRegExp`, and exactly one of
+/// `subject` and `subjectRegExp`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.issuer) != has(self.issuerRegExp)").message("set exactly one of issuer and issuerRegExp"))]
+#[x_kube(validation = Rule::new("has(self.subject) != has(self.subjectRegExp)").message("set exactly one of subject and subjectRegExp"))]
+pub struct KeylessVerifier {
+    /// The OIDC issuer the signing certificate must carry, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: Option<String>,
+
+    /// A regular expression (Rust regex syntax) that the whole OIDC issuer must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer_reg_exp: Option<String>,
+
+    /// The identity (subject) the signing certificate must carry, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub subject: Option<String>,
+
+    /// A regular expression (Rust regex syntax) that the whole identity must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub subject_reg_exp: Option<String>,
+
+    /// The Sigstore trusted root (`trusted_root.json`) to verify certificates and log entries
+    /// against. Omitted: the public Sigstore instance's root given to imagegate at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_root: Option<TrustedRoot>,
+}
+
+/// Where a Sigstore trusted root is kept.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedRoot {
+    /// A key of a ConfigMap in imagegate's namespace holding the trusted root JSON.
+    pub config_map_ref: ConfigMapKeyRef,
+}
+
+/// A key of a ConfigMap in imagegate's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapKeyRef {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in the ConfigMap's data, for example `trusted_root.json`.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }

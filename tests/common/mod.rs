@@ -58,6 +58,16 @@ pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
 impl TestServer {
     /// Starts a server with `policies` (YAML) in one file, plus extra `serve` flags.
     pub async fn start(policies: &str, extra: &[&str]) -> TestServer {
+        Self::start_with(policies, extra, None).await
+    }
+
+    /// As [`start`](Self::start), with signature evidence from `evidence` instead of a
+    /// registry.
+    pub async fn start_with(
+        policies: &str,
+        extra: &[&str],
+        evidence: Option<std::sync::Arc<dyn imagegate::evidence::Gather>>,
+    ) -> TestServer {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policies.yaml");
@@ -79,7 +89,10 @@ impl TestServer {
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Args::try_parse_from(argv).unwrap().serve;
-        let prepared = prepare(&args).unwrap();
+        let mut prepared = prepare(&args).unwrap();
+        if let Some(evidence) = evidence {
+            prepared = prepared.with_evidence(evidence);
+        }
         let addr = prepared.local_addr();
         let metrics_addr = prepared.metrics_addr();
         let state = prepared.state().clone();

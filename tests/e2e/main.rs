@@ -566,15 +566,108 @@ async fn least_privilege_with_the_charts_rbac() {
         )
         .await;
 
-        // Nothing it tried was forbidden (the API server's RBAC refusal reads "… is forbidden:
-        // User … cannot …").
-        let log = operator.log();
-        let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("is forbidden")).collect();
-        assert!(
-            forbidden.is_empty(),
-            "the chart's RBAC lacks permissions the operator uses:\n{}",
-            forbidden.join("\n")
-        );
+        assert_nothing_forbidden(&operator);
     })
     .await;
 }
+
+/// `verifySignatures` keys kept in Secrets (`secretRef`): with the chart's RBAC, the operator
+/// reads the Secrets listed in `signatures.keySecrets` by name, compiles the policies that use
+/// them, re-compiles them when a key changes, and reports a policy naming any other Secret.
+#[tokio::test]
+async fn signature_keys_are_read_from_the_secrets_the_chart_lists() {
+    run("keys", async |e2e| {
+        let release = e2e.name().to_owned();
+        let key_secret = e2e.named("cosign");
+        let objects = chart::render(
+            &e2e,
+            &release,
+            &[
+                ("webhookConfigurationName", e2e.webhook_config_name()),
+                ("signatures.keySecrets", &format!("{{{key_secret}}}")),
+            ],
+        );
+        chart::apply_identity(&e2e, &objects).await;
+        let account = chart::the(&objects, "ServiceAccount")["metadata"]["name"]
+            .as_str()
+            .expect("the ServiceAccount's name")
+            .to_owned();
+        let namespace = e2e.operator_namespace();
+        let kubeconfig = chart::service_account_kubeconfig(&e2e, &namespace, &account).await;
+
+        let secrets: Api<Secret> = Api::namespaced(e2e.client(), &namespace);
+        let key_body = |pem: &str| {
+            json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": key_secret, "namespace": namespace},
+                "stringData": {"cosign.pub": pem}})
+        };
+        e2e.apply(&secrets, &key_body(SIGNING_KEY)).await;
+        // The entries govern a registry no Pod of the test uses, so no registry is asked; the
+        // policy's deniedImages shows when it is in force.
+        let entry = |secret: &str| {
+            json!([{"name": "release", "images": ["registry.invalid/**"],
+                "key": {"secretRef": {"name": secret, "key": "cosign.pub"}}}])
+        };
+        let signed = e2e.named("signed");
+        let mut spec = deny_busybox();
+        spec["verifySignatures"] = entry(&key_secret);
+        e2e.apply_policy(&signed, spec).await;
+        let elsewhere = e2e.named("elsewhere");
+        e2e.apply_policy(&elsewhere, json!({"verifySignatures": entry("not-listed")}))
+            .await;
+
+        let operator = e2e.start_operator(OperatorRun {
+            args: Some(chart::operator_args(&objects)),
+            kubeconfig: Some(kubeconfig),
+        });
+        until_enforced(&e2e, &signed).await;
+
+        let policies: Api<ImagePolicy> = Api::all(e2e.client());
+        let status_of = async |name: &str, want: &str, says: &str| {
+            e2e.eventually(
+                &format!("ImagePolicy {name} Ready={want} saying {says:?}"),
+                CONVERGE,
+                async || {
+                    let (status, _, message) =
+                        ready_condition(&policies.get(name).await.map_err(|e| e.to_string())?)?;
+                    (status == want && message.contains(says))
+                        .then_some(())
+                        .ok_or_else(|| format!("Ready={status}: {message}"))
+                },
+            )
+            .await
+        };
+        status_of(&signed, "True", "").await;
+        status_of(
+            &elsewhere,
+            "False",
+            "may read only the Secrets named in --key-secrets",
+        )
+        .await;
+
+        // A key that stops parsing takes the policy out of force; the good one brings it back.
+        e2e.apply(&secrets, &key_body("not a key")).await;
+        status_of(&signed, "False", "not a usable public key").await;
+        e2e.apply(&secrets, &key_body(SIGNING_KEY)).await;
+        status_of(&signed, "True", "").await;
+        until_enforced(&e2e, &signed).await;
+
+        assert_nothing_forbidden(&operator);
+    })
+    .await;
+}
+
+/// Asserts that nothing the operator tried was forbidden (the API server's RBAC refusal reads
+/// "… is forbidden: User … cannot …").
+fn assert_nothing_forbidden(operator: &harness::Operator) {
+    let log = operator.log();
+    let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("is forbidden")).collect();
+    assert!(
+        forbidden.is_empty(),
+        "the chart's RBAC lacks permissions the operator uses:\n{}",
+        forbidden.join("\n")
+    );
+}
+
+/// A public key for `secretRef` entries (its private half was not kept).
+const SIGNING_KEY: &str = include_str!("../data/keys/p256.pub");
