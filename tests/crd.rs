@@ -73,6 +73,8 @@ fn crd_describes_the_api() {
         "requireDigest",
         "deniedTags",
         "requirePullPolicyAlways",
+        "setPullPolicyAlways",
+        "pinDigests",
         "breakGlass",
     ] {
         assert!(
@@ -89,6 +91,14 @@ fn crd_describes_the_api() {
         spec["x-kubernetes-validations"].is_array(),
         "the spec carries a CEL rule"
     );
+    // A mutation field alone is a rule: the "set at least one rule" check names both.
+    let rules = spec["x-kubernetes-validations"].to_string();
+    for field in ["setPullPolicyAlways", "pinDigests"] {
+        assert!(
+            rules.contains(&format!("has(self.{field})")),
+            "{field} missing from {rules}"
+        );
+    }
 }
 
 fn collect_undocumented(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {

@@ -8,7 +8,8 @@ mod selector;
 mod snapshot;
 
 pub use compile::{
-    BreakGlassRule, CompileError, CompiledPolicy, PatternList, compile, parse_duration,
+    BreakGlassRule, CompileError, CompiledPolicy, PIN_DIGESTS_SUPPORTED, PatternList, compile,
+    parse_duration,
 };
 pub use crd::{BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, Mode};
 pub use selector::Selector;
