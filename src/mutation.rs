@@ -15,6 +15,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::decision::AppliedPolicy;
+use crate::evidence::{Evidence, EvidenceRequest, Outcome};
 use crate::namespaces::Labels;
 use crate::policy::{CompiledPolicy, Mode, ResolvedImage, Snapshot};
 use crate::reference::{Reference, validate_digest};
@@ -424,9 +425,11 @@ pub fn json_pointer<'s>(segments: impl IntoIterator<Item = &'s str>) -> String {
     out
 }
 
-/// The images (as written) that an applying `Enforce` policy with `pinDigests` asks to pin:
-/// what the registry adapter must find digests for before [`plan`]. Each once, in Pod order.
-pub fn digests_needed(snapshot: &Snapshot, input: &Input<'_>) -> Vec<String> {
+/// What the evidence step must find for `pinDigests` before [`plan`]: the digest of each image
+/// (as written, once each, in Pod order) that an applying `Enforce` policy asks to pin. The
+/// requests carry no signature checks; where `verifySignatures` governs the same image, its
+/// requests ask for the digest too, and [`digests_from`] prefers the digest it verified.
+pub fn digests_needed(snapshot: &Snapshot, input: &Input<'_>) -> Vec<EvidenceRequest> {
     let applying = applying(snapshot, input, |p| {
         p.pin_digests && p.mode == Mode::Enforce
     });
@@ -441,10 +444,37 @@ pub fn digests_needed(snapshot: &Snapshot, input: &Input<'_>) -> Vec<String> {
             && applying.iter().any(|&pi| matches.governed(pi))
             && seen.insert(image.image.as_str())
         {
-            out.push(image.image.clone());
+            out.push(EvidenceRequest {
+                image: image.image.clone(),
+                reference: reference.clone(),
+                checks: Vec::new(),
+            });
         }
     }
     out
+}
+
+/// The digests to pin to, from the evidence gathered: per image, the digest a signature entry
+/// verified (so the kubelet runs exactly what was verified), else the tag's resolution, else
+/// why there is none.
+pub fn digests_from(evidence: &Evidence) -> Digests {
+    evidence
+        .images
+        .iter()
+        .map(|(image, found)| {
+            let verified = found.entries.values().find_map(|e| match &e.outcome {
+                Outcome::Verified { digest, .. } => Some(digest.clone()),
+                _ => None,
+            });
+            let digest = verified.or_else(|| found.digest.clone()).ok_or_else(|| {
+                found
+                    .digest_error
+                    .clone()
+                    .unwrap_or_else(|| "the registry gave no digest for it".to_owned())
+            });
+            (image.clone(), digest)
+        })
+        .collect()
 }
 
 /// The indices of the policies that apply in the Pod's namespace and satisfy `wanted`.
@@ -771,8 +801,12 @@ mod tests {
             digests,
         };
         let empty = Digests::new();
+        let needed: Vec<String> = digests_needed(&s, &input(&empty))
+            .into_iter()
+            .map(|r| r.image)
+            .collect();
         assert_eq!(
-            digests_needed(&s, &input(&empty)),
+            needed,
             [
                 "busybox",
                 "nginx:1.27",
@@ -858,6 +892,57 @@ mod tests {
             ]
         );
         assert_eq!(plan.mutations[0].to, None);
+    }
+
+    #[test]
+    fn digests_come_from_the_evidence_the_verified_one_first() {
+        use crate::evidence::{EntryEvidence, ImageEvidence, SignatureFormat, Source};
+        let other = DIGEST.replace("0123", "4567");
+        let verified = EntryEvidence {
+            outcome: Outcome::Verified {
+                digest: DIGEST.to_owned(),
+                format: SignatureFormat::CosignTag,
+                signer: "SHA256:ab".to_owned(),
+            },
+            source: Source::Cache,
+        };
+        let not_verified = EntryEvidence {
+            outcome: Outcome::NotVerified {
+                reason: "no signature".to_owned(),
+            },
+            source: Source::Fresh,
+        };
+        let image = |digest: Option<&str>, error: Option<&str>, entries: Vec<EntryEvidence>| {
+            ImageEvidence {
+                digest: digest.map(str::to_owned),
+                digest_error: error.map(str::to_owned),
+                digest_source: Some(Source::Fresh),
+                entries: entries
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| (format!("p/e{i}"), e))
+                    .collect(),
+            }
+        };
+        let evidence = Evidence {
+            images: [
+                (
+                    "signed",
+                    image(Some(&other), None, vec![not_verified.clone(), verified]),
+                ),
+                ("resolved", image(Some(&other), None, vec![not_verified])),
+                ("down", image(None, Some("registry unreachable"), vec![])),
+                ("silent", image(None, None, vec![])),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        };
+        let digests = digests_from(&evidence);
+        assert_eq!(digests["signed"], Ok(DIGEST.to_owned()));
+        assert_eq!(digests["resolved"], Ok(other.clone()));
+        assert_eq!(digests["down"], Err("registry unreachable".to_owned()));
+        assert!(digests["silent"].is_err());
     }
 
     #[test]
