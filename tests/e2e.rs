@@ -8,7 +8,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -29,6 +31,7 @@ const POLL: Duration = Duration::from_millis(500);
 const VWC_NAME: &str = "imagegate-e2e";
 const SECRET_NAME: &str = "imagegate-e2e-tls";
 const POLICY: &str = "imagegate-e2e";
+const PULL_POLICY: &str = "imagegate-e2e-pull";
 const ALLOWED_IMAGE: &str = "registry.k8s.io/pause:3.10";
 const DENIED_IMAGE: &str = "docker.io/library/busybox:1.36";
 
@@ -310,8 +313,47 @@ async fn operator_end_to_end() {
     })
     .await;
 
+    // A policy with setPullPolicyAlways brings the mutating webhook: a Pod created without a
+    // pull policy (the API server defaults it to IfNotPresent for a version tag) is stored with
+    // Always. Without such a policy the configuration goes away again.
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let pull_policy = json!({
+        "apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy",
+        "metadata": {"name": PULL_POLICY},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "setPullPolicyAlways": true
+        }
+    });
+    apply(&policies, PULL_POLICY, &pull_policy).await;
+    eventually(
+        "a new Pod is stored with imagePullPolicy Always",
+        CONVERGE,
+        || {
+            let pods = pods.clone();
+            let dry = dry.clone();
+            async move {
+                let p = pods.create(&dry, &pod("pulled", DENIED_IMAGE)).await.ok()?;
+                let policy = p.spec?.containers[0].image_pull_policy.clone();
+                (policy.as_deref() == Some("Always")).then_some(())
+            }
+        },
+    )
+    .await;
+    let _ = policies.delete(PULL_POLICY, &DeleteParams::default()).await;
+    eventually(
+        "the mutating webhook configuration is deleted with its last policy",
+        CONVERGE,
+        || {
+            let mwcs = mwcs.clone();
+            async move { mwcs.get_opt(VWC_NAME).await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await;
+
     // Clean up: stop the operator first, then remove what it made.
     drop(operator);
+    let _ = mwcs.delete(VWC_NAME, &DeleteParams::default()).await;
     let _ = vwcs.delete(VWC_NAME, &DeleteParams::default()).await;
     let _ = policies.delete(POLICY, &DeleteParams::default()).await;
     let _ = namespaces
