@@ -323,6 +323,11 @@ pub fn mutation(ctx: &RecordContext<'_>, plan: &Plan, label: &str) {
     mutation_record(ctx, plan, label).emit();
 }
 
+/// The JSON line [`mutation`] writes (for benchmarks and tests).
+pub fn mutation_line(ctx: &RecordContext<'_>, plan: &Plan, label: &str) -> Vec<u8> {
+    mutation_record(ctx, plan, label).line()
+}
+
 fn mutation_record<'a>(ctx: &RecordContext<'a>, plan: &'a Plan, label: &'a str) -> Record<'a> {
     Record {
         policies: Some(&plan.policies),
@@ -582,7 +587,7 @@ mod tests {
             latency: Duration::from_micros(3),
         };
         let line: serde_json::Value =
-            serde_json::from_slice(&mutation_record(&ctx, &plan, "mutated").line()).unwrap();
+            serde_json::from_slice(&mutation_line(&ctx, &plan, "mutated")).unwrap();
         assert_eq!(line["endpoint"], "mutate");
         assert_eq!(line["decision"], "mutated");
         assert_eq!(line["allowed"], true);
