@@ -989,6 +989,30 @@ mod tests {
         );
     }
 
+    /// The worked example of docs/policies.md.
+    #[test]
+    fn the_documented_example() {
+        let s = snapshot(&[(
+            "payments-always-pull",
+            "{namespaceSelector: {matchLabels: {env: prod}}, images: ['registry.corp.example/payments/**'], setPullPolicyAlways: true, requirePullPolicyAlways: true}",
+        )]);
+        let pod = pod(json!({
+            "initContainers": [{"name": "migrate", "image": "registry.corp.example/payments/migrate:2.1", "imagePullPolicy": "IfNotPresent"}],
+            "containers": [
+                {"name": "api", "image": "registry.corp.example/payments/api:3.4", "imagePullPolicy": "IfNotPresent"},
+                {"name": "proxy", "image": "docker.io/envoyproxy/envoy:v1.30.1", "imagePullPolicy": "IfNotPresent"},
+            ],
+        }));
+        let plan = run(&s, &pod, None, &Digests::new());
+        assert_eq!(
+            serde_json::to_value(&plan.patch).unwrap(),
+            json!([{"op":"replace","path":"/spec/initContainers/0/imagePullPolicy","value":"Always"},
+                   {"op":"replace","path":"/spec/containers/0/imagePullPolicy","value":"Always"}])
+        );
+        let again = run(&s, &patched(&pod, &plan), None, &Digests::new());
+        assert!(again.patch.is_empty());
+    }
+
     #[test]
     fn json_pointers_escape_their_segments() {
         assert_eq!(
