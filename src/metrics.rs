@@ -472,6 +472,7 @@ mod tests {
             mode: if applied { Mode::Enforce } else { Mode::Warn },
             applied,
             path: String::new(),
+            image_index: 0,
         };
         let m = Metrics::new();
         let both = Plan {

@@ -106,6 +106,9 @@ pub struct Mutation {
     pub applied: bool,
     /// The JSON Pointer of the field changed, e.g. `/spec/containers/0/imagePullPolicy`.
     pub path: String,
+    /// The image's position in [`Workload::images`].
+    #[serde(skip)]
+    pub image_index: usize,
 }
 
 /// A JSONPatch operation (RFC 6902) with a string value.
@@ -207,7 +210,7 @@ pub fn plan(snapshot: &Snapshot, input: &Input<'_>) -> Plan {
             }
         })
         .collect();
-    for image in added(input) {
+    for (index, image) in added(input) {
         let Some(position) = image.position() else {
             continue;
         };
@@ -233,6 +236,7 @@ pub fn plan(snapshot: &Snapshot, input: &Input<'_>) -> Plan {
         let target = Target {
             snapshot,
             image,
+            index,
             position,
         };
         if let Some(pi) = pin.decider() {
@@ -262,6 +266,8 @@ pub fn plan(snapshot: &Snapshot, input: &Input<'_>) -> Plan {
 struct Target<'a> {
     snapshot: &'a Snapshot,
     image: &'a ImageUse,
+    /// Its index in the workload's images.
+    index: usize,
     /// Its index in its list.
     position: usize,
 }
@@ -342,6 +348,7 @@ impl Target<'_> {
             mode: policy.mode,
             applied,
             path,
+            image_index: self.index,
         });
     }
 
@@ -438,7 +445,7 @@ pub fn digests_needed(snapshot: &Snapshot, input: &Input<'_>) -> Vec<EvidenceReq
     }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    for image in added(input) {
+    for (_, image) in added(input) {
         if let ResolvedImage::Valid { reference, matches } = &*snapshot.resolve(&image.image)
             && !reference.is_pinned()
             && applying.iter().any(|&pi| matches.governed(pi))
@@ -490,7 +497,7 @@ fn applying(
 
 /// The images a mutation may change: every image of a new Pod; on `pods/ephemeralcontainers`,
 /// those the Pod did not have before (by container type and name).
-fn added<'a>(input: &Input<'a>) -> impl Iterator<Item = &'a ImageUse> {
+fn added<'a>(input: &Input<'a>) -> impl Iterator<Item = (usize, &'a ImageUse)> {
     let old: HashSet<(ContainerType, &str)> = input
         .old_object
         .iter()
@@ -501,7 +508,22 @@ fn added<'a>(input: &Input<'a>) -> impl Iterator<Item = &'a ImageUse> {
         .object
         .images
         .iter()
-        .filter(move |i| !old.contains(&(i.container_type, i.container.as_str())))
+        .enumerate()
+        .filter(move |(_, i)| !old.contains(&(i.container_type, i.container.as_str())))
+}
+
+/// `workload` as the plan's patch leaves it: each applied change made to its images, so that
+/// a decision can judge a Pod on its mutated form, as the API server's validation does.
+pub fn apply(workload: &mut Workload, plan: &Plan) {
+    for m in plan.applied() {
+        let (Some(image), Some(to)) = (workload.images.get_mut(m.image_index), &m.to) else {
+            continue;
+        };
+        match m.change {
+            Change::PullPolicy => image.pull_policy = Some(to.clone()),
+            Change::Digest => image.image = to.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -657,6 +679,10 @@ mod tests {
             again.patch.is_empty() && again.mutations.is_empty(),
             "{again:?}"
         );
+        // The same change made to the workload as read: what reading the patched Pod gives.
+        let mut applied = workload(&pod);
+        apply(&mut applied, &plan);
+        assert_eq!(applied, workload(&mutated));
     }
 
     #[test]
@@ -853,6 +879,9 @@ mod tests {
 
         // Reinvocation: the pinned Pod needs nothing more.
         let mutated = workload(&patched(&pod, &plan));
+        let mut applied = workload(&pod);
+        apply(&mut applied, &plan);
+        assert_eq!(applied, mutated);
         let again = super::plan(
             &s,
             &Input {

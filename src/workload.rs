@@ -126,6 +126,16 @@ pub struct ImageUse {
 }
 
 impl ImageUse {
+    /// Whether the image is in a workload's pod template (a Deployment's, a CronJob's, …)
+    /// rather than in a Pod: the Pods made from it are what the mutating webhook changes.
+    pub fn in_pod_template(&self) -> bool {
+        self.field_path
+            .starts_with(WorkloadKind::Deployment.pod_spec_path())
+            || self
+                .field_path
+                .starts_with(WorkloadKind::CronJob.pod_spec_path())
+    }
+
     /// The image's index in its list (`spec.containers[3].image` → 3), read back from
     /// [`ImageUse::field_path`], which this module writes.
     pub fn position(&self) -> Option<usize> {
@@ -699,6 +709,11 @@ mod tests {
             assert_eq!(
                 paths[14],
                 ("data:1", &*format!("{prefix}.volumes[1].image.reference"))
+            );
+            assert!(
+                read.images
+                    .iter()
+                    .all(|i| i.in_pod_template() == (kind != WorkloadKind::Pod))
             );
             let positions: Vec<_> = read.images.iter().map(ImageUse::position).collect();
             let mut want = vec![Some(0)];

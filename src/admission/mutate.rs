@@ -370,6 +370,7 @@ mod tests {
             mode: crate::policy::Mode::Enforce,
             applied: true,
             path: String::new(),
+            image_index: 0,
         };
         let many: Vec<Mutation> = (0..5000).map(mutation).collect();
         let text = changes(many.iter());

@@ -559,6 +559,7 @@ mod tests {
             mode: if applied { Mode::Enforce } else { Mode::Audit },
             applied,
             path: "/spec/volumes/0/image/reference".into(),
+            image_index: 0,
         };
         let plan = Plan {
             mutations: vec![
