@@ -111,6 +111,25 @@ pub struct Mutation {
     pub image_index: usize,
 }
 
+impl Mutation {
+    /// `containers/app imagePullPolicy=Always`, `imageVolumes/data pullPolicy=Always`,
+    /// `containers/web image=nginx:1.27@sha256:…` (`image=(digest)` for a pin only reported
+    /// without its digest).
+    pub fn describe(&self, out: &mut String) {
+        out.push_str(self.container_type.as_str());
+        out.push('/');
+        out.push_str(&self.container);
+        out.push(' ');
+        out.push_str(match (self.change, self.container_type) {
+            (Change::PullPolicy, ContainerType::ImageVolumes) => "pullPolicy",
+            (Change::PullPolicy, _) => "imagePullPolicy",
+            (Change::Digest, _) => "image",
+        });
+        out.push('=');
+        out.push_str(self.to.as_deref().unwrap_or("(digest)"));
+    }
+}
+
 /// A JSONPatch operation (RFC 6902) with a string value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Operation {

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use super::json_line::JsonLine;
 use super::review::{API_VERSION, KIND, ResponseOut, ReviewOut, policies_annotation};
 use super::{AdmissionRequest, MAX_AUDIT_ANNOTATION_CHARS, Target, client_warnings, truncate};
-use crate::mutation::{self, Change, Digests, Mutation, Operation, Plan};
+use crate::mutation::{self, Digests, Mutation, Operation, Plan};
 use crate::namespaces::Labels;
 use crate::policy::Snapshot;
 use crate::workload::{Workload, WorkloadKind};
@@ -186,17 +186,7 @@ fn changes<'a>(mutations: impl Iterator<Item = &'a Mutation>) -> String {
         if !out.is_empty() {
             out.push_str(", ");
         }
-        out.push_str(m.container_type.as_str());
-        out.push('/');
-        out.push_str(&m.container);
-        out.push(' ');
-        out.push_str(match (m.change, m.container_type) {
-            (Change::PullPolicy, crate::workload::ContainerType::ImageVolumes) => "pullPolicy",
-            (Change::PullPolicy, _) => "imagePullPolicy",
-            (Change::Digest, _) => "image",
-        });
-        out.push('=');
-        out.push_str(m.to.as_deref().unwrap_or("(digest)"));
+        m.describe(&mut out);
     }
     truncate(&out, MAX_AUDIT_ANNOTATION_CHARS)
 }
@@ -205,7 +195,7 @@ fn changes<'a>(mutations: impl Iterator<Item = &'a Mutation>) -> String {
 mod tests {
     use super::*;
     use crate::admission::parse_admission_review;
-    use crate::mutation::Op;
+    use crate::mutation::{Change, Op};
     use crate::policy::{Settings, compile};
     use serde_json::json;
 

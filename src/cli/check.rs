@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::cli::EngineArgs;
 use crate::decision::{self, Decision, Input, Requester, Violation};
 use crate::manifests::{self, Document, LoadError};
+use crate::mutation::{self, Digests, Mutation};
 use crate::namespaces::{self, Labels};
 use crate::policy::{Mode, Snapshot, compile};
 use crate::workload::{Workload, WorkloadKind};
@@ -110,6 +111,10 @@ pub struct CheckResult {
     pub allowed: bool,
     pub warnings: Vec<String>,
     pub violations: Vec<Violation>,
+    /// What the mutating webhook would change (`setPullPolicyAlways`, `pinDigests`): in a Pod,
+    /// the Pod itself; in a workload, each Pod made from its template (the template is never
+    /// changed). Applied or, for Warn and Audit policies, only reported.
+    pub mutations: Vec<Mutation>,
     #[serde(skip)]
     denial: Option<String>,
 }
@@ -243,12 +248,13 @@ fn check_document(
         allowed: true,
         warnings: Vec::new(),
         violations: Vec::new(),
+        mutations: Vec::new(),
         denial: None,
     };
     let Some(kind) = WorkloadKind::from_api_version_kind(doc.api_version(), doc.kind()) else {
         return Ok(result);
     };
-    let workload = Workload::from_value(kind, &doc.value).map_err(|e| LoadError::Invalid {
+    let mut workload = Workload::from_value(kind, &doc.value).map_err(|e| LoadError::Invalid {
         source_name: doc.source.clone(),
         message: e.to_string(),
     })?;
@@ -256,6 +262,20 @@ fn check_document(
         .get(namespace)
         .cloned()
         .unwrap_or_else(|| namespaces::with_name_label(namespace, Labels::new()));
+    // Offline: no digests are looked up, so `pinDigests` reports what it cannot pin.
+    let plan = mutation::plan(
+        snapshot,
+        &mutation::Input {
+            object: &workload,
+            old_object: None,
+            namespace_labels: &ns_labels,
+            digests: &Digests::new(),
+        },
+    );
+    // A Pod is validated as the mutating webhook leaves it, as in the cluster.
+    if kind == WorkloadKind::Pod {
+        mutation::apply(&mut workload, &plan);
+    }
     let decision = decision::decide(
         snapshot,
         &Input {
@@ -267,6 +287,12 @@ fn check_document(
         },
     );
     fill(&mut result, kind, &decision);
+    // The mutating webhook's warnings reach whoever creates the Pod; for a workload, that is
+    // its controller, not the person applying it.
+    if kind == WorkloadKind::Pod {
+        result.warnings.extend(plan.warnings);
+    }
+    result.mutations = plan.mutations;
     Ok(result)
 }
 
@@ -321,6 +347,21 @@ pub fn render_text(report: &CheckReport) -> String {
             .filter(|v| v.mode == Mode::Audit && !v.excused)
         {
             let _ = writeln!(out, "  Audit: {v}");
+        }
+        let pods = if r.kind == "Pod" {
+            ""
+        } else {
+            " (in its Pods)"
+        };
+        for m in &r.mutations {
+            let mut line = format!(
+                "  {}{pods}: [{}/{}] ",
+                if m.applied { "Mutated" } else { "Would mutate" },
+                m.policy,
+                m.change.rule()
+            );
+            m.describe(&mut line);
+            let _ = writeln!(out, "{line}");
         }
     }
     let _ = writeln!(
