@@ -195,6 +195,17 @@ pub struct AppliedPolicy {
     pub mode: Mode,
 }
 
+impl AppliedPolicy {
+    /// The policy as the decision record names it.
+    pub fn of(policy: &CompiledPolicy) -> AppliedPolicy {
+        AppliedPolicy {
+            name: policy.name.clone(),
+            generation: policy.generation,
+            mode: policy.mode,
+        }
+    }
+}
+
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -275,14 +286,7 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
     let mut decision = Decision {
         policies: applying
             .iter()
-            .map(|&i| {
-                let p = &snapshot.policies()[i];
-                AppliedPolicy {
-                    name: p.name.clone(),
-                    generation: p.generation,
-                    mode: p.mode,
-                }
-            })
+            .map(|&i| AppliedPolicy::of(&snapshot.policies()[i]))
             .collect(),
         ..Decision::default()
     };

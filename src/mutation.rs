@@ -220,14 +220,7 @@ pub fn plan(snapshot: &Snapshot, input: &Input<'_>) -> Plan {
     }
     out.policies = applying
         .iter()
-        .map(|&i| {
-            let p = &snapshot.policies()[i];
-            AppliedPolicy {
-                name: p.name.clone(),
-                generation: p.generation,
-                mode: p.mode,
-            }
-        })
+        .map(|&i| AppliedPolicy::of(&snapshot.policies()[i]))
         .collect();
     for (index, image) in added(input) {
         let Some(position) = image.position() else {

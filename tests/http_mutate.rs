@@ -15,14 +15,7 @@ const SET_ALWAYS: &str = "setPullPolicyAlways: true";
 /// POSTs an AdmissionReview to `/mutate`; asserts HTTP 200, the envelope, the echoed uid and
 /// `allowed: true`, and returns `response`.
 async fn mutate(server: &TestServer, body: &Value) -> Value {
-    let (status, out) = server
-        .post("/mutate", serde_json::to_vec(body).unwrap())
-        .await;
-    assert_eq!(status, 200, "{out}");
-    assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(out["kind"], "AdmissionReview");
-    let r = out["response"].clone();
-    assert_eq!(r["uid"], body["request"]["uid"], "uid echoed");
+    let r = server.review_at("/mutate", body).await;
     assert_eq!(r["allowed"], true, "the mutating webhook never denies: {r}");
     assert!(r.get("status").is_none(), "{r}");
     r

@@ -363,21 +363,31 @@ async fn namespace_labels(state: &AppState, namespace: &str) -> Result<Labels, S
     }
 }
 
+/// Reads an AdmissionReview for `endpoint`: the request and when its body was in (what
+/// latencies count from), or the answer to a body that is not one.
+async fn admission_request(
+    req: &actix_web::HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    endpoint: Endpoint,
+) -> Result<(admission::AdmissionRequest, Instant), HttpResponse> {
+    let body = read_body(req, payload, state, endpoint).await?;
+    let started = Instant::now();
+    admission::parse_admission_review(&body)
+        .map(|request| (request, started))
+        .map_err(|e| bad_request(state, endpoint, started, &e))
+}
+
 async fn validate(
     req: actix_web::HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let body = match read_body(&req, payload, &state, Endpoint::validate).await {
-        Ok(b) => b,
-        Err(res) => return res,
-    };
-    let started = Instant::now();
-    let request = match admission::parse_admission_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(&state, Endpoint::validate, started, &e),
-    };
-    drop(body);
+    let (request, started) =
+        match admission_request(&req, payload, &state, Endpoint::validate).await {
+            Ok(read) => read,
+            Err(res) => return res,
+        };
     let labels = if request.needs_namespace_labels() {
         Some(namespace_labels(&state, &request.namespace).await)
     } else {
@@ -436,16 +446,11 @@ async fn mutate(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let body = match read_body(&req, payload, &state, Endpoint::mutate).await {
-        Ok(b) => b,
+    let (request, started) = match admission_request(&req, payload, &state, Endpoint::mutate).await
+    {
+        Ok(read) => read,
         Err(res) => return res,
     };
-    let started = Instant::now();
-    let request = match admission::parse_admission_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(&state, Endpoint::mutate, started, &e),
-    };
-    drop(body);
     let labels = if request.needs_mutation() {
         Some(namespace_labels(&state, &request.namespace).await)
     } else {
