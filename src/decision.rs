@@ -204,6 +204,17 @@ pub struct AppliedPolicy {
     pub mode: Mode,
 }
 
+impl AppliedPolicy {
+    /// The policy as the decision record names it.
+    pub fn of(policy: &CompiledPolicy) -> AppliedPolicy {
+        AppliedPolicy {
+            name: policy.name.clone(),
+            generation: policy.generation,
+            mode: policy.mode,
+        }
+    }
+}
+
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -288,14 +299,7 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
     let mut decision = Decision {
         policies: applying
             .iter()
-            .map(|&i| {
-                let p = &snapshot.policies()[i];
-                AppliedPolicy {
-                    name: p.name.clone(),
-                    generation: p.generation,
-                    mode: p.mode,
-                }
-            })
+            .map(|&i| AppliedPolicy::of(&snapshot.policies()[i]))
             .collect(),
         ..Decision::default()
     };
@@ -513,7 +517,9 @@ fn check_image(
         }
         if p.require_pull_policy_always && !reference.is_pinned() {
             let (effective, defaulted) = effective_pull_policy(image, reference);
-            if effective != "Always" {
+            if effective != "Always"
+                && !pulled_always_once_mutated(snapshot, applying, matches, image)
+            {
                 let how = if defaulted {
                     " (the default for this tag)"
                 } else {
@@ -675,6 +681,25 @@ fn remembered_message(
         );
     });
     text
+}
+
+/// Whether the Pods made from a workload's template will get `imagePullPolicy: Always` from the
+/// mutating webhook anyway: the image is in a pod template (workload templates are never
+/// mutated, their Pods are) and an applying `Enforce` policy with `setPullPolicyAlways` governs
+/// it. `requirePullPolicyAlways` then has nothing to deny in the template; each Pod is judged
+/// on its mutated form, and one that reaches the API server unmutated is denied then. Only
+/// asked on the way to a violation, so it costs nothing on an admitted request.
+fn pulled_always_once_mutated(
+    snapshot: &Snapshot,
+    applying: &[usize],
+    matches: &crate::policy::ImageMatches,
+    image: &ImageUse,
+) -> bool {
+    image.in_pod_template()
+        && applying.iter().any(|&q| {
+            let p = &snapshot.policies()[q];
+            p.set_pull_policy_always && p.mode == Mode::Enforce && matches.governed(q)
+        })
 }
 
 /// The pull policy Kubernetes would use: as written, else `Always` for `latest` (or no tag)
@@ -1494,6 +1519,41 @@ spec:
                 ["reference"]
             );
         }
+    }
+
+    #[test]
+    fn templates_whose_pods_will_be_mutated_meet_require_pull_policy_always() {
+        let pods_mutated = [
+            "metadata: {name: require}\nspec: {requirePullPolicyAlways: true}",
+            "metadata: {name: set}\nspec: {images: ['quay.io/**'], setPullPolicyAlways: true}",
+        ];
+        let s = snapshot(&pods_mutated, Settings::default());
+        let deployment = |image: &str| {
+            let object = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": image, "imagePullPolicy": "IfNotPresent"}]}}}});
+            Workload::from_value(WorkloadKind::Deployment, &object).unwrap()
+        };
+        // The template: its Pods will be stored with Always.
+        assert!(decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
+        // An image the mutating policy does not govern: still denied.
+        let d = decide_with(&s, &deployment("ghcr.io/a/b:1.0"), None);
+        assert_eq!(rules(&d), ["requirePullPolicyAlways"]);
+        // A Pod is judged as it is: one that arrives unmutated is denied.
+        let pod = pod(
+            &[("containers", "app", "quay.io/a/b:1.0", Some("IfNotPresent"))],
+            &[],
+        );
+        assert_eq!(
+            rules(&decide_with(&s, &pod, None)),
+            ["requirePullPolicyAlways"]
+        );
+        // A Warn-mode mutation changes nothing, so it excuses nothing.
+        let warn_only = [
+            pods_mutated[0],
+            "metadata: {name: set}\nspec: {mode: Warn, setPullPolicyAlways: true}",
+        ];
+        let s = snapshot(&warn_only, Settings::default());
+        assert!(!decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! imagegate: an image-policy admission controller for Kubernetes.
 //!
-//! The core ([`reference`], [`policy`], [`workload`], [`decision`]) is sans-IO: plain functions
-//! over plain data. The adapters around it serve the core over HTTPS, run the operator, and
+//! The core ([`reference`], [`policy`], [`workload`], [`decision`], [`mutation`]) is sans-IO:
+//! plain functions over plain data. The adapters around it serve the core over HTTPS, run the operator, and
 //! provide the command line.
 
 pub mod admission;
@@ -14,6 +14,7 @@ pub mod gather;
 pub mod http;
 pub mod manifests;
 pub mod metrics;
+pub mod mutation;
 pub mod namespaces;
 pub mod operator;
 pub mod policy;

@@ -2,10 +2,11 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `imagegate_admissions_total` | counter | `endpoint` (validate, imagereview), `result` (allowed, denied, skipped, bad_request) |
+//! | `imagegate_admissions_total` | counter | `endpoint` (validate, mutate, imagereview), `result` (allowed, denied, skipped, bad_request) |
 //! | `imagegate_decisions_total` | counter | `policy`, `mode`, `result` (allowed, denied, warned, audited, excused): one per applying policy per decision |
 //! | `imagegate_violations_total` | counter | `rule`, `mode` |
 //! | `imagegate_break_glass_total` | counter | `policy` |
+//! | `imagegate_pods_mutated_total` | counter | `change` (pullPolicy, digest): Pods whose patch made that change |
 //! | `imagegate_request_duration_seconds` | histogram | `endpoint` |
 //! | `imagegate_policies` | gauge | – policies in force |
 //! | `imagegate_policy_errors` | gauge | – policies left out because they do not compile |
@@ -28,6 +29,7 @@ use prometheus_client::registry::Registry;
 
 use crate::decision::{Decision, Verdict};
 use crate::evidence::{Outcome, Source};
+use crate::mutation::{Change, Plan};
 use crate::policy::Mode;
 
 /// Request latency buckets: 100 µs doubling to about 3.3 s. A decision takes microseconds; the
@@ -52,10 +54,11 @@ pub const MAX_REGISTRY_LABELS: usize = 64;
 pub enum Endpoint {
     validate,
     imagereview,
+    mutate,
 }
 
 impl Endpoint {
-    const COUNT: usize = 2;
+    const COUNT: usize = 3;
 }
 
 /// What became of one admission request.
@@ -109,6 +112,11 @@ struct ViolationLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PolicyLabel {
     policy: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChangeLabel {
+    change: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -202,6 +210,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     violations: Family<ViolationLabels, Counter>,
     break_glass: Family<PolicyLabel, Counter>,
+    pods_mutated: Family<ChangeLabel, Counter>,
     latency: LatencyFamily,
     /// The series of `admissions` and `latency` that every request updates, by endpoint and
     /// result, each taken from its family the first time it is used (so the exposition is the
@@ -255,6 +264,7 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let violations = Family::<ViolationLabels, Counter>::default();
         let break_glass = Family::<PolicyLabel, Counter>::default();
+        let pods_mutated = Family::<ChangeLabel, Counter>::default();
         let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
         let policies = Gauge::default();
         let policy_errors = Gauge::default();
@@ -283,6 +293,11 @@ impl Metrics {
             "break_glass",
             "Honoured break-glass exceptions by policy",
             break_glass.clone(),
+        );
+        registry.register(
+            "pods_mutated",
+            "Pods the mutating webhook changed, by change (pullPolicy, digest)",
+            pods_mutated.clone(),
         );
         registry.register_with_unit(
             "request_duration",
@@ -328,6 +343,7 @@ impl Metrics {
             decisions,
             violations,
             break_glass,
+            pods_mutated,
             latency,
             admission_series: Default::default(),
             latency_series: Default::default(),
@@ -482,6 +498,19 @@ impl Metrics {
         }
         for used in &decision.break_glass {
             self.record_break_glass(&used.policy);
+        }
+    }
+
+    /// Counts a Pod whose patch changes it, once per kind of change the patch makes.
+    pub fn record_mutation(&self, plan: &Plan) {
+        for change in Change::ALL {
+            if plan.applies(change) {
+                self.pods_mutated
+                    .get_or_create(&ChangeLabel {
+                        change: change.as_str(),
+                    })
+                    .inc();
+            }
         }
     }
 
@@ -661,6 +690,50 @@ mod tests {
         );
         assert!(
             text.contains("imagegate_request_duration_seconds_count{endpoint=\"validate\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pods_mutated_count_each_change_a_patch_makes() {
+        use crate::mutation::{Mutation, Plan};
+        use crate::workload::ContainerType;
+        let change = |change, applied| Mutation {
+            change,
+            container_type: ContainerType::Containers,
+            container: "app".into(),
+            image: "nginx".into(),
+            from: None,
+            to: Some("x".into()),
+            policy: "p".into(),
+            mode: if applied { Mode::Enforce } else { Mode::Warn },
+            applied,
+            path: String::new(),
+            image_index: 0,
+        };
+        let m = Metrics::new();
+        let both = Plan {
+            mutations: vec![
+                change(Change::PullPolicy, true),
+                change(Change::PullPolicy, true),
+                change(Change::Digest, true),
+            ],
+            ..Plan::default()
+        };
+        let reported = Plan {
+            mutations: vec![change(Change::Digest, false)],
+            ..Plan::default()
+        };
+        m.record_mutation(&both);
+        m.record_mutation(&reported);
+        m.record_mutation(&Plan::default());
+        let text = m.encode();
+        assert!(
+            text.contains("imagegate_pods_mutated_total{change=\"pullPolicy\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagegate_pods_mutated_total{change=\"digest\"} 1"),
             "{text}"
         );
     }

@@ -546,6 +546,25 @@ fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
             vwc.clone(),
         ));
     }
+    // The MutatingWebhookConfiguration, same name: also deleted while no policy mutates.
+    for verb in ["get", "list", "watch", "patch", "delete"] {
+        grants.push((
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                verb,
+            ),
+            vwc.clone(),
+        ));
+    }
+    grants.push((
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "create",
+        ),
+        None,
+    ));
     // Server-side apply is a patch, both for the status and the webhook configuration.
     grants.push((("imagegate.dev", "imagepolicies/status", "patch"), None));
     grants.push((
@@ -752,6 +771,23 @@ fn check_cleanup_hook(r: &Rendered, want: &Expect, kubectl_image: &str) {
         "the last step deletes the webhook configuration"
     );
     assert!(last.iter().any(|a| a == "--ignore-not-found"));
+    // Before it, once imagegate is stopped, the mutating one (which may not exist).
+    let mutating = steps[steps.len() - 2].args.clone().unwrap_or_default();
+    assert_eq!(
+        &mutating[..3],
+        [
+            "delete",
+            "mutatingwebhookconfiguration",
+            want.webhook_config_name
+        ],
+        "a step deletes the mutating webhook configuration"
+    );
+    assert!(mutating.iter().any(|a| a == "--ignore-not-found"));
+    assert_eq!(
+        steps[0].args.as_ref().map(|a| a[1].as_str()),
+        Some("deployment"),
+        "imagegate is stopped first"
+    );
 
     let cr: ClusterRole = r.one("ClusterRole", &name);
     let cluster = granted(
@@ -761,15 +797,21 @@ fn check_cleanup_hook(r: &Rendered, want: &Expect, kubectl_image: &str) {
     let vwc = Some(want.webhook_config_name.to_owned());
     let expected: Granted = ["get", "list", "watch", "delete"]
         .into_iter()
-        .map(|v| {
-            (
+        .flat_map(|v| {
+            [
+                "validatingwebhookconfigurations",
+                "mutatingwebhookconfigurations",
+            ]
+            .map(|resource| {
                 (
-                    "admissionregistration.k8s.io".to_owned(),
-                    "validatingwebhookconfigurations".to_owned(),
-                    v.to_owned(),
-                ),
-                vwc.clone(),
-            )
+                    (
+                        "admissionregistration.k8s.io".to_owned(),
+                        resource.to_owned(),
+                        v.to_owned(),
+                    ),
+                    vwc.clone(),
+                )
+            })
         })
         .collect();
     assert_eq!(cluster, expected, "cleanup ClusterRole grants");

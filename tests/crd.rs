@@ -73,6 +73,8 @@ fn crd_describes_the_api() {
         "requireDigest",
         "deniedTags",
         "requirePullPolicyAlways",
+        "setPullPolicyAlways",
+        "pinDigests",
         "breakGlass",
         "verifySignatures",
     ] {
@@ -131,6 +133,14 @@ fn crd_describes_the_api() {
         entry["properties"]["transparencyLog"]["enum"],
         serde_json::json!(["Skip", "Require"])
     );
+    // A mutation field alone is a rule: the "set at least one rule" check names both.
+    let rules = spec["x-kubernetes-validations"].to_string();
+    for field in ["setPullPolicyAlways", "pinDigests"] {
+        assert!(
+            rules.contains(&format!("has(self.{field})")),
+            "{field} missing from {rules}"
+        );
+    }
 }
 
 fn collect_undocumented(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::json_line::JsonLine;
 use crate::decision::{AppliedPolicy, BreakGlassUse, Decision, ImageVerdict, Requester, Violation};
 use crate::evidence::Evidence;
+use crate::mutation::{Mutation, Plan};
 use crate::namespaces::Labels;
 use crate::telemetry;
 
@@ -21,7 +22,7 @@ pub const TARGET: &str = "imagegate::decision";
 /// What a record says about the request besides the decision.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordContext<'a> {
-    /// `validate` or `imagereview`.
+    /// `validate`, `mutate` or `imagereview`.
     pub endpoint: &'a str,
     /// Request uid (empty for ImageReview, which has none).
     pub uid: &'a str,
@@ -68,6 +69,7 @@ struct Record<'a> {
     break_glass: &'a [BreakGlassUse],
     violations: Option<&'a [Violation]>,
     evidence: Option<&'a Evidence>,
+    mutations: Option<&'a [Mutation]>,
     reason: Option<&'a str>,
     latency_us: u64,
 }
@@ -98,6 +100,7 @@ impl<'a> Record<'a> {
             break_glass: &[],
             violations: None,
             evidence: ctx.evidence.filter(|e| !e.images.is_empty()),
+            mutations: None,
             reason: None,
             latency_us: u64::try_from(ctx.latency.as_micros()).unwrap_or(u64::MAX),
         }
@@ -223,6 +226,26 @@ impl<'a> Record<'a> {
         if let Some(evidence) = self.evidence {
             w.serialized_field("evidence", evidence);
         }
+        if let Some(mutations) = self.mutations {
+            w.key("mutations");
+            w.begin_array();
+            for m in mutations {
+                w.begin_object();
+                w.string_field("change", m.change.as_str());
+                w.string_field("containerType", m.container_type.as_str());
+                w.string_field("container", &m.container);
+                w.string_field("image", &m.image);
+                w.optional_string_field("from", m.from.as_deref());
+                w.optional_string_field("to", m.to.as_deref());
+                w.string_field("policy", &m.policy);
+                w.string_field("mode", m.mode.as_str());
+                w.key("applied");
+                w.bool(m.applied);
+                w.string_field("path", &m.path);
+                w.end_object();
+            }
+            w.end_array();
+        }
         if let Some(reason) = self.reason {
             w.string_field("reason", reason);
         }
@@ -301,6 +324,25 @@ fn record_of<'a>(ctx: &RecordContext<'a>, decision: &'a Decision, label: &'a str
 /// The JSON line [`decision`] writes (for benchmarks and tests).
 pub fn decision_line(ctx: &RecordContext<'_>, decision: &Decision, label: &str) -> Vec<u8> {
     record_of(ctx, decision, label).line()
+}
+
+/// Writes the record of a mutation (endpoint `mutate`): the applying policies that ask for
+/// changes, and every change made or only reported. Mutation never denies: `allowed` is true.
+pub fn mutation(ctx: &RecordContext<'_>, plan: &Plan, label: &str) {
+    mutation_record(ctx, plan, label).emit();
+}
+
+/// The JSON line [`mutation`] writes (for benchmarks and tests).
+pub fn mutation_line(ctx: &RecordContext<'_>, plan: &Plan, label: &str) -> Vec<u8> {
+    mutation_record(ctx, plan, label).line()
+}
+
+fn mutation_record<'a>(ctx: &RecordContext<'a>, plan: &'a Plan, label: &'a str) -> Record<'a> {
+    Record {
+        policies: Some(&plan.policies),
+        mutations: Some(&plan.mutations),
+        ..Record::new(ctx, true, label)
+    }
 }
 
 /// Writes the record of a request denied without a decision (unreadable object or namespace)
@@ -533,5 +575,68 @@ mod tests {
         assert_eq!(line["dry_run"], true);
         assert_eq!(line["latency_us"], u64::MAX);
         assert!(jiff::Timestamp::from_str(line["timestamp"].as_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_mutation_record_lists_every_change_as_serde_writes_it() {
+        use crate::mutation::Change;
+        use crate::policy::Mode;
+        use crate::workload::ContainerType;
+
+        let change = |applied, to: Option<&str>| Mutation {
+            change: Change::Digest,
+            container_type: ContainerType::ImageVolumes,
+            container: "data \"x\"".into(),
+            image: "quay.io/data/set:v1".into(),
+            from: Some("quay.io/data/set:v1".into()),
+            to: to.map(str::to_owned),
+            policy: "pin".into(),
+            mode: if applied { Mode::Enforce } else { Mode::Audit },
+            applied,
+            path: "/spec/volumes/0/image/reference".into(),
+            image_index: 0,
+        };
+        let plan = Plan {
+            mutations: vec![
+                change(true, Some("quay.io/data/set:v1@sha256:00")),
+                change(false, None),
+            ],
+            policies: vec![AppliedPolicy {
+                name: "pin".into(),
+                generation: Some(4),
+                mode: Mode::Enforce,
+            }],
+            ..Plan::default()
+        };
+        let ctx = RecordContext {
+            endpoint: "mutate",
+            uid: "u",
+            kind: "Pod",
+            namespace: "shop",
+            name: "web",
+            operation: "CREATE",
+            requester: None,
+            dry_run: false,
+            namespace_labels: None,
+            annotations: None,
+            evidence: None,
+            now: jiff::Timestamp::UNIX_EPOCH,
+            latency: Duration::from_micros(3),
+        };
+        let line: serde_json::Value =
+            serde_json::from_slice(&mutation_line(&ctx, &plan, "mutated")).unwrap();
+        assert_eq!(line["endpoint"], "mutate");
+        assert_eq!(line["decision"], "mutated");
+        assert_eq!(line["allowed"], true);
+        assert_eq!(line["message"], "CREATE Pod shop/web: mutated");
+        assert_eq!(
+            line["mutations"],
+            serde_json::to_value(&plan.mutations).unwrap()
+        );
+        assert_eq!(
+            line["policies"],
+            serde_json::to_value(&plan.policies).unwrap()
+        );
+        assert!(line.get("violations").is_none() && line.get("images").is_none());
     }
 }

@@ -12,7 +12,7 @@ use super::{
     BadRequest, MAX_AUDIT_ANNOTATION_CHARS, MAX_CAUSES, MAX_MESSAGE_CHARS, client_warnings,
     truncate,
 };
-use crate::decision::{Decision, Input, Requester, decide};
+use crate::decision::{AppliedPolicy, Decision, Input, Requester, decide};
 use crate::evidence::{Evidence, EvidenceRequest};
 use crate::metrics::{AdmissionResult, decision_label};
 use crate::namespaces::Labels;
@@ -560,6 +560,8 @@ impl AdmissionRequest {
             uid: self.uid.clone(),
             allowed: outcome.allowed(),
             status: None,
+            patch: None,
+            patch_type: None,
             warnings: Vec::new(),
             audit_annotations: BTreeMap::new(),
         };
@@ -641,9 +643,26 @@ impl AdmissionRequest {
 pub fn audit_annotations(d: &Decision, label: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     out.insert("decision".to_owned(), label.to_owned());
-    // `NAME@GENERATION:MODE,…`, written in one string: it is part of every answer.
+    out.insert("policies".to_owned(), policies_annotation(&d.policies));
+    if !d.break_glass.is_empty() {
+        let uses: Vec<String> = d
+            .break_glass
+            .iter()
+            .map(|b| format!("ticket={} policy={} until={}", b.ticket, b.policy, b.until))
+            .collect();
+        out.insert(
+            "break-glass".to_owned(),
+            truncate(&uses.join("; "), MAX_AUDIT_ANNOTATION_CHARS),
+        );
+    }
+    out
+}
+
+/// The `policies` audit annotation: `NAME@GENERATION:MODE,…`, written in one string (it is
+/// part of every answer), cut to [`MAX_AUDIT_ANNOTATION_CHARS`].
+pub fn policies_annotation(applied: &[AppliedPolicy]) -> String {
     let mut policies = String::new();
-    for p in &d.policies {
+    for p in applied {
         if !policies.is_empty() {
             policies.push(',');
         }
@@ -658,19 +677,7 @@ pub fn audit_annotations(d: &Decision, label: &str) -> BTreeMap<String, String> 
     if policies.len() > MAX_AUDIT_ANNOTATION_CHARS {
         policies = truncate(&policies, MAX_AUDIT_ANNOTATION_CHARS);
     }
-    out.insert("policies".to_owned(), policies);
-    if !d.break_glass.is_empty() {
-        let uses: Vec<String> = d
-            .break_glass
-            .iter()
-            .map(|b| format!("ticket={} policy={} until={}", b.ticket, b.policy, b.until))
-            .collect();
-        out.insert(
-            "break-glass".to_owned(),
-            truncate(&uses.join("; "), MAX_AUDIT_ANNOTATION_CHARS),
-        );
-    }
-    out
+    policies
 }
 
 /// An AdmissionReview answer.
@@ -699,7 +706,8 @@ impl ReviewOut {
             + causes
                 .map(|c| c.field.len() + c.reason.len() + c.message.len() + 50)
                 .sum::<usize>()
-            + r.warnings.iter().map(|w| w.len() + 3).sum::<usize>();
+            + r.warnings.iter().map(|w| w.len() + 3).sum::<usize>()
+            + r.patch.as_ref().map_or(0, String::len);
         let mut out = JsonLine::with_capacity(400 + texts + texts / 8);
         out.begin_object();
         out.string_field("apiVersion", self.api_version);
@@ -734,6 +742,13 @@ impl ReviewOut {
             }
             out.end_object();
         }
+        if let Some(patch) = &r.patch {
+            // Base64: nothing in it needs escaping.
+            out.string_field("patch", patch);
+        }
+        if let Some(patch_type) = r.patch_type {
+            out.string_field("patchType", patch_type);
+        }
         if !r.warnings.is_empty() {
             out.strings_field("warnings", r.warnings.iter().map(String::as_str));
         }
@@ -754,6 +769,12 @@ pub struct ResponseOut {
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusOut>,
+    /// A JSONPatch, base64-encoded (the mutating webhook's answer only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// `JSONPatch` when `patch` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -1108,17 +1129,20 @@ mod tests {
             text(),
             any::<bool>(),
             proptest::option::of(status),
+            proptest::option::of("[A-Za-z0-9+/]{0,40}={0,2}"),
             proptest::collection::vec(text(), 0..3),
             proptest::collection::btree_map(text(), text(), 0..3),
         )
             .prop_map(
-                |(uid, allowed, status, warnings, audit_annotations)| ReviewOut {
+                |(uid, allowed, status, patch, warnings, audit_annotations)| ReviewOut {
                     api_version: API_VERSION,
                     kind: KIND,
                     response: ResponseOut {
                         uid,
                         allowed,
                         status,
+                        patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                        patch,
                         warnings,
                         audit_annotations,
                     },

@@ -506,6 +506,10 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
         IpAddr::V4(ip) => ip.to_string(),
     };
     println!("imagegate serve: https://{host}:{}/validate", addr.port());
+    println!(
+        "imagegate serve: mutating webhook https://{host}:{}/mutate",
+        addr.port()
+    );
     if let Some(ca) = &prepared.ca_path {
         println!("imagegate serve: CA certificate {}", ca.display());
     }

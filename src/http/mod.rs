@@ -1,4 +1,4 @@
-//! The HTTPS server (actix-web + rustls): `/validate`, `/imagereview`, `/healthz`, `/readyz`,
+//! The HTTPS server (actix-web + rustls): `/validate`, `/mutate`, `/imagereview`, `/healthz`, `/readyz`,
 //! `/metrics`, and `/metrics` again on an optional plain-HTTP port. Handlers only move bytes
 //! and call [`crate::admission`]; the certificate comes from [`CertResolver`], so it can be
 //! replaced while the server runs.
@@ -240,6 +240,7 @@ pub async fn run_server(
 
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/validate", web::post().to(validate))
+        .route("/mutate", web::post().to(mutate))
         .route("/imagereview", web::post().to(image_review))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
@@ -380,22 +381,32 @@ async fn gather(
     state.evidence.gather(requests, deadline).await
 }
 
+/// Reads an AdmissionReview for `endpoint`: the request and when its body was in (what
+/// latencies count from), or the answer to a body that is not one.
+async fn admission_request(
+    req: &actix_web::HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    endpoint: Endpoint,
+) -> Result<(admission::AdmissionRequest, Instant), HttpResponse> {
+    let body = read_body(req, payload, state, endpoint).await?;
+    let started = Instant::now();
+    admission::parse_admission_review(&body)
+        .map(|request| (request, started))
+        .map_err(|e| bad_request(state, endpoint, started, &e))
+}
+
 async fn validate(
     req: actix_web::HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let arrived = Instant::now();
-    let body = match read_body(&req, payload, &state, Endpoint::validate).await {
-        Ok(b) => b,
-        Err(res) => return res,
-    };
-    let started = Instant::now();
-    let request = match admission::parse_admission_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(&state, Endpoint::validate, started, &e),
-    };
-    drop(body);
+    let (request, started) =
+        match admission_request(&req, payload, &state, Endpoint::validate).await {
+            Ok(read) => read,
+            Err(res) => return res,
+        };
     let labels = if request.needs_namespace_labels() {
         Some(namespace_labels(&state, &request.namespace).await)
     } else {
@@ -465,6 +476,63 @@ async fn validate(
     state
         .metrics
         .record_admission(Endpoint::validate, outcome.result(), latency);
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(response.to_json())
+}
+
+async fn mutate(
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (request, started) = match admission_request(&req, payload, &state, Endpoint::mutate).await
+    {
+        Ok(read) => read,
+        Err(res) => return res,
+    };
+    let labels = if request.needs_mutation() {
+        Some(namespace_labels(&state, &request.namespace).await)
+    } else {
+        None
+    };
+    let now = jiff::Timestamp::now();
+    let empty = Labels::new();
+    let labels_ref = match &labels {
+        Some(Ok(l)) => Ok(l),
+        Some(Err(e)) => Err(e.as_str()),
+        None => Ok(&empty),
+    };
+    let outcome = request.plan_mutation(
+        &state.snapshot.load(),
+        labels_ref,
+        &crate::mutation::Digests::new(),
+    );
+    let response = request.mutate_response(&outcome);
+    let latency = started.elapsed();
+
+    let ctx = record::RecordContext {
+        endpoint: "mutate",
+        ..request.record_context(labels_ref.ok(), now, latency)
+    };
+    let result = match &outcome {
+        admission::MutateOutcome::Skipped(_) => AdmissionResult::skipped,
+        admission::MutateOutcome::Planned(plan) => {
+            // A Pod that no policy asks to change is not worth a record.
+            if !plan.policies.is_empty() {
+                record::mutation(&ctx, plan, outcome.label());
+            }
+            state.metrics.record_mutation(plan);
+            AdmissionResult::allowed
+        }
+        admission::MutateOutcome::Unread(why) => {
+            record::verdict(&ctx, true, outcome.label(), why);
+            AdmissionResult::allowed
+        }
+    };
+    state
+        .metrics
+        .record_admission(Endpoint::mutate, result, latency);
     HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(response.to_json())

@@ -1,5 +1,6 @@
 //! The operator half of `imagegate run`: watches ImagePolicies and Namespaces, writes policy
-//! status, keeps the TLS Secret and the ValidatingWebhookConfiguration in the desired state.
+//! status, keeps the TLS Secret and the Validating- and MutatingWebhookConfiguration in the
+//! desired state.
 //!
 //! Every write is idempotent (server-side apply with field manager `imagegate`, create-or-read,
 //! updates guarded by `resourceVersion`), so any number of replicas run side by side without a
@@ -13,8 +14,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::Secret;
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::events::Recorder;
@@ -223,10 +226,78 @@ pub async fn run_webhook_config(
     client: Client,
     params: webhook_config::WebhookParams,
     owner_cluster_role: Option<String>,
-    mut ca_bundle: watch::Receiver<Option<String>>,
+    ca_bundle: watch::Receiver<Option<String>>,
 ) {
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let fields = format!("metadata.name={}", params.name);
+    let name = params.name.clone();
+    let api = client.clone();
+    let reconcile = move |ca: String| {
+        let (client, params, owner) = (client.clone(), params.clone(), owner_cluster_role.clone());
+        async move { webhook_config::reconcile(client, &params, &ca, owner.as_deref()).await }
+            .boxed()
+    };
+    keep_reconciled::<ValidatingWebhookConfiguration>(api, &name, ca_bundle, None, reconcile).await
+}
+
+/// Keeps the mutating webhook configuration in the desired state: present (and repaired)
+/// while some policy of the snapshot in force asks for mutation (`setPullPolicyAlways`,
+/// `pinDigests`), deleted while none does. It looks on every watch event of the object, every
+/// change of the CA bundle, every rebuild of the snapshot (`rebuilt`), and every
+/// [`WEBHOOK_RESYNC`]; nothing is written before the first CA bundle is known, nor before the
+/// first complete list of policies (an empty snapshot at start-up must not delete it).
+pub async fn run_mutating_webhook_config(
+    client: Client,
+    params: webhook_config::WebhookParams,
+    owner_cluster_role: Option<String>,
+    ca_bundle: watch::Receiver<Option<String>>,
+    snapshot: SharedSnapshot,
+    rebuilt: watch::Receiver<index::Rebuilt>,
+) {
+    let policies = rebuilt.clone();
+    let name = params.name.clone();
+    let api = client.clone();
+    let reconcile = move |ca: String| {
+        // Decided here, from the snapshot in force as the loop wakes up.
+        let loaded = policies.borrow().count > 0;
+        let wanted = snapshot.load().policies().iter().any(|p| p.mutates());
+        let (client, params, owner) = (client.clone(), params.clone(), owner_cluster_role.clone());
+        async move {
+            if !loaded {
+                return Ok(webhook_config::Outcome::UpToDate);
+            }
+            webhook_config::reconcile_mutating(client, &params, &ca, owner.as_deref(), wanted).await
+        }
+        .boxed()
+    };
+    keep_reconciled::<MutatingWebhookConfiguration>(api, &name, ca_bundle, Some(rebuilt), reconcile)
+        .await
+}
+
+/// The loop of [`run_webhook_config`] and [`run_mutating_webhook_config`]: calls `reconcile`
+/// with the CA bundle whenever there is a reason to look at the object of kind `K` named
+/// `name` (a watch event, a new CA bundle, a rebuilt snapshot, the resync period), and
+/// [`RETRY_DELAY`] after a failure.
+async fn keep_reconciled<K>(
+    client: Client,
+    name: &str,
+    mut ca_bundle: watch::Receiver<Option<String>>,
+    mut rebuilt: Option<watch::Receiver<index::Rebuilt>>,
+    mut reconcile: impl FnMut(
+        String,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<webhook_config::Outcome, Error>,
+    >,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::all(client);
+    let fields = format!("metadata.name={name}");
     let mut events = watcher(api, watcher::Config::default().fields(&fields))
         .default_backoff()
         .boxed();
@@ -236,40 +307,45 @@ pub async fn run_webhook_config(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let ca = ca_bundle.borrow_and_update().clone();
+        if let Some(r) = rebuilt.as_mut() {
+            r.borrow_and_update();
+        }
         let mut retry = false;
         if let Some(ca) = ca {
-            match webhook_config::reconcile(
-                client.clone(),
-                &params,
-                &ca,
-                owner_cluster_role.as_deref(),
-            )
-            .await
-            {
-                Ok(webhook_config::Outcome::Applied) => {
-                    tracing::info!(name = %params.name, "webhook configuration applied")
+            use webhook_config::Outcome;
+            match reconcile(ca).await {
+                Ok(Outcome::Applied) => {
+                    tracing::info!(%kind, %name, "webhook configuration applied")
                 }
-                Ok(webhook_config::Outcome::Unmanaged) => tracing::debug!(
-                    name = %params.name,
-                    "webhook configuration is marked {UNMANAGED_ANNOTATION}; left alone"
-                ),
-                Ok(webhook_config::Outcome::OwnerGone) => tracing::warn!(
-                    name = %params.name,
-                    "the owner ClusterRole is gone (uninstalling?); webhook configuration not written"
-                ),
-                Ok(webhook_config::Outcome::UpToDate) => {}
+                Ok(Outcome::Deleted) => tracing::info!(%kind, %name,
+                    "webhook configuration deleted: no policy asks for mutation"),
+                Ok(Outcome::Unmanaged) => tracing::debug!(%kind, %name,
+                    "webhook configuration is marked {UNMANAGED_ANNOTATION} or not imagegate's; left alone"),
+                Ok(Outcome::OwnerGone) => tracing::warn!(%kind, %name,
+                    "the owner ClusterRole is gone (uninstalling?); webhook configuration not written"),
+                Ok(Outcome::UpToDate | Outcome::Absent) => {}
                 Err(e) => {
                     retry = true;
-                    tracing::warn!(name = %params.name, error = %e,
+                    tracing::warn!(%kind, %name, error = %e,
                         "cannot reconcile the webhook configuration; retrying")
                 }
             }
         }
         // Wait for the next reason to look again.
         loop {
+            let policies_changed = async {
+                match rebuilt.as_mut() {
+                    Some(r) => r.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(RETRY_DELAY), if retry => break,
                 r = ca_bundle.changed() => {
+                    if r.is_err() { return }
+                    break;
+                }
+                r = policies_changed => {
                     if r.is_err() { return }
                     break;
                 }
@@ -279,7 +355,7 @@ pub async fn run_webhook_config(
                     Ok(Some(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                     Ok(Some(_)) => break,
                     Ok(None) => return,
-                    Err(e) => tracing::warn!(error = %e, "webhook configuration watch failed; retrying"),
+                    Err(e) => tracing::warn!(%kind, error = %e, "webhook configuration watch failed; retrying"),
                 },
             }
         }
@@ -420,6 +496,7 @@ pub fn start(
     let (keys_tx, keys_rx) = watch::channel(None);
     index.follow_secrets(keys_rx);
     let store = index.store();
+    let rebuilt = index.subscribe();
     let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
     let (ns_store, ns_writer) = reflector::store();
     let namespaces = Arc::new(NamespaceCache::new(ns_store, client.clone()));
@@ -450,10 +527,18 @@ pub fn start(
             Some(metrics),
         )),
         tokio::spawn(run_webhook_config(
+            client.clone(),
+            config.webhook.clone(),
+            config.owner_cluster_role.clone(),
+            ca_rx.clone(),
+        )),
+        tokio::spawn(run_mutating_webhook_config(
             client,
             config.webhook.clone(),
             config.owner_cluster_role.clone(),
             ca_rx,
+            Arc::clone(&snapshot),
+            rebuilt,
         )),
     ]);
     Running {

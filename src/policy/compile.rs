@@ -18,6 +18,13 @@ pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// The largest compiled ticket regex, so a policy cannot make every admission slow.
 const TICKET_REGEX_SIZE_LIMIT: usize = 64 * 1024;
 
+/// Whether `pinDigests: true` is in force. Pinning needs a digest per tag from the registry
+/// adapter, which this version does not have yet; until it does, a policy asking for it is
+/// refused with a message (`Ready=False`, and the `policies.imagegate.dev` webhook rejects it)
+/// rather than silently pinning nothing. The mutation planner already pins from the digests
+/// it is given (see `crate::mutation`).
+pub const PIN_DIGESTS_SUPPORTED: bool = false;
+
 /// Why a policy does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -98,6 +105,10 @@ pub struct CompiledPolicy {
     pub denied_tag_set: GlobSet,
     /// `spec.requirePullPolicyAlways`.
     pub require_pull_policy_always: bool,
+    /// `spec.setPullPolicyAlways`: the mutating webhook sets `imagePullPolicy: Always`.
+    pub set_pull_policy_always: bool,
+    /// `spec.pinDigests`: the mutating webhook pins tags to digests.
+    pub pin_digests: bool,
     /// `spec.breakGlass`.
     pub break_glass: Option<BreakGlassRule>,
     /// `spec.verifySignatures` (empty when unset).
@@ -108,6 +119,12 @@ impl CompiledPolicy {
     /// Whether this policy governs every image (`images` unset, empty, or containing `**`).
     pub fn governs_all(&self) -> bool {
         self.images.patterns.is_empty() || self.images.matches_all()
+    }
+
+    /// Whether this policy asks the mutating webhook to change Pods (`setPullPolicyAlways` or
+    /// `pinDigests`), in any mode: Warn and Audit policies report what they would change.
+    pub fn mutates(&self) -> bool {
+        self.set_pull_policy_always || self.pin_digests
     }
 }
 
@@ -163,11 +180,19 @@ fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPoli
         || spec
             .verify_signatures
             .as_ref()
-            .is_some_and(|l| !l.is_empty());
+            .is_some_and(|l| !l.is_empty())
+        || spec.set_pull_policy_always.is_some()
+        || spec.pin_digests.is_some();
     if !has_rule {
         return Err(err(
             "spec".into(),
-            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways or verifySignatures".into(),
+            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways, verifySignatures, setPullPolicyAlways or pinDigests".into(),
+        ));
+    }
+    if spec.pin_digests == Some(true) && !PIN_DIGESTS_SUPPORTED {
+        return Err(err(
+            "spec.pinDigests".into(),
+            "pinDigests is not supported by this version of imagegate yet: pinning needs the registry lookups of signature verification, which it does not have; remove pinDigests (requireDigest denies unpinned images meanwhile)".into(),
         ));
     }
 
@@ -253,6 +278,8 @@ fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPoli
         denied_tags: spec.denied_tags.clone().unwrap_or_default(),
         denied_tag_set,
         require_pull_policy_always: spec.require_pull_policy_always.unwrap_or(false),
+        set_pull_policy_always: spec.set_pull_policy_always.unwrap_or(false),
+        pin_digests: spec.pin_digests.unwrap_or(false),
         break_glass,
         signatures,
     })
@@ -318,6 +345,34 @@ mod tests {
         let e = compile(&policy).unwrap_err();
         assert_eq!(e.field, "spec");
         assert!(e.message.contains("sets no rule"), "{e}");
+    }
+
+    #[test]
+    fn a_mutation_rule_alone_is_a_rule() {
+        let policy: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {setPullPolicyAlways: true}")
+                .unwrap();
+        let compiled = compile(&policy).unwrap();
+        assert!(compiled.set_pull_policy_always && !compiled.pin_digests);
+        assert!(compiled.mutates());
+        let off: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {setPullPolicyAlways: false}")
+                .unwrap();
+        assert!(!compile(&off).unwrap().mutates());
+    }
+
+    #[test]
+    fn pin_digests_is_refused_until_digests_can_be_had() {
+        let policy: ImagePolicy = serde_saphyr::from_str(
+            "metadata: {name: p}\nspec: {setPullPolicyAlways: true, pinDigests: true}",
+        )
+        .unwrap();
+        let e = compile(&policy).unwrap_err();
+        assert_eq!(e.field, "spec.pinDigests");
+        assert!(e.message.contains("not supported"), "{e}");
+        let off: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {pinDigests: false}").unwrap();
+        assert!(!compile(&off).unwrap().pin_digests);
     }
 
     #[test]

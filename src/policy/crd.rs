@@ -29,8 +29,8 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new(
-    "has(self.allowedImages) || has(self.deniedImages) || has(self.requireDigest) || has(self.deniedTags) || has(self.requirePullPolicyAlways) || (has(self.verifySignatures) && size(self.verifySignatures) > 0)"
-).message("set at least one rule: allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways or verifySignatures"))]
+    "has(self.allowedImages) || has(self.deniedImages) || has(self.requireDigest) || has(self.deniedTags) || has(self.requirePullPolicyAlways) || (has(self.verifySignatures) && size(self.verifySignatures) > 0) || has(self.setPullPolicyAlways) || has(self.pinDigests)"
+).message("set at least one rule: allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways, verifySignatures, setPullPolicyAlways or pinDigests"))]
 #[serde(rename_all = "camelCase")]
 pub struct ImagePolicySpec {
     /// What a violation does. Enforce denies the object; Warn admits it and returns a warning to
@@ -88,6 +88,24 @@ pub struct ImagePolicySpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("entry names must be unique within verifySignatures"))]
     pub verify_signatures: Option<Vec<SignatureEntry>>,
+    /// When true, imagegate's mutating webhook sets `imagePullPolicy: Always` on every
+    /// container of a new Pod whose image this policy governs (init, sidecar and ephemeral
+    /// containers too), and `pullPolicy: Always` on its image volumes, as the API server's
+    /// `AlwaysPullImages` plugin does, but scoped by this policy: a node's cached copy of a
+    /// private image is then never used without the credentials to pull it. Pinned images get
+    /// it too. Only Pods are changed, never workload templates; Warn and Audit policies change
+    /// nothing and report what they would change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_pull_policy_always: Option<bool>,
+
+    /// When true, imagegate's mutating webhook rewrites every governed image of a new Pod that
+    /// is referred to by tag to `REPO:TAG@sha256:DIGEST`: the digest `verifySignatures` verified
+    /// for it when that rule applies, else the digest the registry serves for the tag now. An
+    /// image whose digest cannot be had is left as written, with a warning. Only Pods are
+    /// changed, never workload templates; Warn and Audit policies change nothing and report
+    /// what they would change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_digests: Option<bool>,
 
     /// Who may override this policy's violations in an emergency, with the annotations
     /// `imagegate.image-policy.k8s.io/break-glass: <ticket>` and

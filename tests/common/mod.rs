@@ -137,11 +137,15 @@ impl TestServer {
         (status, value)
     }
 
-    /// POSTs an AdmissionReview; asserts HTTP 200 and returns `response`.
+    /// POSTs an AdmissionReview to `/validate`; asserts HTTP 200 and returns `response`.
     pub async fn review(&self, body: &Value) -> Value {
-        let (status, out) = self
-            .post("/validate", serde_json::to_vec(body).unwrap())
-            .await;
+        self.review_at("/validate", body).await
+    }
+
+    /// POSTs an AdmissionReview to `path`; asserts HTTP 200, the envelope and the echoed uid,
+    /// and returns `response`.
+    pub async fn review_at(&self, path: &str, body: &Value) -> Value {
+        let (status, out) = self.post(path, serde_json::to_vec(body).unwrap()).await;
         assert_eq!(status, 200, "{out}");
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");

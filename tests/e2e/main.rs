@@ -19,7 +19,9 @@ use harness::{
 use imagegate::decision::{BREAK_GLASS_ANNOTATION, BREAK_GLASS_UNTIL_ANNOTATION};
 use imagegate::operator::webhook_config::{PODS_WEBHOOK, POLICIES_WEBHOOK, WORKLOADS_WEBHOOK};
 use imagegate::policy::ImagePolicy;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -377,6 +379,70 @@ fn webhooks(vwc: &ValidatingWebhookConfiguration) -> std::collections::BTreeMap<
             )
         })
         .collect()
+}
+
+/// `setPullPolicyAlways`: while a policy asks for it, the operator registers its mutating
+/// webhook and a new Pod is stored with `imagePullPolicy: Always` on the container the policy
+/// governs (the API server had defaulted it to `IfNotPresent` for a version tag); once the last
+/// such policy is gone, the MutatingWebhookConfiguration is deleted.
+#[tokio::test]
+async fn pull_policy_always_by_policy() {
+    run("mutate", async |e2e| {
+        let deny = e2e.named("deny");
+        e2e.apply_policy(&deny, deny_busybox()).await;
+        e2e.start_operator(OperatorRun::default());
+        until_enforced(&e2e, &deny).await;
+
+        let always = e2e.named("always");
+        e2e.apply_policy(
+            &always,
+            json!({"images": ["registry.k8s.io/**"], "setPullPolicyAlways": true}),
+        )
+        .await;
+        let pods: Api<Pod> = e2e.api();
+        e2e.eventually(
+            "a new Pod to be stored with imagePullPolicy Always",
+            CONVERGE,
+            async || {
+                let stored =
+                    admitted(pods.create(&dry_run(), &pod("pulled", ALLOWED_IMAGE)).await)?;
+                let policy = stored
+                    .spec
+                    .and_then(|s| s.containers.into_iter().next())
+                    .and_then(|c| c.image_pull_policy);
+                (policy.as_deref() == Some("Always"))
+                    .then_some(())
+                    .ok_or_else(|| format!("stored with imagePullPolicy {policy:?}"))
+            },
+        )
+        .await;
+
+        let mwcs: Api<MutatingWebhookConfiguration> = Api::all(e2e.client());
+        let name = e2e.webhook_config_name();
+        let mwc = mwcs
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("the mutating webhook configuration {name}: {e}"));
+        let hooks = mwc.webhooks.unwrap_or_default();
+        assert_eq!(hooks.len(), 1, "one mutating webhook");
+        assert_eq!(hooks[0].reinvocation_policy.as_deref(), Some("IfNeeded"));
+
+        Api::<ImagePolicy>::all(e2e.client())
+            .delete(&always, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("cannot delete the policy {always}: {e}"));
+        e2e.eventually(
+            "the mutating webhook configuration to be deleted with the last mutating policy",
+            CONVERGE,
+            async || match mwcs.get_opt(name).await {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => Err("it is still there".to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+        .await;
+    })
+    .await;
 }
 
 /// A deleted TLS Secret is recreated with a new CA, the webhook configuration gets the new

@@ -14,6 +14,7 @@ use crate::decision::{self, Input, Requester};
 use crate::evidence::{Deadline, Evidence, Gather, Offline};
 use crate::gather::Replay;
 use crate::manifests::{self, Document, LoadError};
+use crate::mutation::{self, Digests};
 use crate::namespaces::{self, Labels};
 use crate::policy::{Snapshot, compile_with};
 use crate::registry::{DockerConfigArgs, Registry, RegistryArgs};
@@ -440,12 +441,27 @@ impl Judge<'_> {
         let Some(kind) = WorkloadKind::from_api_version_kind(doc.api_version(), doc.kind()) else {
             return Ok(result);
         };
-        let workload = Workload::from_value(kind, &doc.value)
+        let mut workload = Workload::from_value(kind, &doc.value)
             .map_err(|e| document_error(doc, e.to_string()))?;
         let ns_labels = labels
             .get(namespace)
             .cloned()
             .unwrap_or_else(|| namespaces::with_name_label(namespace, Labels::new()));
+        // Offline: no digest is looked up, so `pinDigests` reports what it cannot pin.
+        let plan = mutation::plan(
+            self.snapshot,
+            &mutation::Input {
+                object: &workload,
+                old_object: None,
+                namespace_labels: &ns_labels,
+                digests: &Digests::new(),
+            },
+        );
+        // A Pod is validated as the mutating webhook leaves it, as in the cluster.
+        let is_pod = kind == WorkloadKind::Pod;
+        if is_pod {
+            mutation::apply(&mut workload, &plan);
+        }
         let evidence = match self.signatures {
             Some(signatures) => {
                 let requests = verification::requests(self.snapshot, &workload, None, &ns_labels);
@@ -464,13 +480,15 @@ impl Judge<'_> {
                 evidence: evidence.as_ref(),
             },
         );
-        Ok(result.decided(&decision, |v| {
-            let at = doc.position_of(&v.field_path);
-            Some(Location {
-                file: doc.file.clone(),
-                line: at.map_or(doc.line(), |p| p.line),
-                column: at.map(|p| p.column),
+        Ok(result
+            .decided(&decision, |v| {
+                let at = doc.position_of(&v.field_path);
+                Some(Location {
+                    file: doc.file.clone(),
+                    line: at.map_or(doc.line(), |p| p.line),
+                    column: at.map(|p| p.column),
+                })
             })
-        }))
+            .mutated(plan, is_pod))
     }
 }
