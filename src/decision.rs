@@ -8,7 +8,9 @@ use std::hash::BuildHasher as _;
 
 use serde::Serialize;
 
-use crate::policy::{CompiledPolicy, Mode, ResolvedImage, Settings, Snapshot, UnmatchedImages};
+use crate::policy::{
+    CompiledPolicy, ImageMatches, Mode, ResolvedImage, Settings, Snapshot, UnmatchedImages,
+};
 use crate::reference::Reference;
 use crate::workload::{ContainerType, ImageUse, Workload};
 
@@ -54,6 +56,8 @@ pub enum Rule {
     BreakGlass,
     /// No applying policy governs the image, and `--unmatched-images deny` is set.
     UnmatchedImages,
+    /// A Pod's digest-pinned image runs another digest, as the kubelet reports it (audit only).
+    RunningDigest,
 }
 
 impl Rule {
@@ -68,11 +72,12 @@ impl Rule {
             Rule::RequirePullPolicyAlways => "requirePullPolicyAlways",
             Rule::BreakGlass => "breakGlass",
             Rule::UnmatchedImages => "unmatchedImages",
+            Rule::RunningDigest => "runningDigest",
         }
     }
 
     /// Every rule, for metrics.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 9] = [
         Rule::Reference,
         Rule::AllowedImages,
         Rule::DeniedImages,
@@ -81,6 +86,7 @@ impl Rule {
         Rule::RequirePullPolicyAlways,
         Rule::BreakGlass,
         Rule::UnmatchedImages,
+        Rule::RunningDigest,
     ];
 }
 
@@ -415,10 +421,19 @@ fn check_image(
     };
     let canonical = reference.canonical();
     let shown = || format!("{}: image {:?} ({canonical})", who(), image.image);
+    // What runs, where the kubelet has said (the audit of running Pods; never on admission).
+    let running = image
+        .running_digest
+        .as_deref()
+        .and_then(|digest| Running::of(snapshot, reference, digest));
     let mut governed = false;
 
     for &pi in applying {
-        if !matches.governed(pi) {
+        let by_running = |flag: fn(&ImageMatches, usize) -> bool| match &running {
+            Some(Running::Tag { matches, .. }) => flag(matches, pi),
+            _ => false,
+        };
+        if !matches.governed(pi) && !by_running(ImageMatches::governed) {
             continue;
         }
         governed = true;
@@ -428,29 +443,42 @@ fn check_image(
             out.push(violation(Some(pi), rule, Some(canonical), message));
         };
 
+        if let Some(Running::Mismatch { digest }) = &running {
+            fail(Rule::RunningDigest, &|| {
+                format!(
+                    "{} is pinned to {}, but the node reports that it runs {digest}; find out how another image came to run (a node that pulled it under another digest, a multi-platform index and its platform manifest, a tampered registry or node), then recreate the Pod",
+                    shown(),
+                    reference.digest().unwrap_or_default()
+                )
+            });
+        }
         if let Some(allowed) = &p.allowed_images
             && !matches.allowed(pi)
+            && !by_running(ImageMatches::allowed)
         {
             fail(Rule::AllowedImages, &|| {
                 format!(
-                    "{} is not from an allowed source; use an image matching one of: {}",
+                    "{}{} is not from an allowed source; use an image matching one of: {}",
                     shown(),
+                    running.as_ref().map(Running::note).unwrap_or_default(),
                     allowed.sources().join(", ")
                 )
             });
         }
         if matches.denied(pi) {
             fail(Rule::DeniedImages, &|| {
-                let hit = p
-                    .denied_images
-                    .patterns
-                    .iter()
-                    .find(|pat| pat.matches(reference))
-                    .map_or("", |pat| &pat.source);
-                format!(
-                    "{} matches the denied pattern {hit:?}; use an image from another registry or repository",
-                    shown()
-                )
+                denied_message(&shown(), "", p, reference)
+            });
+        } else if let Some(Running::Tag {
+            reference: ran,
+            matches: ran_matches,
+            ..
+        }) = &running
+            && ran_matches.denied(pi)
+        {
+            fail(Rule::DeniedImages, &|| {
+                let note = running.as_ref().map(Running::note).unwrap_or_default();
+                denied_message(&shown(), &note, p, ran)
             });
         }
         if p.require_digest && !reference.is_pinned() {
@@ -518,6 +546,61 @@ fn check_image(
     Some(canonical.to_owned())
 }
 
+/// The message of a `deniedImages` violation: `shown` is the image, `note` what runs (or
+/// empty), `judged` the reference that matched a denied pattern.
+fn denied_message(shown: &str, note: &str, policy: &CompiledPolicy, judged: &Reference) -> String {
+    let hit = policy
+        .denied_images
+        .patterns
+        .iter()
+        .find(|pat| pat.matches(judged))
+        .map_or("", |pat| &pat.source);
+    format!(
+        "{shown}{note} matches the denied pattern {hit:?}; use an image from another registry or repository"
+    )
+}
+
+/// What a running Pod's image runs, compared with what it says.
+enum Running<'a> {
+    /// A digest-pinned reference runs another digest.
+    Mismatch { digest: &'a str },
+    /// A tag runs `digest`: `reference` is the image's name at that digest, and `matches` what
+    /// it matches (digest patterns are judged on it).
+    Tag {
+        digest: &'a str,
+        reference: Reference,
+        matches: ImageMatches,
+    },
+}
+
+impl<'a> Running<'a> {
+    /// `None` when there is nothing to judge: a pinned reference that runs its own digest, or
+    /// a running digest that does not make a valid reference.
+    fn of(snapshot: &Snapshot, written: &Reference, digest: &'a str) -> Option<Running<'a>> {
+        match written.digest() {
+            Some(pinned) if pinned == digest => None,
+            Some(_) => Some(Running::Mismatch { digest }),
+            None => {
+                let reference = Reference::parse(&format!("{}@{digest}", written.name())).ok()?;
+                let matches = snapshot.match_image(&reference);
+                Some(Running::Tag {
+                    digest,
+                    reference,
+                    matches,
+                })
+            }
+        }
+    }
+
+    /// `, which runs sha256:…` for messages about a tag.
+    fn note(&self) -> String {
+        match self {
+            Running::Tag { digest, .. } => format!(", which runs {digest},"),
+            Running::Mismatch { .. } => String::new(),
+        }
+    }
+}
+
 /// The most violation messages a thread remembers per snapshot (see [`remembered_message`]);
 /// past it the memory is forgotten, as for resolved images.
 const MESSAGES_PER_THREAD: usize = 1024;
@@ -571,6 +654,11 @@ fn remembered_message(
     image: &ImageUse,
     write: &dyn Fn() -> String,
 ) -> String {
+    // A message about what runs names the running digest, which is not part of the key; the
+    // audit that asks for it decides each distinct Pod once per pass anyway.
+    if image.running_digest.is_some() {
+        return write();
+    }
     let key = |memo: &Messages| {
         memo.hasher.hash_one((
             policy,
@@ -694,9 +782,10 @@ fn check_break_glass(
         format!("{BREAK_GLASS_UNTIL_ANNOTATION} {until_text:?} is not an RFC 3339 time such as 2026-01-02T15:04:05Z")
     })?;
     if until <= input.now {
+        // Without the time of the decision: the audit re-judges running Pods over and over,
+        // and writes what it found only when a message changes.
         return Err(format!(
-            "the exception expired at {until} (now {})",
-            input.now
+            "the exception expired at {until}; remove the break-glass annotations, or set a new ticket and time if the exception is still needed"
         ));
     }
     let ahead = until.duration_since(input.now).unsigned_abs();

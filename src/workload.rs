@@ -123,6 +123,11 @@ pub struct ImageUse {
     pub pull_policy: Option<String>,
     /// The field path of the image, e.g. `spec.containers[0].image`.
     pub field_path: String,
+    /// The digest the kubelet reports this container runs (`sha256:…`), for the audit of
+    /// running Pods; `None` on admission, and whenever the kubelet has not reported one that
+    /// names a registry digest. The decision judges a pinned reference's digest against it
+    /// (rule `runningDigest`) and a tag's digest patterns on it.
+    pub running_digest: Option<String>,
 }
 
 /// What a decision needs of an object.
@@ -443,7 +448,7 @@ pub const ANNOTATION_PREFIX: &str = "imagegate.image-policy.k8s.io/";
 
 /// Reads an annotation map keeping only imagegate's keys; other values are skipped unread
 /// (`kubectl.kubernetes.io/last-applied-configuration` alone can be most of an object).
-fn imagegate_annotations<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
+pub fn imagegate_annotations<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
@@ -559,7 +564,7 @@ struct ImageVolumeSource {
     pull_policy: Option<String>,
 }
 
-fn null_default<'de, D, T>(de: D) -> Result<T, D::Error>
+pub(crate) fn null_default<'de, D, T>(de: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de> + Default,
@@ -584,6 +589,16 @@ fn field_path(spec: &str, list: &str, index: usize, leaf: &str) -> String {
     out
 }
 
+/// Reads a Pod's `spec` (or `null`) into its images, with field paths under `spec`: for readers
+/// of whole Pods other than the webhook's (the audit's Pod index).
+pub fn pod_spec_images<'de, D>(de: D) -> Result<Vec<ImageUse>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let spec: PodSpec = null_default(de)?;
+    Ok(spec.images(WorkloadKind::Pod.pod_spec_path()))
+}
+
 impl PodSpec {
     fn images(self, path: &str) -> Vec<ImageUse> {
         let mut out = Vec::with_capacity(
@@ -605,6 +620,7 @@ impl PodSpec {
                     image: c.image,
                     pull_policy: c.image_pull_policy,
                     field_path: field_path(path, ty.as_str(), i, "image"),
+                    running_digest: None,
                 });
             }
         }
@@ -616,6 +632,7 @@ impl PodSpec {
                     image: src.reference,
                     pull_policy: src.pull_policy,
                     field_path: field_path(path, "volumes", i, "image.reference"),
+                    running_digest: None,
                 });
             }
         }

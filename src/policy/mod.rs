@@ -10,6 +10,9 @@ mod snapshot;
 pub use compile::{
     BreakGlassRule, CompileError, CompiledPolicy, PatternList, compile, parse_duration,
 };
-pub use crd::{BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, Mode};
+pub use crd::{
+    AUDIT_VIOLATIONS_LIMIT, AuditStatus, AuditViolation, BreakGlass, ImagePolicy, ImagePolicySpec,
+    ImagePolicyStatus, Mode,
+};
 pub use selector::Selector;
 pub use snapshot::{ImageMatches, ResolvedImage, Settings, Snapshot, UnmatchedImages};
