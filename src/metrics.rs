@@ -11,6 +11,9 @@
 //! | `imagegate_policy_errors` | gauge | – policies left out because they do not compile |
 //! | `imagegate_snapshot_created_timestamp_seconds` | gauge | – when the snapshot in force was built (age = `time() - …`) |
 //! | `imagegate_certificate_not_after_timestamp_seconds` | gauge | – when the serving certificate expires |
+//! | `imagegate_audit_violating_pods` | gauge | `policy`, `mode`: running Pods that violate the policy, as the last audit pass found |
+//! | `imagegate_audit_pods` | gauge | – Pods the last audit pass decided |
+//! | `imagegate_audit_last_pass_timestamp_seconds` | gauge | – when the last audit pass ran |
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -92,6 +95,12 @@ struct ViolationLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuditLabels {
+    policy: String,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PolicyLabel {
     policy: String,
 }
@@ -120,6 +129,9 @@ pub struct Metrics {
     policy_errors: Gauge,
     snapshot_created: Gauge<f64, AtomicU64>,
     cert_not_after: Gauge<f64, AtomicU64>,
+    audit_violating: Family<AuditLabels, Gauge>,
+    audit_pods: Gauge,
+    audit_last_pass: Gauge<f64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -155,6 +167,9 @@ impl Metrics {
         let policy_errors = Gauge::default();
         let snapshot_created = Gauge::<f64, AtomicU64>::default();
         let cert_not_after = Gauge::<f64, AtomicU64>::default();
+        let audit_violating = Family::<AuditLabels, Gauge>::default();
+        let audit_pods = Gauge::default();
+        let audit_last_pass = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "admissions",
             "Admission requests by endpoint and result",
@@ -197,6 +212,21 @@ impl Metrics {
             "When the serving certificate expires (Unix time; 0 when none is loaded)",
             cert_not_after.clone(),
         );
+        registry.register(
+            "audit_violating_pods",
+            "Running Pods that violate a policy, as the last audit pass found, by policy and mode",
+            audit_violating.clone(),
+        );
+        registry.register(
+            "audit_pods",
+            "Pods the last audit pass decided",
+            audit_pods.clone(),
+        );
+        registry.register(
+            "audit_last_pass_timestamp_seconds",
+            "When the last audit pass ran (Unix time; 0 before the first)",
+            audit_last_pass.clone(),
+        );
         Metrics {
             registry,
             admissions,
@@ -210,7 +240,34 @@ impl Metrics {
             policy_errors,
             snapshot_created,
             cert_not_after,
+            audit_violating,
+            audit_pods,
+            audit_last_pass,
         }
+    }
+
+    /// Sets how many running Pods violate `policy` (in `mode`).
+    pub fn set_audit_violating_pods(&self, policy: &str, mode: Mode, pods: u64) {
+        self.audit_violating
+            .get_or_create(&AuditLabels {
+                policy: policy.to_owned(),
+                mode: mode.as_str(),
+            })
+            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// Removes the series of `policy` in `mode` (the policy is gone, or its mode changed).
+    pub fn remove_audit_violating_pods(&self, policy: &str, mode: Mode) {
+        self.audit_violating.remove(&AuditLabels {
+            policy: policy.to_owned(),
+            mode: mode.as_str(),
+        });
+    }
+
+    /// Records an audit pass at `at` that decided `pods` Pods.
+    pub fn set_audit_pass(&self, pods: u64, at: jiff::Timestamp) {
+        self.audit_pods.set(i64::try_from(pods).unwrap_or(i64::MAX));
+        self.audit_last_pass.set(seconds(at));
     }
 
     /// Sets the number of policies in force.

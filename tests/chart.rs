@@ -245,6 +245,8 @@ struct Expect<'a> {
     replicas: i32,
     image: &'a str,
     priority_class: Option<&'a str>,
+    audit_interval: &'a str,
+    policy_reports: &'a str,
 }
 
 const DEFAULTS: Expect<'static> = Expect {
@@ -261,6 +263,8 @@ const DEFAULTS: Expect<'static> = Expect {
     replicas: 3,
     image: "ghcr.io/imagegate/imagegate:0.1.0",
     priority_class: Some("system-cluster-critical"),
+    audit_interval: "10m",
+    policy_reports: "false",
 };
 
 const PRODUCTION: Expect<'static> = Expect {
@@ -277,6 +281,8 @@ const PRODUCTION: Expect<'static> = Expect {
     replicas: 5,
     image: "registry.corp.example/platform/imagegate:0.1.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     priority_class: None,
+    audit_interval: "30m",
+    policy_reports: "true",
 };
 
 /// The flags `imagegate run` accepts; anything else in the chart's args would stop the Pod.
@@ -296,6 +302,8 @@ const RUN_FLAGS: &[&str] = &[
     "--secret-name",
     "--webhook-config-name",
     "--owner-cluster-role",
+    "--audit-interval",
+    "--policy-reports",
     "--log-format",
 ];
 
@@ -550,6 +558,8 @@ fn check_deployment(r: &Rendered, d: &Deployment, want: &Expect) {
         ("--secret-name", want.secret_name),
         ("--webhook-config-name", want.webhook_config_name),
         ("--owner-cluster-role", RELEASE),
+        ("--audit-interval", want.audit_interval),
+        ("--policy-reports", want.policy_reports),
         ("--log-format", want.log_format),
     ];
     for (flag, value) in expected {
@@ -621,6 +631,17 @@ fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
     // events.k8s.io/v1 only; the core events resource is not used.
     for verb in ["create", "patch"] {
         grants.push((("events.k8s.io", "events", verb), None));
+    }
+    // The audit reads Pods, and writes PolicyReports when asked to.
+    if want.audit_interval != "off" {
+        for verb in ["list", "watch"] {
+            grants.push((("", "pods", verb), None));
+        }
+        if want.policy_reports == "true" {
+            for verb in ["list", "create", "patch"] {
+                grants.push((("wgpolicyk8s.io", "policyreports", verb), None));
+            }
+        }
     }
     grants
 }
@@ -1011,6 +1032,30 @@ fn optional_parts_can_be_switched_off() {
 }
 
 #[test]
+fn audit_off_drops_pod_access() {
+    let Some(helms) = helms() else { return };
+    for bin in &helms {
+        let r = render(
+            bin,
+            &[
+                "--set",
+                "audit.interval=off",
+                "--set",
+                "audit.policyReports=true",
+            ],
+        );
+        let want = Expect {
+            audit_interval: "off",
+            policy_reports: "true",
+            ..DEFAULTS
+        };
+        check_rbac(&r, &want);
+        let deployment: Deployment = r.one("Deployment", RELEASE);
+        check_deployment(&r, &deployment, &want);
+    }
+}
+
+#[test]
 fn values_schema_rejects_bad_values() {
     let Some(helms) = helms() else { return };
     let bad = [
@@ -1024,6 +1069,8 @@ fn values_schema_rejects_bad_values() {
         ("certificates.validity=90d", "validity"),
         ("excludedNamespaces[0]=Kube_System", "excludedNamespaces"),
         ("failurPolicy=Ignore", "failurPolicy"),
+        ("audit.interval=weekly", "interval"),
+        ("audit.policyReports=sometimes", "policyReports"),
     ];
     let chart = chart_dir();
     let chart = chart.to_str().expect("UTF-8 path");
@@ -1043,6 +1090,8 @@ fn values_schema_rejects_bad_values() {
             "timeoutSeconds=1",
             "timeoutSeconds=30",
             "failurePolicy=Ignore",
+            "audit.interval=off",
+            "audit.interval=1h30m",
         ] {
             let out = helm(bin, &["template", RELEASE, chart, "--set", set]);
             assert!(

@@ -8,12 +8,17 @@
 //! exception covers every violation, `pass` otherwise. The rules broken are in `rule` and in
 //! the property `rule`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+
+use super::audit::{AUDIT_FIELD_MANAGER, CRD_RECHECK};
 use super::status::truncate;
 use crate::audit::{AuditOutcome, PodResult};
 use crate::decision::{NO_POLICY, Violation};
@@ -144,7 +149,11 @@ pub struct ReportResult {
 pub const CATEGORY: &str = "Image policy";
 
 /// The report of `namespace` with `results` (already in order), found at `at`.
-pub fn report(namespace: &str, mut results: Vec<ReportResult>, at: jiff::Timestamp) -> PolicyReport {
+pub fn report(
+    namespace: &str,
+    mut results: Vec<ReportResult>,
+    at: jiff::Timestamp,
+) -> PolicyReport {
     let mut summary = Summary::default();
     for r in &results {
         *match r.result {
@@ -178,13 +187,13 @@ pub fn report(namespace: &str, mut results: Vec<ReportResult>, at: jiff::Timesta
     }
 }
 
-/// The results of a pass by namespace (namespaces without Pods have none), each list in
+/// The results of a pass by namespace (a namespace where no policy applies to any Pod has
+/// none), each list in
 /// order: failures, then warnings, then passes; within each by Pod and policy. Timestamps are
 /// left for [`report`].
 pub fn results_by_namespace(outcome: &AuditOutcome) -> BTreeMap<String, Vec<ReportResult>> {
     let mut out: BTreeMap<String, Vec<ReportResult>> = BTreeMap::new();
     for pod in &outcome.pods {
-        let list = out.entry(pod.namespace.to_string()).or_default();
         let decision = &pod.evaluated.decision;
         let mut policies: Vec<(&str, &str)> = decision
             .policies
@@ -200,7 +209,9 @@ pub fn results_by_namespace(outcome: &AuditOutcome) -> BTreeMap<String, Vec<Repo
                 .iter()
                 .filter(|v| v.policy == policy)
                 .collect();
-            list.push(result(pod, policy, mode, &mine));
+            out.entry(pod.namespace.to_string())
+                .or_default()
+                .push(result(pod, policy, mode, &mine));
         }
     }
     for list in out.values_mut() {
@@ -290,4 +301,148 @@ pub fn content_key(report: &PolicyReport) -> u64 {
         .unwrap_or_default()
         .hash(&mut hasher);
     hasher.finish()
+}
+
+/// Whether the PolicyReport CRD is installed, as last seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crd {
+    Unchecked,
+    Absent(Instant),
+    Present,
+}
+
+/// Writes the PolicyReports of each pass: creates, updates and empties them by server-side
+/// apply, skipping a report whose content (timestamps apart) is what this process last wrote.
+/// Writes nothing while the CRD is absent, and looks for it again every [`CRD_RECHECK`].
+pub struct Writer {
+    client: Client,
+    crd: Crd,
+    /// The content of the report this process last wrote, by namespace.
+    written: HashMap<String, u64>,
+    /// Namespaces that have imagegate's report: emptied, not forgotten, when their results go.
+    known: BTreeSet<String>,
+}
+
+impl Writer {
+    /// A writer that has not looked for the CRD yet.
+    pub fn new(client: Client) -> Writer {
+        Writer {
+            client,
+            crd: Crd::Unchecked,
+            written: HashMap::new(),
+            known: BTreeSet::new(),
+        }
+    }
+
+    /// Brings every namespace's report in line with `outcome`; `namespaces` are those that
+    /// exist. Returns whether every write succeeded.
+    pub async fn sync(&mut self, outcome: &AuditOutcome, namespaces: &BTreeSet<String>) -> bool {
+        match self.crd {
+            Crd::Present => {}
+            Crd::Absent(since) if since.elapsed() < CRD_RECHECK => return true,
+            Crd::Absent(_) | Crd::Unchecked => match self.look_for_crd().await {
+                Ok(true) => {}
+                Ok(false) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list PolicyReports; retrying");
+                    return false;
+                }
+            },
+        }
+        self.known.retain(|ns| namespaces.contains(ns));
+        self.written.retain(|ns, _| namespaces.contains(ns));
+        let mut desired = results_by_namespace(outcome);
+        let targets: BTreeSet<String> = desired.keys().chain(&self.known).cloned().collect();
+        let mut ok = true;
+        for namespace in targets {
+            let results = desired.remove(&namespace).unwrap_or_default();
+            let report = report(&namespace, results, outcome.at);
+            let key = content_key(&report);
+            if self.written.get(&namespace) == Some(&key) {
+                continue;
+            }
+            match self.apply(&report).await {
+                Ok(()) => {
+                    tracing::debug!(namespace = %namespace, results = report.results.len(), "PolicyReport written");
+                    self.written.insert(namespace.clone(), key);
+                    self.known.insert(namespace);
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    // The namespace went, or the CRD did.
+                    match self.look_for_crd().await {
+                        Ok(true) => {
+                            self.known.remove(&namespace);
+                        }
+                        Ok(false) => return true,
+                        Err(_) => ok = false,
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    tracing::warn!(namespace = %namespace, error = %e, "cannot write the PolicyReport");
+                }
+            }
+        }
+        ok
+    }
+
+    async fn apply(&self, report: &PolicyReport) -> Result<(), kube::Error> {
+        let namespace = report.metadata.namespace.as_deref().unwrap_or_default();
+        let api: Api<PolicyReport> = Api::namespaced(self.client.clone(), namespace);
+        api.patch(
+            REPORT_NAME,
+            &PatchParams::apply(AUDIT_FIELD_MANAGER).force(),
+            &Patch::Apply(report),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Lists imagegate's reports: whether the CRD is there, and where reports already are.
+    async fn look_for_crd(&mut self) -> Result<bool, kube::Error> {
+        match list_reports(self.client.clone()).await {
+            Ok(found) => {
+                if self.crd != Crd::Present {
+                    tracing::info!(
+                        existing = found.len(),
+                        "the PolicyReport CRD ({API_VERSION}) is installed; writing a PolicyReport named {REPORT_NAME} per namespace"
+                    );
+                }
+                self.crd = Crd::Present;
+                self.known.extend(
+                    found
+                        .into_iter()
+                        .filter(|(_, name)| name == REPORT_NAME)
+                        .map(|(ns, _)| ns),
+                );
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                if matches!(self.crd, Crd::Unchecked | Crd::Present) {
+                    tracing::warn!(
+                        "--policy-reports is on, but the PolicyReport CRD ({API_VERSION}) is not installed: no PolicyReports are written. Install it (Policy Reporter's or Kyverno's Helm chart brings it); imagegate looks for it again every {} minutes",
+                        CRD_RECHECK.as_secs() / 60
+                    );
+                }
+                self.crd = Crd::Absent(Instant::now());
+                self.written.clear();
+                self.known.clear();
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Lists the PolicyReports imagegate wrote, in every namespace, as (namespace, name); an API
+/// error with code 404 when the CRD is not installed.
+pub async fn list_reports(client: Client) -> Result<Vec<(String, String)>, kube::Error> {
+    let api: Api<PolicyReport> = Api::all(client);
+    let params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={SOURCE}"));
+    let list = api.list_metadata(&params).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|m| Some((m.metadata.namespace?, m.metadata.name?)))
+        .collect())
 }

@@ -207,13 +207,16 @@ fn is_zero(n: &i64) -> bool {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditViolation {
+    /// The Pod's namespace.
     pub namespace: String,
+    /// The Pod's name (for a workload's replicas, the first in order).
     pub pod: String,
     /// The Pod's controller (or first owner) as `Kind/name`; absent for a Pod without owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// `containers`, `initContainers`, `ephemeralContainers` or `imageVolumes`.
     pub container_type: String,
+    /// The container's name (the volume's name for an image volume).
     pub container: String,
     /// The image as the Pod names it.
     pub image: String,
