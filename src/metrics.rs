@@ -13,6 +13,7 @@
 //! | `imagegate_certificate_not_after_timestamp_seconds` | gauge | – when the serving certificate expires |
 //! | `imagegate_audit_violating_pods` | gauge | `policy`, `mode`: running Pods that violate the policy, as the last audit pass found |
 //! | `imagegate_audit_pods` | gauge | – Pods the last audit pass decided |
+//! | `imagegate_audit_passes_total` | counter | – audit passes run |
 //! | `imagegate_audit_last_pass_timestamp_seconds` | gauge | – when the last audit pass ran |
 
 use std::sync::OnceLock;
@@ -131,6 +132,7 @@ pub struct Metrics {
     cert_not_after: Gauge<f64, AtomicU64>,
     audit_violating: Family<AuditLabels, Gauge>,
     audit_pods: Gauge,
+    audit_passes: Counter,
     audit_last_pass: Gauge<f64, AtomicU64>,
 }
 
@@ -169,6 +171,7 @@ impl Metrics {
         let cert_not_after = Gauge::<f64, AtomicU64>::default();
         let audit_violating = Family::<AuditLabels, Gauge>::default();
         let audit_pods = Gauge::default();
+        let audit_passes = Counter::default();
         let audit_last_pass = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "admissions",
@@ -222,6 +225,7 @@ impl Metrics {
             "Pods the last audit pass decided",
             audit_pods.clone(),
         );
+        registry.register("audit_passes", "Audit passes run", audit_passes.clone());
         registry.register(
             "audit_last_pass_timestamp_seconds",
             "When the last audit pass ran (Unix time; 0 before the first)",
@@ -242,6 +246,7 @@ impl Metrics {
             cert_not_after,
             audit_violating,
             audit_pods,
+            audit_passes,
             audit_last_pass,
         }
     }
@@ -267,6 +272,7 @@ impl Metrics {
     /// Records an audit pass at `at` that decided `pods` Pods.
     pub fn set_audit_pass(&self, pods: u64, at: jiff::Timestamp) {
         self.audit_pods.set(i64::try_from(pods).unwrap_or(i64::MAX));
+        self.audit_passes.inc();
         self.audit_last_pass.set(seconds(at));
     }
 

@@ -162,6 +162,12 @@ impl Auditor {
         }
     }
 
+    /// Looks for an absent PolicyReport CRD again after `recheck` instead of [`CRD_RECHECK`].
+    pub fn crd_recheck(mut self, recheck: Duration) -> Auditor {
+        self.reports = self.reports.map(|w| w.recheck_after(recheck));
+        self
+    }
+
     /// One pass: decides every indexed Pod and writes what changed. Returns whether every
     /// write succeeded (a failed one is retried by the next pass).
     pub async fn pass(&mut self) -> bool {

@@ -9,7 +9,7 @@
 //! the property `rule`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -321,6 +321,8 @@ pub struct Writer {
     written: HashMap<String, u64>,
     /// Namespaces that have imagegate's report: emptied, not forgotten, when their results go.
     known: BTreeSet<String>,
+    /// How long an absent CRD is not looked for again.
+    recheck: Duration,
 }
 
 impl Writer {
@@ -331,7 +333,14 @@ impl Writer {
             crd: Crd::Unchecked,
             written: HashMap::new(),
             known: BTreeSet::new(),
+            recheck: CRD_RECHECK,
         }
+    }
+
+    /// Looks for an absent CRD again after `recheck` instead of [`CRD_RECHECK`].
+    pub fn recheck_after(mut self, recheck: Duration) -> Writer {
+        self.recheck = recheck;
+        self
     }
 
     /// Brings every namespace's report in line with `outcome`; `namespaces` are those that
@@ -339,7 +348,7 @@ impl Writer {
     pub async fn sync(&mut self, outcome: &AuditOutcome, namespaces: &BTreeSet<String>) -> bool {
         match self.crd {
             Crd::Present => {}
-            Crd::Absent(since) if since.elapsed() < CRD_RECHECK => return true,
+            Crd::Absent(since) if since.elapsed() < self.recheck => return true,
             Crd::Absent(_) | Crd::Unchecked => match self.look_for_crd().await {
                 Ok(true) => {}
                 Ok(false) => return true,
@@ -420,8 +429,8 @@ impl Writer {
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 if matches!(self.crd, Crd::Unchecked | Crd::Present) {
                     tracing::warn!(
-                        "--policy-reports is on, but the PolicyReport CRD ({API_VERSION}) is not installed: no PolicyReports are written. Install it (Policy Reporter's or Kyverno's Helm chart brings it); imagegate looks for it again every {} minutes",
-                        CRD_RECHECK.as_secs() / 60
+                        "--policy-reports is on, but the PolicyReport CRD ({API_VERSION}) is not installed: no PolicyReports are written. Install it (Policy Reporter's or Kyverno's Helm chart brings it); imagegate looks for it again every {}s",
+                        self.recheck.as_secs()
                     );
                 }
                 self.crd = Crd::Absent(Instant::now());
