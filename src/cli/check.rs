@@ -95,7 +95,8 @@ pub enum OutputFormat {
     Json,
 }
 
-fn parse_now(s: &str) -> Result<jiff::Timestamp, String> {
+/// Parses `--now`.
+pub fn parse_now(s: &str) -> Result<jiff::Timestamp, String> {
     s.parse()
         .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-01-02T15:04:05Z: {e}"))
 }
@@ -112,6 +113,28 @@ pub struct CheckResult {
     pub violations: Vec<Violation>,
     #[serde(skip)]
     denial: Option<String>,
+}
+
+impl CheckResult {
+    /// The result for an object that `decision` decided.
+    pub fn decided(
+        source: String,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        decision: &Decision,
+    ) -> CheckResult {
+        CheckResult {
+            source,
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            allowed: decision.allowed,
+            warnings: decision.warnings.clone(),
+            violations: decision.violations.clone(),
+            denial: (!decision.allowed).then(|| decision.denial_message(kind, name, namespace)),
+        }
+    }
 }
 
 /// Everything `check` found.
@@ -235,7 +258,7 @@ fn check_document(
         "" => DEFAULT_NAMESPACE,
         ns => ns,
     };
-    let mut result = CheckResult {
+    let result = CheckResult {
         source: doc.source.clone(),
         kind: doc.kind().to_owned(),
         namespace: namespace.to_owned(),
@@ -266,18 +289,13 @@ fn check_document(
             now,
         },
     );
-    fill(&mut result, kind, &decision);
-    Ok(result)
-}
-
-fn fill(result: &mut CheckResult, kind: WorkloadKind, decision: &Decision) {
-    result.allowed = decision.allowed;
-    result.warnings = decision.warnings.clone();
-    result.violations = decision.violations.clone();
-    if !decision.allowed {
-        result.denial =
-            Some(decision.denial_message(kind.as_str(), &result.name, &result.namespace));
-    }
+    Ok(CheckResult::decided(
+        result.source,
+        kind.as_str(),
+        &result.namespace,
+        &result.name,
+        &decision,
+    ))
 }
 
 /// The webhook that would answer for a kind, as named in `kubectl` errors.
