@@ -57,6 +57,9 @@ pub const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(600);
 /// The shortest `--audit-interval`: below it, passes over a large cluster would follow each
 /// other with little rest, and `status.audit` refreshes would become frequent writes.
 pub const MIN_AUDIT_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the first pass looks again whether the policies are loaded: readiness is set a
+/// moment after the rebuild that announces it; a second is nothing next to the first list.
+pub const READY_POLL: Duration = Duration::from_secs(1);
 /// How often imagegate looks again for the PolicyReport CRD while it is absent, so that
 /// installing it later takes effect without a restart. A list of one resource every few
 /// minutes costs the API server nothing.
@@ -374,9 +377,12 @@ pub async fn run_audit(mut auditor: Auditor, mut triggers: Triggers) {
     if auditor.namespaces.wait_until_ready().await.is_err() {
         return;
     }
+    // The index marks the policies loaded just after the rebuild it announces: look again a
+    // moment later rather than wait for a rebuild that may never come.
     while !triggers.readiness.policies_loaded() {
-        if triggers.rebuilt.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = triggers.rebuilt.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(READY_POLL) => {}
         }
     }
     let interval = auditor.config.interval;
