@@ -368,175 +368,59 @@ fn check_image(
     target: &Target<'_>,
     out: &mut Vec<Violation>,
 ) -> Option<String> {
-    let Target {
-        index,
-        image,
-        unchanged,
-    } = *target;
-    let violation =
-        |policy: Option<usize>, rule: Rule, canonical: Option<&str>, message: String| {
-            let (name, mode) = match policy {
-                Some(pi) => (
-                    snapshot.policies()[pi].name.as_str(),
-                    snapshot.policies()[pi].mode,
-                ),
-                None => (NO_POLICY, Mode::Enforce),
-            };
-            Violation {
-                policy: name.to_owned(),
-                mode,
-                rule,
-                container_type: image.container_type,
-                container: image.container.clone(),
-                image: image.image.clone(),
-                canonical: canonical.map(str::to_owned),
-                message,
-                excused: false,
-                unchanged,
-                field_path: image.field_path.clone(),
-                image_index: index,
-                policy_index: policy,
-            }
-        };
-    let who = || format!("{} {:?}", image.container_type.noun(), image.container);
-
+    let image = target.image;
     let resolved = snapshot.resolve(&image.image);
     let (reference, matches) = match &*resolved {
         ResolvedImage::Valid { reference, matches } => (reference, matches),
         ResolvedImage::Invalid(e) => {
             let message = format!(
-                "{}: image {:?} is not a valid image reference: {e}",
-                who(),
+                "{} {:?}: image {:?} is not a valid image reference: {e}",
+                image.container_type.noun(),
+                image.container,
                 image.image
             );
             for &pi in applying {
-                out.push(violation(Some(pi), Rule::Reference, None, message.clone()));
+                out.push(target.violation(
+                    snapshot,
+                    Some(pi),
+                    Rule::Reference,
+                    None,
+                    message.clone(),
+                ));
             }
             if applying.is_empty() && snapshot.settings().unmatched_images == UnmatchedImages::Deny
             {
-                out.push(violation(None, Rule::Reference, None, message));
+                out.push(target.violation(snapshot, None, Rule::Reference, None, message));
             }
             return None;
         }
     };
     let canonical = reference.canonical();
-    let shown = || format!("{}: image {:?} ({canonical})", who(), image.image);
-    // What runs, where the kubelet has said (the audit of running Pods; never on admission).
+    let judged = Judged {
+        target,
+        reference,
+        matches,
+    };
+    // What runs, where the kubelet has said (the audit of running Pods). Admission never says,
+    // and its judge is `NotRunning`, whose answers are constants: its code is the rules alone.
     let running = image
         .running_digest
         .as_deref()
         .and_then(|digest| Running::of(snapshot, reference, digest));
-    let mut governed = false;
-
-    for &pi in applying {
-        let by_running = |flag: fn(&ImageMatches, usize) -> bool| match &running {
-            Some(Running::Tag { matches, .. }) => flag(matches, pi),
-            _ => false,
-        };
-        if !matches.governed(pi) && !by_running(ImageMatches::governed) {
-            continue;
-        }
-        governed = true;
-        let p = &snapshot.policies()[pi];
-        let mut fail = |rule, write: &dyn Fn() -> String| {
-            let message = remembered_message(snapshot, Some(pi), rule, image, write);
-            out.push(violation(Some(pi), rule, Some(canonical), message));
-        };
-
-        if let Some(Running::Mismatch { digest }) = &running {
-            fail(Rule::RunningDigest, &|| {
-                format!(
-                    "{} is pinned to {}, but the node reports that it runs {digest}; find out how another image came to run (a node that pulled it under another digest, a multi-platform index and its platform manifest, a tampered registry or node), then recreate the Pod",
-                    shown(),
-                    reference.digest().unwrap_or_default()
-                )
-            });
-        }
-        if let Some(allowed) = &p.allowed_images
-            && !matches.allowed(pi)
-            && !by_running(ImageMatches::allowed)
-        {
-            fail(Rule::AllowedImages, &|| {
-                format!(
-                    "{}{} is not from an allowed source; use an image matching one of: {}",
-                    shown(),
-                    running.as_ref().map(Running::note).unwrap_or_default(),
-                    allowed.sources().join(", ")
-                )
-            });
-        }
-        if matches.denied(pi) {
-            fail(Rule::DeniedImages, &|| {
-                denied_message(&shown(), "", p, reference)
-            });
-        } else if let Some(Running::Tag {
-            reference: ran,
-            matches: ran_matches,
-            ..
-        }) = &running
-            && ran_matches.denied(pi)
-        {
-            fail(Rule::DeniedImages, &|| {
-                let note = running.as_ref().map(Running::note).unwrap_or_default();
-                denied_message(&shown(), &note, p, ran)
-            });
-        }
-        if p.require_digest && !reference.is_pinned() {
-            fail(Rule::RequireDigest, &|| {
-                format!(
-                    "{} is not pinned by digest; refer to it as {}@sha256:<digest>",
-                    shown(),
-                    reference.name()
-                )
-            });
-        }
-        if let Some(tag) = reference.effective_tag()
-            && p.denied_tag_set.is_match(tag)
-        {
-            let implicit = if reference.tag_is_implicit() {
-                " (no tag means latest)"
-            } else {
-                ""
-            };
-            fail(Rule::DeniedTags, &|| {
-                format!(
-                    "{} uses the tag {tag:?}{implicit}, which is denied (denied tags: {}); use a specific version tag or pin a digest",
-                    shown(),
-                    p.denied_tags.join(", ")
-                )
-            });
-        }
-        if p.require_pull_policy_always && !reference.is_pinned() {
-            let (effective, defaulted) = effective_pull_policy(image, reference);
-            if effective != "Always" {
-                let how = if defaulted {
-                    " (the default for this tag)"
-                } else {
-                    ""
-                };
-                let field = if image.container_type == ContainerType::ImageVolumes {
-                    "pullPolicy"
-                } else {
-                    "imagePullPolicy"
-                };
-                fail(Rule::RequirePullPolicyAlways, &|| {
-                    format!(
-                        "{} has {field} {effective}{how}; set {field}: Always, or pin the image by digest",
-                        shown()
-                    )
-                });
-            }
-        }
-    }
+    let governed = match &running {
+        None => judged.rules(snapshot, applying, &NotRunning, out),
+        Some(running) => judged.rules(snapshot, applying, running, out),
+    };
 
     if !governed && snapshot.settings().unmatched_images == UnmatchedImages::Deny {
         let message = remembered_message(snapshot, None, Rule::UnmatchedImages, image, &|| {
             format!(
                 "{} is governed by no image policy that applies here, and imagegate denies unmatched images; ask your platform team which registries are allowed",
-                shown()
+                judged.shown()
             )
         });
-        out.push(violation(
+        out.push(target.violation(
+            snapshot,
             None,
             Rule::UnmatchedImages,
             Some(canonical),
@@ -544,6 +428,217 @@ fn check_image(
         ));
     }
     Some(canonical.to_owned())
+}
+
+impl Target<'_> {
+    /// A violation of `rule` by this image, of the snapshot's policy `policy` (`None`: no
+    /// policy).
+    fn violation(
+        &self,
+        snapshot: &Snapshot,
+        policy: Option<usize>,
+        rule: Rule,
+        canonical: Option<&str>,
+        message: String,
+    ) -> Violation {
+        let (name, mode) = match policy {
+            Some(pi) => (
+                snapshot.policies()[pi].name.as_str(),
+                snapshot.policies()[pi].mode,
+            ),
+            None => (NO_POLICY, Mode::Enforce),
+        };
+        let image = self.image;
+        Violation {
+            policy: name.to_owned(),
+            mode,
+            rule,
+            container_type: image.container_type,
+            container: image.container.clone(),
+            image: image.image.clone(),
+            canonical: canonical.map(str::to_owned),
+            message,
+            excused: false,
+            unchanged: self.unchanged,
+            field_path: image.field_path.clone(),
+            image_index: self.index,
+            policy_index: policy,
+        }
+    }
+}
+
+/// An image whose reference parsed, with what it matches.
+struct Judged<'a> {
+    target: &'a Target<'a>,
+    reference: &'a Reference,
+    matches: &'a ImageMatches,
+}
+
+impl Judged<'_> {
+    /// `container "app": image "nginx" (docker.io/library/nginx:latest)`.
+    fn shown(&self) -> String {
+        let image = self.target.image;
+        format!(
+            "{} {:?}: image {:?} ({})",
+            image.container_type.noun(),
+            image.container,
+            image.image,
+            self.reference.canonical()
+        )
+    }
+
+    /// Checks every rule of every applying policy that governs the image, knowing of what runs
+    /// what `runs` knows; returns whether any policy governs it.
+    fn rules<R: WhatRuns>(
+        &self,
+        snapshot: &Snapshot,
+        applying: &[usize],
+        runs: &R,
+        out: &mut Vec<Violation>,
+    ) -> bool {
+        let Judged {
+            target,
+            reference,
+            matches,
+        } = *self;
+        let image = target.image;
+        let canonical = reference.canonical();
+        let mut governed = false;
+        for &pi in applying {
+            if !matches.governed(pi) && !runs.governed(pi) {
+                continue;
+            }
+            governed = true;
+            let p = &snapshot.policies()[pi];
+            let mut fail = |rule, write: &dyn Fn() -> String| {
+                let message = if R::REMEMBER {
+                    remembered_message(snapshot, Some(pi), rule, image, write)
+                } else {
+                    write()
+                };
+                out.push(target.violation(snapshot, Some(pi), rule, Some(canonical), message));
+            };
+
+            if let Some(digest) = runs.mismatch() {
+                fail(Rule::RunningDigest, &|| {
+                    format!(
+                        "{} is pinned to {}, but the node reports that it runs {digest}; find out how another image came to run (a node that pulled it under another digest, a multi-platform index and its platform manifest, a tampered registry or node), then recreate the Pod",
+                        self.shown(),
+                        reference.digest().unwrap_or_default()
+                    )
+                });
+            }
+            if let Some(allowed) = &p.allowed_images
+                && !matches.allowed(pi)
+                && !runs.allowed(pi)
+            {
+                fail(Rule::AllowedImages, &|| {
+                    format!(
+                        "{}{} is not from an allowed source; use an image matching one of: {}",
+                        self.shown(),
+                        runs.note(),
+                        allowed.sources().join(", ")
+                    )
+                });
+            }
+            if matches.denied(pi) {
+                fail(Rule::DeniedImages, &|| {
+                    denied_message(&self.shown(), "", p, reference)
+                });
+            } else if let Some(ran) = runs.denied(pi) {
+                fail(Rule::DeniedImages, &|| {
+                    denied_message(&self.shown(), &runs.note(), p, ran)
+                });
+            }
+            if p.require_digest && !reference.is_pinned() {
+                fail(Rule::RequireDigest, &|| {
+                    format!(
+                        "{} is not pinned by digest; refer to it as {}@sha256:<digest>",
+                        self.shown(),
+                        reference.name()
+                    )
+                });
+            }
+            if let Some(tag) = reference.effective_tag()
+                && p.denied_tag_set.is_match(tag)
+            {
+                let implicit = if reference.tag_is_implicit() {
+                    " (no tag means latest)"
+                } else {
+                    ""
+                };
+                fail(Rule::DeniedTags, &|| {
+                    format!(
+                        "{} uses the tag {tag:?}{implicit}, which is denied (denied tags: {}); use a specific version tag or pin a digest",
+                        self.shown(),
+                        p.denied_tags.join(", ")
+                    )
+                });
+            }
+            if p.require_pull_policy_always && !reference.is_pinned() {
+                let (effective, defaulted) = effective_pull_policy(image, reference);
+                if effective != "Always" {
+                    let how = if defaulted {
+                        " (the default for this tag)"
+                    } else {
+                        ""
+                    };
+                    let field = if image.container_type == ContainerType::ImageVolumes {
+                        "pullPolicy"
+                    } else {
+                        "imagePullPolicy"
+                    };
+                    fail(Rule::RequirePullPolicyAlways, &|| {
+                        format!(
+                            "{} has {field} {effective}{how}; set {field}: Always, or pin the image by digest",
+                            self.shown()
+                        )
+                    });
+                }
+            }
+        }
+        governed
+    }
+}
+
+/// What the decision knows of what an image runs.
+trait WhatRuns {
+    /// Whether a message may be remembered by what it was written from: not when it names a
+    /// running digest, which is not part of that.
+    const REMEMBER: bool;
+    /// Whether policy `pi` governs the image as it runs.
+    fn governed(&self, pi: usize) -> bool;
+    /// Whether policy `pi` allows the image as it runs.
+    fn allowed(&self, pi: usize) -> bool;
+    /// The image as it runs, when policy `pi` denies that.
+    fn denied(&self, pi: usize) -> Option<&Reference>;
+    /// The digest that runs instead of the pinned one.
+    fn mismatch(&self) -> Option<&str>;
+    /// `, which runs sha256:…,` for messages about a tag.
+    fn note(&self) -> String;
+}
+
+/// Nothing is known of what runs (admission, and a running Pod whose pinned digest is what
+/// runs): every answer is a constant.
+struct NotRunning;
+
+impl WhatRuns for NotRunning {
+    const REMEMBER: bool = true;
+    fn governed(&self, _: usize) -> bool {
+        false
+    }
+    fn allowed(&self, _: usize) -> bool {
+        false
+    }
+    fn denied(&self, _: usize) -> Option<&Reference> {
+        None
+    }
+    fn mismatch(&self) -> Option<&str> {
+        None
+    }
+    fn note(&self) -> String {
+        String::new()
+    }
 }
 
 /// The message of a `deniedImages` violation: `shown` is the image, `note` what runs (or
@@ -591,8 +686,30 @@ impl<'a> Running<'a> {
             }
         }
     }
+}
 
-    /// `, which runs sha256:…` for messages about a tag.
+impl WhatRuns for Running<'_> {
+    const REMEMBER: bool = false;
+    fn governed(&self, pi: usize) -> bool {
+        matches!(self, Running::Tag { matches, .. } if matches.governed(pi))
+    }
+    fn allowed(&self, pi: usize) -> bool {
+        matches!(self, Running::Tag { matches, .. } if matches.allowed(pi))
+    }
+    fn denied(&self, pi: usize) -> Option<&Reference> {
+        match self {
+            Running::Tag {
+                reference, matches, ..
+            } if matches.denied(pi) => Some(reference),
+            _ => None,
+        }
+    }
+    fn mismatch(&self) -> Option<&str> {
+        match self {
+            Running::Mismatch { digest } => Some(digest),
+            Running::Tag { .. } => None,
+        }
+    }
     fn note(&self) -> String {
         match self {
             Running::Tag { digest, .. } => format!(", which runs {digest},"),
@@ -654,11 +771,6 @@ fn remembered_message(
     image: &ImageUse,
     write: &dyn Fn() -> String,
 ) -> String {
-    // A message about what runs names the running digest, which is not part of the key; the
-    // audit that asks for it decides each distinct Pod once per pass anyway.
-    if image.running_digest.is_some() {
-        return write();
-    }
     let key = |memo: &Messages| {
         memo.hasher.hash_one((
             policy,

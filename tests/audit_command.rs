@@ -279,7 +279,7 @@ async fn a_refused_list_is_exit_two_with_the_reason() {
     assert_eq!(exit_code(&result), 2);
     let message = result.unwrap_err().to_string();
     assert!(
-        message.starts_with("cannot list ImagePolicies: the API server answered 403 Forbidden"),
+        message.starts_with("cannot list ImagePolicies: it answered 403 Forbidden"),
         "{message}"
     );
 }

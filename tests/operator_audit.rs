@@ -15,8 +15,8 @@ use http::Method;
 use imagegate::audit::{PodIndex, PodObject};
 use imagegate::metrics::Metrics;
 use imagegate::operator::audit::{
-    AUDIT_DEBOUNCE, AUDIT_FIELD_MANAGER, AuditConfig, Auditor, SharedPods, Triggers, run_audit,
-    run_pod_index,
+    AUDIT_DEBOUNCE, AUDIT_FIELD_MANAGER, AuditConfig, Auditor, SharedPods, Sources, Triggers,
+    run_audit, run_pod_index,
 };
 use imagegate::operator::{self, status};
 use imagegate::policy::{ImagePolicy, Settings, Snapshot};
@@ -211,10 +211,12 @@ impl Cluster {
                 interval: Duration::from_secs(600),
                 policy_reports: reports,
             },
-            Arc::clone(&self.snapshot),
-            policies,
-            namespaces,
-            Arc::clone(&self.pods),
+            Sources {
+                snapshot: Arc::clone(&self.snapshot),
+                policies,
+                namespaces,
+                pods: Arc::clone(&self.pods),
+            },
             Arc::clone(&self.metrics),
         )
     }

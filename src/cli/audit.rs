@@ -18,6 +18,7 @@ use crate::cli::EngineArgs;
 use crate::cli::check::{self, CheckReport, CheckResult, OutputFormat};
 use crate::manifests;
 use crate::namespaces::{Labels, with_name_label};
+use crate::operator::namespaces::reason;
 use crate::policy::{ImagePolicy, Snapshot, compile};
 
 /// Exit code: bad input or no cluster (1 and 0 are `check`'s: some denied, none denied).
@@ -241,16 +242,5 @@ where
             Some(token) => params = params.continue_token(&token),
             None => return Ok(out),
         }
-    }
-}
-
-/// The API server's answer, or the error, for a message.
-fn reason(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(status) => format!(
-            "the API server answered {} {}: {}",
-            status.code, status.reason, status.message
-        ),
-        e => e.to_string(),
     }
 }

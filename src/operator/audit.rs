@@ -120,14 +120,24 @@ pub async fn run_pod_index(client: Client, index: SharedPods, ready: watch::Send
     }
 }
 
+/// What a pass reads: the operator's stores and the Pod index.
+#[derive(Clone)]
+pub struct Sources {
+    /// The policy snapshot in force.
+    pub snapshot: SharedSnapshot,
+    /// The ImagePolicies as the API server has them (their `status.audit` included).
+    pub policies: Store<ImagePolicy>,
+    /// The Namespaces, for their labels.
+    pub namespaces: Store<Namespace>,
+    /// The running Pods.
+    pub pods: SharedPods,
+}
+
 /// Everything a pass reads and writes.
 pub struct Auditor {
     client: Client,
     config: AuditConfig,
-    snapshot: SharedSnapshot,
-    policies: Store<ImagePolicy>,
-    namespaces: Store<Namespace>,
-    pods: SharedPods,
+    sources: Sources,
     metrics: Arc<Metrics>,
     /// What this process last wrote to each policy's `status.audit` (by name, with the
     /// policy's uid), until the watch shows it.
@@ -142,10 +152,7 @@ impl Auditor {
     pub fn new(
         client: Client,
         config: AuditConfig,
-        snapshot: SharedSnapshot,
-        policies: Store<ImagePolicy>,
-        namespaces: Store<Namespace>,
-        pods: SharedPods,
+        sources: Sources,
         metrics: Arc<Metrics>,
     ) -> Auditor {
         let reports = config
@@ -154,10 +161,7 @@ impl Auditor {
         Auditor {
             client,
             config,
-            snapshot,
-            policies,
-            namespaces,
-            pods,
+            sources,
             metrics,
             written: HashMap::new(),
             series: HashSet::new(),
@@ -174,13 +178,14 @@ impl Auditor {
     /// One pass: decides every indexed Pod and writes what changed. Returns whether every
     /// write succeeded (a failed one is retried by the next pass).
     pub async fn pass(&mut self) -> bool {
-        let snapshot = self.snapshot.load_full();
+        let snapshot = self.sources.snapshot.load_full();
         let entries = self
+            .sources
             .pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entries();
-        let namespaces = self.namespaces.clone();
+        let namespaces = self.sources.namespaces.clone();
         let keep_pods = self.reports.is_some();
         let now = jiff::Timestamp::now();
         let started = std::time::Instant::now();
@@ -227,6 +232,7 @@ impl Auditor {
         }
         if let Some(reports) = &mut self.reports {
             let existing: BTreeSet<String> = self
+                .sources
                 .namespaces
                 .state()
                 .iter()
@@ -257,7 +263,7 @@ impl Auditor {
         at: jiff::Timestamp,
     ) -> Result<bool, Error> {
         // Gone meanwhile, or left out of the snapshot: nothing to write on.
-        let Some(policy) = self.policies.get(&ObjectRef::new(&found.name)) else {
+        let Some(policy) = self.sources.policies.get(&ObjectRef::new(&found.name)) else {
             return Ok(false);
         };
         let uid = policy.metadata.uid.clone();
@@ -374,7 +380,7 @@ pub async fn run_audit(mut auditor: Auditor, mut triggers: Triggers) {
     if triggers.pods_ready.wait_for(|ready| *ready).await.is_err() {
         return;
     }
-    if auditor.namespaces.wait_until_ready().await.is_err() {
+    if auditor.sources.namespaces.wait_until_ready().await.is_err() {
         return;
     }
     // The index marks the policies loaded just after the rebuild it announces: look again a
@@ -419,10 +425,12 @@ pub fn start(
     let auditor = Auditor::new(
         client.clone(),
         config,
-        state.snapshot,
-        state.policies,
-        state.namespaces,
-        Arc::clone(&pods),
+        Sources {
+            snapshot: state.snapshot,
+            policies: state.policies,
+            namespaces: state.namespaces,
+            pods: Arc::clone(&pods),
+        },
         metrics,
     );
     let triggers = Triggers {
