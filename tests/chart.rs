@@ -4,10 +4,13 @@
 //! configuration rendered (the operator owns it), and a values schema that rejects bad values.
 //!
 //! `.ci/install-helm.sh` installs helm. Without it the helm tests print why they are skipped,
-//! except in CI (`CI` set), where a missing helm is a failure.
+//! except in CI (`CI` set), where a missing helm is a failure. The monitoring parts (the
+//! PrometheusRule and the dashboard) are checked here as chart objects; tests/monitoring.rs checks
+//! what they say, with promtool and a real Prometheus.
+
+mod tools;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -19,134 +22,13 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tools::{NAMESPACE, RELEASE, Rendered, chart_dir, helm, helms, read, render, root};
 
-const RELEASE: &str = "imagegate";
-const NAMESPACE: &str = "imagegate-system";
 const PRODUCTION_VALUES: &str = "tests/data/chart/production-values.yaml";
 /// The uid the image runs as (Dockerfile `USER`, distroless `nonroot`).
 const NONROOT_UID: i64 = 65532;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chart_dir() -> PathBuf {
-    root().join("charts/imagegate")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Finding helm
-
-/// The helm binaries to test with: `$IMAGEGATE_HELM` or `helm`, and `helm3` when present.
-/// `None` (after saying why) when there is none and this is not CI.
-fn helms() -> Option<Vec<PathBuf>> {
-    let primary = std::env::var_os("IMAGEGATE_HELM").unwrap_or_else(|| "helm".into());
-    let found: Vec<PathBuf> = [PathBuf::from(primary), PathBuf::from("helm3")]
-        .into_iter()
-        .filter(|bin| runs(bin))
-        .collect();
-    if !found.is_empty() {
-        return Some(found);
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    assert!(
-        !in_ci,
-        "helm is not installed (looked for $IMAGEGATE_HELM, helm and helm3 on PATH); \
-         CI must run .ci/install-helm.sh before the tests"
-    );
-    eprintln!(
-        "SKIPPED: the Helm chart tests need helm, which is not on PATH; \
-         run `bash .ci/install-helm.sh` (or set IMAGEGATE_HELM) to run them"
-    );
-    None
-}
-
-fn runs(bin: &Path) -> bool {
-    Command::new(bin)
-        .arg("version")
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn helm(bin: &Path, args: &[&str]) -> Output {
-    let out = Command::new(bin)
-        .args(args)
-        .current_dir(root())
-        // No user configuration or repositories may change what is rendered.
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("imagegate-helm-config"),
-        )
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("imagegate-helm-cache"),
-        )
-        .env(
-            "HELM_DATA_HOME",
-            std::env::temp_dir().join("imagegate-helm-data"),
-        )
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-    Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Rendering and reading manifests
-
-/// The manifests of `helm template` (hooks included), in order.
-struct Rendered {
-    helm: String,
-    objects: Vec<Value>,
-}
-
-fn render(bin: &Path, extra: &[&str]) -> Rendered {
-    let chart = chart_dir();
-    let mut args = vec![
-        "template",
-        RELEASE,
-        chart.to_str().expect("chart path is UTF-8"),
-        "--namespace",
-        NAMESPACE,
-        "--include-crds",
-    ];
-    args.extend_from_slice(extra);
-    let out = helm(bin, &args);
-    assert!(
-        out.ok,
-        "{} template {extra:?} failed:\n{}",
-        bin.display(),
-        out.stderr
-    );
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&out.stdout)
-        .unwrap_or_else(|e| panic!("helm template output is not YAML: {e}\n{}", out.stdout));
-    Rendered {
-        helm: bin.display().to_string(),
-        objects: docs.into_iter().filter(|d| !d.is_null()).collect(),
-    }
-}
-
 impl Rendered {
-    fn all(&self, kind: &str) -> Vec<&Value> {
-        self.objects.iter().filter(|o| o["kind"] == kind).collect()
-    }
-
-    fn kinds(&self) -> BTreeSet<String> {
-        self.objects
-            .iter()
-            .map(|o| o["kind"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
-
     /// Every object of `kind`, read into its type.
     fn typed<T: DeserializeOwned + serde::Serialize>(&self, kind: &str) -> Vec<T> {
         self.all(kind).into_iter().map(|v| typed(v)).collect()
@@ -167,10 +49,6 @@ impl Rendered {
             found.len()
         );
         typed(found[0])
-    }
-
-    fn is_hook(object: &Value) -> bool {
-        object["metadata"]["annotations"]["helm.sh/hook"].is_string()
     }
 }
 
@@ -354,7 +232,10 @@ fn check_namespaces(r: &Rendered) {
     for o in &r.objects {
         let kind = o["kind"].as_str().unwrap_or_default();
         let ns = &o["metadata"]["namespace"];
-        if cluster_scoped.contains(&kind) {
+        if kind == "ConfigMap" && o["metadata"]["name"] == "imagegate-dashboard" {
+            // Goes where Grafana's sidecar looks (metrics.grafanaDashboard.namespace).
+            assert!(ns.is_string(), "the dashboard ConfigMap has a namespace");
+        } else if cluster_scoped.contains(&kind) {
             assert!(ns.is_null(), "{kind} is cluster-scoped but has a namespace");
         } else {
             assert_eq!(
@@ -832,10 +713,6 @@ fn check_cleanup_hook(r: &Rendered, want: &Expect, kubectl_image: &str) {
     let _: ServiceAccount = r.one("ServiceAccount", &name);
 }
 
-fn read(path: PathBuf) -> String {
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests
 
@@ -992,6 +869,131 @@ fn production_values_render_as_configured() {
     }
 }
 
+/// The alerts of the PrometheusRule, by name.
+fn alerts(rule: &Value) -> BTreeMap<String, Value> {
+    rule["spec"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .map(|r| (r["alert"].as_str().unwrap_or_default().to_owned(), r))
+        .collect()
+}
+
+#[test]
+fn monitoring_objects_render_only_when_enabled_and_as_configured() {
+    let Some(helms) = helms() else { return };
+    let dashboard: Value =
+        serde_json::from_str(&read(chart_dir().join("dashboards/imagegate.json")))
+            .expect("the dashboard is JSON");
+    for bin in &helms {
+        let off = render(bin, &[]);
+        assert!(
+            off.all("PrometheusRule").is_empty() && off.all("ConfigMap").is_empty(),
+            "[{}] the PrometheusRule and the dashboard are opt-in",
+            off.helm
+        );
+
+        let r = render(bin, &["--values", PRODUCTION_VALUES]);
+        let rule = r.only("PrometheusRule");
+        assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(rule["metadata"]["name"], RELEASE);
+        assert_eq!(rule["metadata"]["namespace"], NAMESPACE);
+        assert_eq!(
+            rule["metadata"]["labels"]["release"],
+            "kube-prometheus-stack"
+        );
+        let groups: Vec<&str> = rule["spec"]["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .map(|g| g["name"].as_str().expect("group name"))
+            .collect();
+        assert_eq!(
+            groups,
+            ["imagegate"],
+            "apiServerAlerts: false drops that group"
+        );
+        let alerts = alerts(rule);
+        assert!(
+            !alerts.contains_key("ImagegateBreakGlassUsed"),
+            "a disabled alert is left out"
+        );
+        assert!(alerts.len() >= 8, "{:?}", alerts.keys());
+        for (name, alert) in &alerts {
+            assert_eq!(alert["labels"]["team"], "platform", "{name}: alertLabels");
+            assert!(
+                ["critical", "warning", "info"]
+                    .contains(&alert["labels"]["severity"].as_str().unwrap_or_default()),
+                "{name}: its own severity wins over alertLabels"
+            );
+            assert_eq!(
+                alert["annotations"]["runbook_url"],
+                format!(
+                    "https://docs.corp.example/imagegate/operations.html#{}",
+                    name.to_lowercase()
+                ),
+                "{name}: runbookUrl"
+            );
+        }
+        // The thresholds reach the expressions.
+        for (name, threshold) in [
+            ("ImagegateWebhookSlow", "> 0.25"),
+            ("ImagegateBadRequests", "> 0.01"),
+            ("ImagegateDenialsSpike", "> 5 * 60"),
+            ("ImagegateDenialsSpike", "> 2"),
+            ("ImagegateCertificateExpiresSoon", "< 7 * 86400"),
+            ("ImagegateReplicasDown", "< 5"),
+        ] {
+            let expr = alerts[name]["expr"].as_str().expect("expr");
+            let flat = expr.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(
+                flat.contains(threshold),
+                "{name}: {threshold} not in {expr}"
+            );
+        }
+
+        let cm: k8s_openapi::api::core::v1::ConfigMap = r.one("ConfigMap", "imagegate-dashboard");
+        assert_eq!(cm.metadata.namespace.as_deref(), Some("monitoring"));
+        let labels = cm.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get("grafana_dashboard").map(String::as_str),
+            Some("imagegate")
+        );
+        assert_eq!(labels.get("team").map(String::as_str), Some("platform"));
+        assert_eq!(
+            cm.metadata
+                .annotations
+                .unwrap_or_default()
+                .get("grafana_folder")
+                .map(String::as_str),
+            Some("Platform")
+        );
+        let data = cm.data.unwrap_or_default();
+        assert_eq!(data.len(), 1);
+        let shipped: Value = serde_json::from_str(&data["imagegate.json"])
+            .expect("the ConfigMap holds the dashboard as JSON");
+        assert_eq!(
+            shipped, dashboard,
+            "the ConfigMap holds dashboards/imagegate.json as it is"
+        );
+
+        // The sidecar's defaults, and the release namespace.
+        let r = render(bin, &["--set", "metrics.grafanaDashboard.enabled=true"]);
+        let cm: k8s_openapi::api::core::v1::ConfigMap = r.one("ConfigMap", "imagegate-dashboard");
+        assert_eq!(cm.metadata.namespace.as_deref(), Some(NAMESPACE));
+        assert_eq!(
+            cm.metadata
+                .labels
+                .unwrap_or_default()
+                .get("grafana_dashboard")
+                .map(String::as_str),
+            Some("1")
+        );
+        assert!(r.all("PrometheusRule").is_empty());
+    }
+}
+
 #[test]
 fn optional_parts_can_be_switched_off() {
     let Some(helms) = helms() else { return };
@@ -1071,6 +1073,28 @@ fn values_schema_rejects_bad_values() {
         ("failurPolicy=Ignore", "failurPolicy"),
         ("audit.interval=weekly", "interval"),
         ("audit.policyReports=sometimes", "policyReports"),
+        (
+            "metrics.prometheusRule.disabledAlerts[0]=ImagegateNoSuchAlert",
+            "disabledAlerts",
+        ),
+        (
+            "metrics.prometheusRule.thresholds.badRequestRatio=2",
+            "badRequestRatio",
+        ),
+        (
+            "metrics.prometheusRule.thresholds.certificateExpiryDays=0",
+            "certificateExpiryDays",
+        ),
+        (
+            "metrics.prometheusRule.runbookUrl=docs/operations.md",
+            "runbookUrl",
+        ),
+        ("metrics.prometheusRule.alertLabel.team=x", "alertLabel"),
+        ("metrics.grafanaDashboard.namespace=Monitoring", "namespace"),
+        (
+            "metrics.grafanaDashboard.labelValue=not a label",
+            "labelValue",
+        ),
     ];
     let chart = chart_dir();
     let chart = chart.to_str().expect("UTF-8 path");

@@ -1,0 +1,580 @@
+//! End-to-end tests against a real cluster, opt-in: set `IMAGEGATE_E2E_KUBECONFIG` to a
+//! kubeconfig of a disposable cluster (as an administrator) whose API server can reach this
+//! machine at `IMAGEGATE_E2E_WEBHOOK_HOST` (default 127.0.0.1). Each test runs `imagegate run
+//! --webhook-url https://HOST:PORT` on this machine and checks what the real API server does
+//! with its answers. Without the variable every test prints why it is skipped and passes.
+//!
+//! Nothing here waits for a Pod to run: a control plane without nodes keeps Pods Pending, and
+//! what imagegate decides is visible when the API server stores or refuses an object. The
+//! tests run one at a time, each in namespaces of its own, and remove what they created (see
+//! docs/operator.md, "End-to-end tests", also for how to add a test for a new duty).
+
+mod chart;
+mod harness;
+
+use harness::{
+    CONVERGE, E2e, OperatorRun, STARTUP, admitted, dry_run, from_json, pod, policy_events,
+    ready_condition, refused_by, run,
+};
+use imagegate::decision::{BREAK_GLASS_ANNOTATION, BREAK_GLASS_UNTIL_ANNOTATION};
+use imagegate::operator::webhook_config::{PODS_WEBHOOK, POLICIES_WEBHOOK, WORKLOADS_WEBHOOK};
+use imagegate::policy::ImagePolicy;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+/// An image no test policy denies until the admission test tightens its policy.
+const ALLOWED_IMAGE: &str = harness::PAUSE_IMAGE;
+/// The image the test policies deny.
+const DENIED_IMAGE: &str = "docker.io/library/busybox:1.36";
+/// The policy rule that denies [`DENIED_IMAGE`].
+fn deny_busybox() -> Value {
+    json!({"deniedImages": ["docker.io/library/busybox"]})
+}
+
+/// Waits until the operator answers the API server: a dry-run Pod with [`DENIED_IMAGE`] is
+/// refused by `pods.imagegate.dev` for `policy`. Returns the denial message.
+async fn until_enforced(e2e: &E2e, policy: &str) -> String {
+    let pods: Api<Pod> = e2e.api();
+    let probe = pod("probe", DENIED_IMAGE);
+    let expected = format!("[{policy}/deniedImages]");
+    e2e.eventually(
+        &format!(
+            "the API server to refuse a Pod with {DENIED_IMAGE} in {} through {PODS_WEBHOOK} \
+             (policy {policy})",
+            e2e.namespace()
+        ),
+        STARTUP,
+        async || {
+            let message = refused_by(PODS_WEBHOOK, pods.create(&dry_run(), &probe).await)?;
+            if message.contains(&expected) {
+                Ok(message)
+            } else {
+                Err(format!("refused, but not with {expected}: {message}"))
+            }
+        },
+    )
+    .await
+}
+
+/// Pods, workloads, `kubectl debug` and policies are checked by the webhooks the operator
+/// registers; a policy edit takes effect without a restart; status is written.
+#[tokio::test]
+async fn admission_of_pods_workloads_and_policies() {
+    run("admission", async |e2e| {
+        let policy = e2e.named("deny");
+        e2e.apply_policy(&policy, deny_busybox()).await;
+        e2e.start_operator(OperatorRun::default());
+
+        // A denied Pod is refused, naming the policy, the rule and the image.
+        let message = until_enforced(&e2e, &policy).await;
+        assert!(message.contains(DENIED_IMAGE), "{message}");
+
+        // An allowed Pod is stored (and stays Pending without nodes: nothing waits for it).
+        let pods: Api<Pod> = e2e.api();
+        admitted(
+            pods.create(&PostParams::default(), &pod("allowed", ALLOWED_IMAGE))
+                .await,
+        )
+        .unwrap_or_else(|seen| panic!("a Pod with {ALLOWED_IMAGE} was not stored: {seen}"));
+
+        // A Deployment whose template has a denied image is refused.
+        let deployments: Api<Deployment> = e2e.api();
+        let deployment: Deployment = from_json(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "denied"},
+            "spec": {"selector": {"matchLabels": {"app": "denied"}}, "template": {
+                "metadata": {"labels": {"app": "denied"}},
+                "spec": {"containers": [{"name": "main", "image": DENIED_IMAGE}]}}}
+        }));
+        let message = refused_by(
+            WORKLOADS_WEBHOOK,
+            deployments.create(&dry_run(), &deployment).await,
+        )
+        .unwrap_or_else(|seen| panic!("a Deployment with {DENIED_IMAGE}: {seen}"));
+        assert!(
+            message.contains(&format!("[{policy}/deniedImages]")),
+            "{message}"
+        );
+
+        // A denied ephemeral container, added as `kubectl debug` adds it, is refused.
+        let debug = Patch::Strategic(json!({"spec": {"ephemeralContainers": [
+            {"name": "debugger", "image": DENIED_IMAGE, "stdin": true, "tty": true}
+        ]}}));
+        let message = refused_by(
+            PODS_WEBHOOK,
+            pods.patch_subresource(
+                "ephemeralcontainers",
+                "allowed",
+                &PatchParams::default().dry_run(),
+                &debug,
+            )
+            .await,
+        )
+        .unwrap_or_else(|seen| panic!("an ephemeral container with {DENIED_IMAGE}: {seen}"));
+        assert!(message.contains("debugger"), "{message}");
+
+        // A policy the schema accepts but that does not compile is refused with its field.
+        let policies: Api<ImagePolicy> = Api::all(e2e.client());
+        let broken = e2e.policy_body(&e2e.named("broken"), json!({"deniedImages": ["nginx"]}));
+        let message = refused_by(
+            POLICIES_WEBHOOK,
+            policies
+                .patch(
+                    &e2e.named("broken"),
+                    &PatchParams::apply(harness::FIELD_MANAGER).dry_run(),
+                    &Patch::Apply(&broken),
+                )
+                .await,
+        )
+        .unwrap_or_else(|seen| panic!("an ImagePolicy with the pattern \"nginx\": {seen}"));
+        assert!(message.contains("spec.deniedImages[0]"), "{message}");
+
+        // The policy's status says it is in force.
+        let (status, reason, _) = e2e
+            .eventually(
+                &format!("the status of ImagePolicy {policy}"),
+                CONVERGE,
+                async || ready_condition(&policies.get(&policy).await.map_err(|e| e.to_string())?),
+            )
+            .await;
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Compiled"));
+
+        // An edit takes effect within seconds, without a restart, and its status follows.
+        e2e.apply_policy(&policy, json!({"deniedImages": ["registry.k8s.io/**"]}))
+            .await;
+        let probe = pod("allowed-2", ALLOWED_IMAGE);
+        e2e.eventually(
+            &format!("the edited policy {policy} to refuse {ALLOWED_IMAGE}"),
+            CONVERGE,
+            async || {
+                let message = refused_by(PODS_WEBHOOK, pods.create(&dry_run(), &probe).await)?;
+                message
+                    .contains(&format!("[{policy}/deniedImages]"))
+                    .then_some(())
+                    .ok_or(message)
+            },
+        )
+        .await;
+        e2e.eventually(
+            &format!("the status of ImagePolicy {policy} to describe generation 2"),
+            CONVERGE,
+            async || {
+                let p = policies.get(&policy).await.map_err(|e| e.to_string())?;
+                let ready = ready_condition(&p)?;
+                (p.metadata.generation == Some(2) && ready.0 == "True")
+                    .then_some(())
+                    .ok_or_else(|| {
+                        format!("generation {:?}, Ready {ready:?}", p.metadata.generation)
+                    })
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
+/// A break-glass exception is honoured for a requester in an allowed group (reached through
+/// impersonation, as the API server reports it in userInfo), refused for everyone else, for a
+/// bad ticket and after it expired, and every honoured use is a Kubernetes Event.
+#[tokio::test]
+async fn break_glass_by_an_allowed_group() {
+    run("breakglass", async |e2e| {
+        let policy = e2e.named("bg");
+        let group = e2e.named("oncall");
+        let user = e2e.named("alice");
+        let mut spec = deny_busybox();
+        spec["breakGlass"] = json!({
+            "allowedGroups": [group], "ticketPattern": "INC-[0-9]+", "maxDuration": "1h"
+        });
+        e2e.apply_policy(&policy, spec).await;
+        // The impersonated group may create Pods in the test namespace, nothing else.
+        e2e.apply(
+            &e2e.api::<Role>(),
+            &json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "pods", "namespace": e2e.namespace()},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get"]}]
+            }),
+        )
+        .await;
+        e2e.apply(
+            &e2e.api::<RoleBinding>(),
+            &json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "pods", "namespace": e2e.namespace()},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pods"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]
+            }),
+        )
+        .await;
+        e2e.start_operator(OperatorRun::default());
+        until_enforced(&e2e, &policy).await;
+
+        let now = jiff::Timestamp::now();
+        let soon = now + jiff::SignedDuration::from_mins(30);
+        let past = now - jiff::SignedDuration::from_mins(5);
+        let with_break_glass = |name: &str, ticket: &str, until: jiff::Timestamp| -> Pod {
+            let mut p = pod(name, DENIED_IMAGE);
+            p.metadata.annotations = Some(
+                [
+                    (BREAK_GLASS_ANNOTATION.to_owned(), ticket.to_owned()),
+                    (BREAK_GLASS_UNTIL_ANNOTATION.to_owned(), until.to_string()),
+                ]
+                .into(),
+            );
+            p
+        };
+        let admin: Api<Pod> = e2e.api();
+        let oncall: Api<Pod> =
+            Api::namespaced(e2e.client_as(&user, &[group.as_str()]), e2e.namespace());
+        let refusal = async |who: &Api<Pod>, p: &Pod, what: &str| -> String {
+            let message = refused_by(PODS_WEBHOOK, who.create(&dry_run(), p).await)
+                .unwrap_or_else(|seen| panic!("{what}: {seen}"));
+            assert!(
+                message.contains(&format!("[{policy}/breakGlass]")),
+                "{what}: not refused for break-glass: {message}"
+            );
+            message
+        };
+
+        // The kubeconfig's user is in none of the allowed groups.
+        let message = refusal(
+            &admin,
+            &with_break_glass("bg-admin", "INC-1", soon),
+            "break-glass by a user outside the group",
+        )
+        .await;
+        assert!(message.contains("none of the allowed groups"), "{message}");
+        // The group's member with a ticket that does not match, and with an expired exception.
+        let message = refusal(
+            &oncall,
+            &with_break_glass("bg-ticket", "nope", soon),
+            "break-glass with a bad ticket",
+        )
+        .await;
+        assert!(message.contains("\"nope\" does not match"), "{message}");
+        let message = refusal(
+            &oncall,
+            &with_break_glass("bg-expired", "INC-1", past),
+            "an expired break-glass",
+        )
+        .await;
+        assert!(message.contains("expired"), "{message}");
+
+        // The group's member with a good ticket: stored, and an Event records the use.
+        let honoured = with_break_glass("bg-honoured", "INC-4711", soon);
+        admitted(oncall.create(&PostParams::default(), &honoured).await).unwrap_or_else(|seen| {
+            panic!("break-glass INC-4711 by {user} in {group} was not honoured: {seen}")
+        });
+        let client = e2e.client();
+        let note = e2e
+            .eventually(
+                &format!("a BreakGlass Event on ImagePolicy {policy}"),
+                CONVERGE,
+                async || {
+                    let events = policy_events(&client, &policy, "BreakGlass").await?;
+                    events
+                        .into_iter()
+                        .find_map(|e| e.message)
+                        .ok_or_else(|| "no BreakGlass Event yet".to_owned())
+                },
+            )
+            .await;
+        for part in ["INC-4711", "bg-honoured", user.as_str()] {
+            assert!(note.contains(part), "the Event should name {part}: {note}");
+        }
+    })
+    .await;
+}
+
+/// The operator puts back its ValidatingWebhookConfiguration when it is edited or deleted, and
+/// admission works again afterwards.
+#[tokio::test]
+async fn webhook_configuration_drift_is_repaired() {
+    run("drift", async |e2e| {
+        let policy = e2e.named("deny");
+        e2e.apply_policy(&policy, deny_busybox()).await;
+        e2e.start_operator(OperatorRun::default());
+        until_enforced(&e2e, &policy).await;
+
+        let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(e2e.client());
+        let name = e2e.webhook_config_name();
+        let original = vwcs
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("the webhook configuration {name}: {e}"));
+        let want = webhooks(&original);
+        // It never sends the operator's own namespace (or kube-system) to the webhooks.
+        for hook in want.values() {
+            let excluded = &hook["namespaceSelector"]["matchExpressions"][0]["values"];
+            for ns in [e2e.operator_namespace().as_str(), "kube-system"] {
+                assert!(
+                    excluded.as_array().is_some_and(|v| v.contains(&json!(ns))),
+                    "{} does not exclude {ns}: {excluded}",
+                    hook["name"]
+                );
+            }
+        }
+
+        let repaired = async |what: &str| {
+            e2e.eventually(
+                &format!("the operator to repair its webhook configuration after {what}"),
+                CONVERGE,
+                async || {
+                    let have = vwcs.get(name).await.map_err(|e| e.to_string())?;
+                    let have = webhooks(&have);
+                    (have == want)
+                        .then_some(())
+                        .ok_or_else(|| format!("webhooks now: {}", json!(have)))
+                },
+            )
+            .await;
+        };
+        let tamper = async |ops: Value| {
+            let patch = serde_json::from_value(ops).expect("a JSON patch");
+            vwcs.patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+                .await
+                .unwrap_or_else(|e| panic!("cannot edit the webhook configuration {name}: {e}"));
+        };
+
+        tamper(json!([{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]))
+            .await;
+        repaired("its failurePolicy was set to Ignore").await;
+
+        tamper(json!([{"op": "remove", "path": "/webhooks/1"}])).await;
+        repaired("a webhook was removed").await;
+
+        tamper(
+            json!([{"op": "replace", "path": "/webhooks/0/rules/0/resources", "value": ["pods"]}]),
+        )
+        .await;
+        repaired("pods/ephemeralcontainers was dropped from its rules").await;
+
+        vwcs.delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("cannot delete the webhook configuration {name}: {e}"));
+        repaired("it was deleted").await;
+        let recreated = vwcs.get(name).await.expect("the webhook configuration");
+        assert_ne!(recreated.uid(), original.uid(), "it was recreated");
+        until_enforced(&e2e, &policy).await;
+    })
+    .await;
+}
+
+/// The webhooks of a configuration by name, as the API server stores them.
+fn webhooks(vwc: &ValidatingWebhookConfiguration) -> std::collections::BTreeMap<String, Value> {
+    vwc.webhooks
+        .iter()
+        .flatten()
+        .map(|h| {
+            (
+                h.name.clone(),
+                serde_json::to_value(h).expect("a webhook as JSON"),
+            )
+        })
+        .collect()
+}
+
+/// A deleted TLS Secret is recreated with a new CA, the webhook configuration gets the new
+/// `caBundle`, and the API server calls the operator again.
+#[tokio::test]
+async fn tls_secret_is_recreated() {
+    run("secret", async |e2e| {
+        let policy = e2e.named("deny");
+        e2e.apply_policy(&policy, deny_busybox()).await;
+        e2e.start_operator(OperatorRun::default());
+        until_enforced(&e2e, &policy).await;
+
+        let secret_name = "imagegate-tls";
+        let secrets: Api<Secret> = Api::namespaced(e2e.client(), &e2e.operator_namespace());
+        let old = secrets
+            .get(secret_name)
+            .await
+            .unwrap_or_else(|e| panic!("the Secret {secret_name}: {e}"));
+        secrets
+            .delete(secret_name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("cannot delete the Secret {secret_name}: {e}"));
+        let pem = |s: &Secret| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get("ca.crt"))
+                .map(|b| String::from_utf8_lossy(&b.0).trim().to_owned())
+                .unwrap_or_default()
+        };
+        let old_ca = pem(&old);
+        let new_ca = e2e
+            .eventually(
+                "the operator to recreate its TLS Secret",
+                CONVERGE,
+                async || {
+                    let s = secrets
+                        .get_opt(secret_name)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| "no Secret yet".to_owned())?;
+                    (s.uid() != old.uid() && !pem(&s).is_empty())
+                        .then(|| pem(&s))
+                        .ok_or_else(|| "still the old Secret".to_owned())
+                },
+            )
+            .await;
+        assert_ne!(new_ca, old_ca, "a recreated Secret has a new CA");
+        let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(e2e.client());
+        e2e.eventually(
+            "the webhook configuration to carry the new CA only",
+            CONVERGE,
+            async || {
+                let vwc = vwcs
+                    .get(e2e.webhook_config_name())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let bundles: Vec<String> = vwc
+                    .webhooks
+                    .iter()
+                    .flatten()
+                    .map(|h| {
+                        let b = h.client_config.ca_bundle.as_ref();
+                        b.map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                bundles
+                    .iter()
+                    .all(|b| b.contains(&new_ca) && !b.contains(&old_ca))
+                    .then_some(())
+                    .ok_or_else(|| "the caBundle still holds the old CA".to_owned())
+            },
+        )
+        .await;
+        until_enforced(&e2e, &policy).await;
+    })
+    .await;
+}
+
+/// The operator works with nothing but the chart's ServiceAccount and RBAC: rendered by
+/// `helm template` with this test's names, applied, and used through a token of that
+/// ServiceAccount, with the chart's own command line.
+#[tokio::test]
+async fn least_privilege_with_the_charts_rbac() {
+    run("rbac", async |e2e| {
+        let release = e2e.name().to_owned();
+        let objects = chart::render(
+            &e2e,
+            &release,
+            &[("webhookConfigurationName", e2e.webhook_config_name())],
+        );
+        chart::apply_identity(&e2e, &objects).await;
+        let account = chart::the(&objects, "ServiceAccount")["metadata"]["name"]
+            .as_str()
+            .expect("the ServiceAccount's name")
+            .to_owned();
+        let namespace = e2e.operator_namespace();
+        let kubeconfig = chart::service_account_kubeconfig(&e2e, &namespace, &account).await;
+
+        // RBAC is enforced: the account may not list the Secrets of its own namespace.
+        let as_operator = {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).expect("its kubeconfig");
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .expect("a client configuration");
+            Client::try_from(config).expect("a client")
+        };
+        match Api::<Secret>::namespaced(as_operator, &namespace)
+            .list(&ListParams::default())
+            .await
+        {
+            Err(e) if harness::api_code(&e) == Some(403) => {}
+            other => panic!(
+                "the ServiceAccount {namespace}/{account} could list every Secret of its \
+                 namespace ({:?}): the cluster does not enforce RBAC, so least privilege cannot \
+                 be tested; use a cluster with --authorization-mode including RBAC",
+                other.map(|l| l.items.len())
+            ),
+        }
+
+        // One policy in force and one that does not compile, applied before the operator (and
+        // its policies webhook) exists.
+        let policy = e2e.named("deny");
+        e2e.apply_policy(&policy, deny_busybox()).await;
+        let broken = e2e.named("broken");
+        e2e.apply_policy(&broken, json!({"deniedImages": ["nginx"]}))
+            .await;
+
+        let operator = e2e.start_operator(OperatorRun {
+            args: Some(chart::operator_args(&objects)),
+            kubeconfig: Some(kubeconfig),
+        });
+        // Policies, namespaces, its Secret, the webhook configuration and its owner.
+        until_enforced(&e2e, &policy).await;
+        let pods: Api<Pod> = e2e.api();
+        admitted(
+            pods.create(&PostParams::default(), &pod("allowed", ALLOWED_IMAGE))
+                .await,
+        )
+        .unwrap_or_else(|seen| panic!("a Pod with {ALLOWED_IMAGE} was not stored: {seen}"));
+        let vwc = Api::<ValidatingWebhookConfiguration>::all(e2e.client())
+            .get(e2e.webhook_config_name())
+            .await
+            .expect("the webhook configuration");
+        let owners: Vec<String> = vwc
+            .owner_references()
+            .iter()
+            .map(|o| o.name.clone())
+            .collect();
+        let role = chart::the(&objects, "ClusterRole")["metadata"]["name"].clone();
+        assert_eq!(
+            owners,
+            [role.as_str().unwrap_or_default()],
+            "owner of {}",
+            vwc.name_any()
+        );
+
+        // Policy status and the compile-error Event.
+        let policies: Api<ImagePolicy> = Api::all(e2e.client());
+        for (name, want) in [
+            (&policy, ("True", "Compiled")),
+            (&broken, ("False", "CompileError")),
+        ] {
+            let (status, reason, message) = e2e
+                .eventually(
+                    &format!("the operator to write the status of ImagePolicy {name}"),
+                    CONVERGE,
+                    async || ready_condition(&policies.get(name).await.map_err(|e| e.to_string())?),
+                )
+                .await;
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                want,
+                "{name}: {message}"
+            );
+        }
+        let client = e2e.client();
+        e2e.eventually(
+            &format!("a CompileError Event on ImagePolicy {broken}"),
+            CONVERGE,
+            async || {
+                let events = policy_events(&client, &broken, "CompileError").await?;
+                (!events.is_empty())
+                    .then_some(())
+                    .ok_or_else(|| "no CompileError Event yet".to_owned())
+            },
+        )
+        .await;
+
+        // Nothing it tried was forbidden (the API server's RBAC refusal reads "… is forbidden:
+        // User … cannot …").
+        let log = operator.log();
+        let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("is forbidden")).collect();
+        assert!(
+            forbidden.is_empty(),
+            "the chart's RBAC lacks permissions the operator uses:\n{}",
+            forbidden.join("\n")
+        );
+    })
+    .await;
+}
