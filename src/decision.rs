@@ -310,6 +310,11 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
             index,
             image,
             unchanged,
+            running: input
+                .object
+                .running_digests
+                .get(index)
+                .and_then(Option::as_deref),
         };
         canonicals.push(check_image(
             snapshot,
@@ -359,6 +364,8 @@ struct Target<'a> {
     index: usize,
     image: &'a ImageUse,
     unchanged: bool,
+    /// The digest the image runs, when known (the audit of running Pods).
+    running: Option<&'a str>,
 }
 
 /// Checks one image against every applying policy; returns its canonical form.
@@ -403,9 +410,8 @@ fn check_image(
     };
     // What runs, where the kubelet has said (the audit of running Pods). Admission never says,
     // and its judge is `NotRunning`, whose answers are constants: its code is the rules alone.
-    let running = image
-        .running_digest
-        .as_deref()
+    let running = target
+        .running
         .and_then(|digest| Running::of(snapshot, reference, digest));
     let governed = match &running {
         None => judged.rules(snapshot, applying, &NotRunning, out),

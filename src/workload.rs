@@ -123,11 +123,6 @@ pub struct ImageUse {
     pub pull_policy: Option<String>,
     /// The field path of the image, e.g. `spec.containers[0].image`.
     pub field_path: String,
-    /// The digest the kubelet reports this container runs (`sha256:…`), for the audit of
-    /// running Pods; `None` on admission, and whenever the kubelet has not reported one that
-    /// names a registry digest. The decision judges a pinned reference's digest against it
-    /// (rule `runningDigest`) and a tag's digest patterns on it.
-    pub running_digest: Option<String>,
 }
 
 /// What a decision needs of an object.
@@ -143,6 +138,12 @@ pub struct Workload {
     pub annotations: BTreeMap<String, String>,
     /// Every image, in spec order: init containers, containers, ephemeral containers, volumes.
     pub images: Vec<ImageUse>,
+    /// For the audit of running Pods: by position in `images`, the digest the kubelet reports
+    /// that image runs (`sha256:…`), or `None` where it has not reported one that names a
+    /// registry digest. Empty on admission (nothing runs yet). The decision judges a pinned
+    /// reference's digest against it (rule `runningDigest`) and a tag's digest patterns on it.
+    /// Kept beside the images rather than in them, so that what admission reads stays as small.
+    pub running_digests: Vec<Option<String>>,
 }
 
 /// Why an object's images cannot be read.
@@ -233,6 +234,7 @@ impl WorkloadObject {
             namespace: meta.namespace.filter(|ns| !ns.is_empty()),
             annotations,
             images: pod.images(kind.pod_spec_path()),
+            running_digests: Vec::new(),
         }
     }
 }
@@ -620,7 +622,6 @@ impl PodSpec {
                     image: c.image,
                     pull_policy: c.image_pull_policy,
                     field_path: field_path(path, ty.as_str(), i, "image"),
-                    running_digest: None,
                 });
             }
         }
@@ -632,7 +633,6 @@ impl PodSpec {
                     image: src.reference,
                     pull_policy: src.pull_policy,
                     field_path: field_path(path, "volumes", i, "image.reference"),
-                    running_digest: None,
                 });
             }
         }

@@ -92,7 +92,6 @@ pub fn parse_image_review(body: &[u8]) -> Result<ImageReviewRequest, BadRequest>
             // left to the AdmissionReview webhook rather than deny every correct Pod.
             pull_policy: Some("Always".to_owned()),
             field_path: format!("spec.containers[{i}].image"),
-            running_digest: None,
         })
         .collect();
     Ok(ImageReviewRequest {
@@ -102,6 +101,7 @@ pub fn parse_image_review(body: &[u8]) -> Result<ImageReviewRequest, BadRequest>
             namespace: Some(namespace),
             annotations: spec.annotations.unwrap_or_default(),
             images,
+            running_digests: Vec::new(),
         },
     })
 }

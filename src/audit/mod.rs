@@ -254,10 +254,14 @@ pub fn workload_of(namespace: &str, shape: &PodShape) -> Workload {
                 image: i.image.to_string(),
                 pull_policy: i.pull_policy.as_deref().map(str::to_owned),
                 field_path: String::new(),
-                running_digest: match &i.running {
-                    Running::Digest(d) => Some(d.to_string()),
-                    Running::Local(_) | Running::Unreported => None,
-                },
+            })
+            .collect(),
+        running_digests: shape
+            .images
+            .iter()
+            .map(|i| match &i.running {
+                Running::Digest(d) => Some(d.to_string()),
+                Running::Local(_) | Running::Unreported => None,
             })
             .collect(),
     }
