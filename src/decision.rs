@@ -277,6 +277,19 @@ impl fmt::Display for Violation {
 
 /// Decides whether the object's images are allowed.
 pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
+    decide_running(snapshot, input, &[])
+}
+
+/// Decides a running Pod: as [`decide`], knowing also, by position in the object's images, the
+/// digest the kubelet reports each image runs (`sha256:…`; `None` where it has not reported one
+/// that names a registry digest). A pinned reference's digest is judged against it (rule
+/// `runningDigest`) and a tag's digest patterns on it. The audit of running Pods decides with
+/// it; admission, where nothing runs yet, with [`decide`].
+pub fn decide_running(
+    snapshot: &Snapshot,
+    input: &Input<'_>,
+    running: &[Option<String>],
+) -> Decision {
     let applying = snapshot.applying(input.namespace_labels);
     let mut decision = Decision {
         policies: applying
@@ -310,11 +323,7 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
             index,
             image,
             unchanged,
-            running: input
-                .object
-                .running_digests
-                .get(index)
-                .and_then(Option::as_deref),
+            running: running.get(index).and_then(Option::as_deref),
         };
         canonicals.push(check_image(
             snapshot,

@@ -138,12 +138,6 @@ pub struct Workload {
     pub annotations: BTreeMap<String, String>,
     /// Every image, in spec order: init containers, containers, ephemeral containers, volumes.
     pub images: Vec<ImageUse>,
-    /// For the audit of running Pods: by position in `images`, the digest the kubelet reports
-    /// that image runs (`sha256:…`), or `None` where it has not reported one that names a
-    /// registry digest. Empty on admission (nothing runs yet). The decision judges a pinned
-    /// reference's digest against it (rule `runningDigest`) and a tag's digest patterns on it.
-    /// Kept beside the images rather than in them, so that what admission reads stays as small.
-    pub running_digests: Vec<Option<String>>,
 }
 
 /// Why an object's images cannot be read.
@@ -234,7 +228,6 @@ impl WorkloadObject {
             namespace: meta.namespace.filter(|ns| !ns.is_empty()),
             annotations,
             images: pod.images(kind.pod_spec_path()),
-            running_digests: Vec::new(),
         }
     }
 }

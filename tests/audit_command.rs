@@ -216,7 +216,7 @@ async fn candidate_policies_from_files_in_one_namespace() {
     assert!(by_name("pinned").allowed);
     let moved = by_name("moved");
     assert!(!moved.allowed);
-    assert_eq!(moved.violations[0].rule.as_str(), "runningDigest");
+    assert_eq!(moved.violations[0].violation.rule.as_str(), "runningDigest");
     let local = by_name("local");
     assert!(local.allowed);
     assert!(
@@ -224,7 +224,7 @@ async fn candidate_policies_from_files_in_one_namespace() {
         "{:?}",
         local.warnings
     );
-    let text = imagegate::cli::check::render_text(&report);
+    let text = imagegate::report::text::render(&report);
     assert!(
         text.contains("DENIED   pod/moved in shop (pod/shop/moved)"),
         "{text}"

@@ -1,31 +1,20 @@
 //! `imagegate check` as a CI job runs it: exit codes, text and JSON output, bad input.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod cli;
+
+use std::path::Path;
+use std::process::Output;
+
+use cli::{stderr, stdout};
 
 fn check(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-        .arg("check")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("imagegate runs");
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    cli::imagegate(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &all,
+        stdin.unwrap_or_default(),
+    )
 }
 
 #[test]
@@ -116,14 +105,18 @@ fn json_output_follows_the_contract() {
     assert_eq!(canary["allowed"], false);
     let v = &canary["violations"][0];
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    // The contract's fields, and where the image is written (`file`, `line`, `column`).
     assert_eq!(
         keys,
         [
             "canonical",
+            "column",
             "container",
             "containerType",
             "excused",
+            "file",
             "image",
+            "line",
             "message",
             "mode",
             "policy",
@@ -138,6 +131,14 @@ fn json_output_follows_the_contract() {
     assert_eq!(v["image"], "nginx");
     assert_eq!(v["canonical"], "docker.io/library/nginx:latest");
     assert_eq!(v["excused"], false);
+    assert_eq!(
+        v["file"],
+        "examples/manifests/denied/shop-web-from-docker-hub.yaml"
+    );
+    assert_eq!(
+        (v["line"].as_u64(), v["column"].as_u64()),
+        (Some(16), Some(18))
+    );
     let sandbox = &results[0];
     assert_eq!(sandbox["allowed"], true);
     assert_eq!(sandbox["warnings"].as_array().unwrap().len(), 1);
@@ -273,7 +274,8 @@ fn bad_input_is_exit_two() {
                 bad_yaml.display().to_string(),
                 "examples/manifests".into(),
             ],
-            "bad.yaml: invalid YAML",
+            // The file, line and column of the syntax error.
+            "bad.yaml:2:11: invalid YAML",
         ),
         (
             vec![

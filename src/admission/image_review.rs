@@ -101,7 +101,6 @@ pub fn parse_image_review(body: &[u8]) -> Result<ImageReviewRequest, BadRequest>
             namespace: Some(namespace),
             annotations: spec.annotations.unwrap_or_default(),
             images,
-            running_digests: Vec::new(),
         },
     })
 }

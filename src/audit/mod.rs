@@ -256,15 +256,19 @@ pub fn workload_of(namespace: &str, shape: &PodShape) -> Workload {
                 field_path: String::new(),
             })
             .collect(),
-        running_digests: shape
-            .images
-            .iter()
-            .map(|i| match &i.running {
-                Running::Digest(d) => Some(d.to_string()),
-                Running::Local(_) | Running::Unreported => None,
-            })
-            .collect(),
     }
+}
+
+/// By position in the shape's images, the registry digest each runs, where the node said.
+pub fn running_digests(shape: &PodShape) -> Vec<Option<String>> {
+    shape
+        .images
+        .iter()
+        .map(|i| match &i.running {
+            Running::Digest(d) => Some(d.to_string()),
+            Running::Local(_) | Running::Unreported => None,
+        })
+        .collect()
 }
 
 fn evaluate(
@@ -281,7 +285,7 @@ fn evaluate(
         .as_ref()
         .and_then(|o| o.creator)
         .map(controller_requester);
-    let decision = decision::decide(
+    let decision = decision::decide_running(
         snapshot,
         &Input {
             object: &workload,
@@ -290,6 +294,7 @@ fn evaluate(
             requester: requester.as_ref(),
             now,
         },
+        &running_digests(shape),
     );
     let mut violating: Vec<usize> = decision
         .violations

@@ -4,7 +4,6 @@
 //! would be denied, 1 when some would, 2 on bad input or no cluster.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,14 +14,13 @@ use serde::de::DeserializeOwned;
 
 use crate::audit::{AuditOutcome, PodIndex, PodObject, PodResult, audit};
 use crate::cli::EngineArgs;
-use crate::cli::check::{self, CheckReport, CheckResult, OutputFormat};
+use crate::cli::check::{self, OutputFormat};
 use crate::manifests;
 use crate::namespaces::{Labels, with_name_label};
 use crate::operator::namespaces::reason;
 use crate::policy::{ImagePolicy, Snapshot, compile};
+use crate::report::{EXIT_BAD_INPUT, ObjectResult, Report};
 
-/// Exit code: bad input or no cluster (1 and 0 are `check`'s: some denied, none denied).
-const EXIT_BAD_INPUT: u8 = 2;
 /// Objects per list request: the API server's own default page size for kubectl, small
 /// enough to keep each answer a few megabytes in a large cluster.
 const PAGE_SIZE: u32 = 500;
@@ -39,7 +37,7 @@ pub struct AuditArgs {
     #[arg(long, short = 'n', env = "IMAGEGATE_AUDIT_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Output format, as for `imagegate check`.
+    /// Output format: `imagegate check`'s text or JSON report, a result per Pod.
     #[arg(
         long,
         short = 'o',
@@ -47,7 +45,7 @@ pub struct AuditArgs {
         value_enum,
         default_value = "text"
     )]
-    pub output: OutputFormat,
+    pub output: AuditOutput,
 
     /// The moment of the decisions (RFC 3339), e.g. to see which break-glass exceptions will
     /// have expired by then; default now.
@@ -56,6 +54,24 @@ pub struct AuditArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// How `audit` prints its results: the formats of `check` that need no file positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditOutput {
+    /// Readable lines, like `kubectl` errors and warnings.
+    Text,
+    /// One JSON object, as `check --output json` prints it.
+    Json,
+}
+
+impl From<AuditOutput> for OutputFormat {
+    fn from(output: AuditOutput) -> OutputFormat {
+        match output {
+            AuditOutput::Text => OutputFormat::Text,
+            AuditOutput::Json => OutputFormat::Json,
+        }
+    }
 }
 
 /// Why an audit could not run.
@@ -91,49 +107,26 @@ pub fn main(args: AuditArgs) -> ExitCode {
         run(client, &args).await
     });
     match result {
-        Ok(report) => print(&report, args.output),
+        Ok(report) => check::print(&report, args.output.into(), false, "audit"),
         Err(e) => {
             eprintln!("imagegate audit: {e}");
-            ExitCode::from(exit_code(&Err(e)))
+            ExitCode::from(EXIT_BAD_INPUT)
         }
     }
 }
 
 /// The exit code of an audit: 0 when no running Pod would be denied, 1 when some would, 2
 /// when it could not run.
-pub fn exit_code(result: &Result<CheckReport, AuditError>) -> u8 {
+pub fn exit_code(result: &Result<Report, AuditError>) -> u8 {
     match result {
-        Ok(report) => report.exit_code(),
+        Ok(report) => report.exit_code(false),
         Err(_) => EXIT_BAD_INPUT,
     }
 }
 
-fn print(report: &CheckReport, output: OutputFormat) -> ExitCode {
-    let text = match output {
-        OutputFormat::Json => match serde_json::to_string_pretty(report) {
-            Ok(json) => json + "\n",
-            Err(e) => {
-                eprintln!("imagegate audit: cannot write JSON: {e}");
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
-        },
-        OutputFormat::Text => check::render_text(report),
-    };
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        eprintln!("imagegate audit: cannot write the results: {e}");
-        return ExitCode::from(EXIT_BAD_INPUT);
-    }
-    ExitCode::from(report.exit_code())
-}
-
 /// One pass with `client`: lists what it needs, decides every Pod, and reports each one in
 /// `check`'s shape (source `pod/NAMESPACE/NAME`).
-pub async fn run(client: Client, args: &AuditArgs) -> Result<CheckReport, AuditError> {
+pub async fn run(client: Client, args: &AuditArgs) -> Result<Report, AuditError> {
     let snapshot = policies(&client, args).await?;
     let labels = namespaces(&client, args.namespace.as_deref()).await?;
     let pods: Api<PodObject> = match &args.namespace {
@@ -158,21 +151,22 @@ pub async fn run(client: Client, args: &AuditArgs) -> Result<CheckReport, AuditE
 }
 
 /// The results of a pass in `check`'s shape.
-pub fn report(outcome: &AuditOutcome) -> CheckReport {
-    CheckReport {
+pub fn report(outcome: &AuditOutcome) -> Report {
+    Report {
         results: outcome.pods.iter().map(result).collect(),
+        ..Report::default()
     }
 }
 
-fn result(pod: &PodResult) -> CheckResult {
+fn result(pod: &PodResult) -> ObjectResult {
     let evaluated = &pod.evaluated;
-    let mut result = CheckResult::decided(
+    let mut result = ObjectResult::new(
         format!("pod/{}/{}", pod.namespace, pod.name),
         "Pod",
         &pod.namespace,
         &pod.name,
-        &evaluated.decision,
-    );
+    )
+    .decided(&evaluated.decision, |_| None);
     result
         .warnings
         .extend(evaluated.notes.iter().map(|n| format!("imagegate: {n}")));
