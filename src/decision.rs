@@ -284,7 +284,9 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
 /// digest the kubelet reports each image runs (`sha256:…`; `None` where it has not reported one
 /// that names a registry digest). A pinned reference's digest is judged against it (rule
 /// `runningDigest`) and a tag's digest patterns on it. The audit of running Pods decides with
-/// it; admission, where nothing runs yet, with [`decide`].
+/// it; admission, where nothing runs yet, with [`decide`]. Evidence about an image that runs
+/// (its signatures) is to be gathered for its running digest, not for what its tag resolves to
+/// now.
 pub fn decide_running(
     snapshot: &Snapshot,
     input: &Input<'_>,

@@ -287,17 +287,7 @@ async fn a_refused_list_is_exit_two_with_the_reason() {
 #[test]
 fn no_cluster_is_exit_two() {
     let dir = tempfile::tempdir().unwrap();
-    let out = assert_cmd::Command::cargo_bin("imagegate")
-        .unwrap()
-        .arg("audit")
-        .env("KUBECONFIG", dir.path().join("missing"))
-        .env("HOME", dir.path())
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("KUBERNETES_SERVICE_PORT")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = audit_fails(&[], &dir.path().join("missing"), dir.path());
     assert!(
         stderr.contains("imagegate audit: cannot configure the Kubernetes client"),
         "{stderr}"
@@ -313,17 +303,31 @@ fn a_bad_policy_file_is_exit_two() {
         "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: bad}\nspec:\n  allowedImages: [no-registry]\n",
     )
     .unwrap();
+    // A kubeconfig that names a server nobody listens on: the policies fail first.
+    let kubeconfig = write_kubeconfig(dir.path());
+    let stderr = audit_fails(
+        &["--policies", file.to_str().unwrap()],
+        &kubeconfig,
+        dir.path(),
+    );
+    assert!(stderr.contains("bad.yaml"), "{stderr}");
+}
+
+/// Runs `imagegate audit ARGS…` with `kubeconfig` and `home`, outside any cluster; asserts exit
+/// code 2 and returns standard error.
+fn audit_fails(args: &[&str], kubeconfig: &std::path::Path, home: &std::path::Path) -> String {
     let out = assert_cmd::Command::cargo_bin("imagegate")
         .unwrap()
-        .args(["audit", "--policies"])
-        .arg(&file)
-        // A kubeconfig that names a server nobody listens on: the policies fail first.
-        .env("KUBECONFIG", write_kubeconfig(dir.path()))
+        .arg("audit")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn write_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {

@@ -271,6 +271,21 @@ async fn pass(
     join(task).await
 }
 
+/// Runs one pass that writes, answering as the API server would; returns the bodies written.
+async fn pass_writes(
+    auditor: Auditor,
+    api: &mut ApiServer,
+    stored: &ImagePolicy,
+) -> (Auditor, Vec<Value>) {
+    let mut bodies = Vec::new();
+    let (auditor, _) = pass(auditor, api, |call| {
+        bodies.push(call.body.clone());
+        answer_write(call, stored);
+    })
+    .await;
+    (auditor, bodies)
+}
+
 /// Answers a status patch with the policy as stored, an Event or a report with its body.
 fn answer_write(call: Call, stored: &ImagePolicy) {
     if call.path().ends_with("/status") {
@@ -373,12 +388,7 @@ async fn status_audit_is_written_when_it_changes_with_an_event_when_violations_a
         pod("prod", "web-3", "nginx:1.25", "1"),
         pod("prod", "ok-1", "registry.corp.example/app:1", "1"),
     ]);
-    let mut calls = Vec::new();
-    let (auditor, _) = pass(auditor, &mut api, |call| {
-        calls.push(call.body.clone());
-        answer_write(call, &prod);
-    })
-    .await;
+    let (auditor, calls) = pass_writes(auditor, &mut api, &prod).await;
     assert_eq!(calls.len(), 1, "{calls:#?}");
     assert_eq!(calls[0]["status"]["audit"]["violatingPods"], 3);
     cluster.show_status("prod", &calls[0]);
@@ -386,12 +396,7 @@ async fn status_audit_is_written_when_it_changes_with_an_event_when_violations_a
 
     // The violations go: written with none listed.
     cluster.set_pods(&[pod("prod", "ok-1", "registry.corp.example/app:1", "1")]);
-    let mut calls = Vec::new();
-    let (auditor, _) = pass(auditor, &mut api, |call| {
-        calls.push(call.body.clone());
-        answer_write(call, &prod);
-    })
-    .await;
+    let (auditor, calls) = pass_writes(auditor, &mut api, &prod).await;
     assert_eq!(calls.len(), 1, "{calls:#?}");
     assert_eq!(calls[0]["status"]["audit"]["violatingPods"], 0);
     assert!(calls[0]["status"]["audit"].get("violations").is_none());
