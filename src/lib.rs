@@ -18,6 +18,7 @@ pub mod namespaces;
 pub mod operator;
 pub mod policy;
 pub mod reference;
+pub mod registry;
 pub mod report;
 pub mod signature;
 pub mod skim;

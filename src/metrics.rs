@@ -15,9 +15,13 @@
 //! | `imagegate_audit_pods` | gauge | – Pods the last audit pass decided |
 //! | `imagegate_audit_passes_total` | counter | – audit passes run |
 //! | `imagegate_audit_last_pass_timestamp_seconds` | gauge | – when the last audit pass ran |
+//! | `imagegate_signature_verifications_total` | counter | `result` (verified, not_verified, unavailable), `source` (fresh, cache, stale): one per signature entry judged for an image |
+//! | `imagegate_registry_request_duration_seconds` | histogram | `registry`, `outcome` (ok, not_found, unauthorized, client_error, server_error, error) |
+//! | `imagegate_registry_cache_entries` | gauge | `cache` (tags, signatures) |
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +31,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::decision::{Decision, Verdict};
+use crate::evidence::{Outcome, Source};
 use crate::policy::Mode;
 
 /// Request latency buckets: 100 µs doubling to about 3.3 s. A decision takes microseconds; the
@@ -34,6 +39,16 @@ use crate::policy::Mode;
 const LATENCY_BUCKET_START_SECONDS: f64 = 0.000_1;
 const LATENCY_BUCKET_FACTOR: f64 = 2.0;
 const LATENCY_BUCKET_COUNT: u16 = 16;
+
+/// Registry request latency buckets: 1 ms doubling to about 16 s. A registry on the same
+/// network answers in milliseconds; the upper buckets catch slow registries up to the request
+/// timeout.
+const REGISTRY_BUCKET_START_SECONDS: f64 = 0.001;
+const REGISTRY_BUCKET_COUNT: u16 = 15;
+/// At most this many registries get series of their own; requests to any further registry are
+/// counted under `registry="other"`. Which registries are asked depends on the images that Pods
+/// name, so the label's values must be bounded.
+pub const MAX_REGISTRY_LABELS: usize = 64;
 
 /// The HTTP endpoint a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -111,7 +126,84 @@ struct EndpointLabel {
     endpoint: Endpoint,
 }
 
+/// The result of one signature entry for one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum VerificationResult {
+    verified,
+    not_verified,
+    unavailable,
+}
+
+/// Where a signature outcome came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum VerificationSource {
+    fresh,
+    cache,
+    stale,
+}
+
+/// How one registry request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RegistryOutcome {
+    /// 2xx (and 3xx not followed).
+    ok,
+    /// 404.
+    not_found,
+    /// 401 or 403 (a 401 before a token is fetched is the normal Bearer handshake).
+    unauthorized,
+    /// Another 4xx.
+    client_error,
+    /// 5xx.
+    server_error,
+    /// No answer: refused, TLS failure, timeout, a redirect refused.
+    error,
+}
+
+impl RegistryOutcome {
+    /// The outcome of an answer with `status`.
+    pub fn of_status(status: u16) -> RegistryOutcome {
+        match status {
+            404 => RegistryOutcome::not_found,
+            401 | 403 => RegistryOutcome::unauthorized,
+            400..=499 => RegistryOutcome::client_error,
+            500..=599 => RegistryOutcome::server_error,
+            _ => RegistryOutcome::ok,
+        }
+    }
+}
+
+/// One of the registry adapter's caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RegistryCache {
+    /// Tag resolutions.
+    tags,
+    /// Signature outcomes (per repository, digest and verifier).
+    signatures,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VerificationLabels {
+    result: VerificationResult,
+    source: VerificationSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RegistryRequestLabels {
+    registry: String,
+    outcome: RegistryOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CacheLabel {
+    cache: RegistryCache,
+}
+
 type LatencyFamily = Family<EndpointLabel, Histogram, fn() -> Histogram>;
+type RegistryLatencyFamily = Family<RegistryRequestLabels, Histogram, fn() -> Histogram>;
 
 /// The metrics of one process. Cheap to update from any thread.
 pub struct Metrics {
@@ -134,6 +226,11 @@ pub struct Metrics {
     audit_pods: Gauge,
     audit_passes: Counter,
     audit_last_pass: Gauge<f64, AtomicU64>,
+    signature_verifications: Family<VerificationLabels, Counter>,
+    registry_latency: RegistryLatencyFamily,
+    /// The registries that have series of their own (at most [`MAX_REGISTRY_LABELS`]).
+    registry_labels: Mutex<HashSet<String>>,
+    registry_cache_entries: Family<CacheLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -156,6 +253,14 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
+fn registry_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        REGISTRY_BUCKET_START_SECONDS,
+        LATENCY_BUCKET_FACTOR,
+        REGISTRY_BUCKET_COUNT,
+    ))
+}
+
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
@@ -173,6 +278,10 @@ impl Metrics {
         let audit_pods = Gauge::default();
         let audit_passes = Counter::default();
         let audit_last_pass = Gauge::<f64, AtomicU64>::default();
+        let signature_verifications = Family::<VerificationLabels, Counter>::default();
+        let registry_latency: RegistryLatencyFamily =
+            Family::new_with_constructor(registry_latency_histogram);
+        let registry_cache_entries = Family::<CacheLabel, Gauge>::default();
         registry.register(
             "admissions",
             "Admission requests by endpoint and result",
@@ -231,6 +340,22 @@ impl Metrics {
             "When the last audit pass ran (Unix time; 0 before the first)",
             audit_last_pass.clone(),
         );
+        registry.register(
+            "signature_verifications",
+            "Signature entries judged for an image, by result and by where the outcome came from",
+            signature_verifications.clone(),
+        );
+        registry.register_with_unit(
+            "registry_request_duration",
+            "Time of one request to a registry (or its token service), by registry and outcome",
+            prometheus_client::registry::Unit::Seconds,
+            registry_latency.clone(),
+        );
+        registry.register(
+            "registry_cache_entries",
+            "Entries in the registry adapter's caches",
+            registry_cache_entries.clone(),
+        );
         Metrics {
             registry,
             admissions,
@@ -248,6 +373,10 @@ impl Metrics {
             audit_pods,
             audit_passes,
             audit_last_pass,
+            signature_verifications,
+            registry_latency,
+            registry_labels: Mutex::new(HashSet::new()),
+            registry_cache_entries,
         }
     }
 
@@ -274,6 +403,58 @@ impl Metrics {
         self.audit_pods.set(i64::try_from(pods).unwrap_or(i64::MAX));
         self.audit_passes.inc();
         self.audit_last_pass.set(seconds(at));
+    }
+
+    /// Counts the outcome of one signature entry for one image (skipped ones are not counted:
+    /// no registry was asked).
+    pub fn record_signature_verification(&self, outcome: &Outcome, source: Source) {
+        let result = match outcome {
+            Outcome::Verified { .. } => VerificationResult::verified,
+            Outcome::NotVerified { .. } => VerificationResult::not_verified,
+            Outcome::Unavailable { .. } => VerificationResult::unavailable,
+            Outcome::Skipped { .. } => return,
+        };
+        let source = match source {
+            Source::Fresh => VerificationSource::fresh,
+            Source::Cache => VerificationSource::cache,
+            Source::Stale => VerificationSource::stale,
+        };
+        self.signature_verifications
+            .get_or_create(&VerificationLabels { result, source })
+            .inc();
+    }
+
+    /// Records one registry request's latency and outcome.
+    pub fn record_registry_request(
+        &self,
+        registry: &str,
+        outcome: RegistryOutcome,
+        latency: std::time::Duration,
+    ) {
+        let registry = {
+            let mut seen = self
+                .registry_labels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if seen.contains(registry) {
+                registry.to_owned()
+            } else if seen.len() < MAX_REGISTRY_LABELS {
+                seen.insert(registry.to_owned());
+                registry.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
+        self.registry_latency
+            .get_or_create(&RegistryRequestLabels { registry, outcome })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Sets the number of entries in one of the registry adapter's caches.
+    pub fn set_registry_cache_size(&self, cache: RegistryCache, entries: usize) {
+        self.registry_cache_entries
+            .get_or_create(&CacheLabel { cache })
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of policies in force.
@@ -459,6 +640,62 @@ mod tests {
         assert!(
             text.contains("imagegate_certificate_not_after_timestamp_seconds 1000"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn registry_metrics() {
+        let m = Metrics::new();
+        m.record_signature_verification(
+            &Outcome::NotVerified { reason: "x".into() },
+            Source::Cache,
+        );
+        m.record_signature_verification(&Outcome::Skipped { reason: "x".into() }, Source::Fresh);
+        m.set_registry_cache_size(RegistryCache::signatures, 7);
+        for i in 0..MAX_REGISTRY_LABELS + 2 {
+            m.record_registry_request(
+                &format!("r{i}.example"),
+                RegistryOutcome::of_status(503),
+                std::time::Duration::from_millis(3),
+            );
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "imagegate_signature_verifications_total{result=\"not_verified\",source=\"cache\"} 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("imagegate_signature_verifications_total{")
+                .count(),
+            1
+        );
+        assert!(
+            text.contains("imagegate_registry_cache_entries{cache=\"signatures\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "imagegate_registry_request_duration_seconds_count{registry=\"r0.example\",outcome=\"server_error\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "imagegate_registry_request_duration_seconds_count{registry=\"other\",outcome=\"server_error\"} 2"
+            ),
+            "{text}"
+        );
+        assert_eq!(RegistryOutcome::of_status(200), RegistryOutcome::ok);
+        assert_eq!(
+            RegistryOutcome::of_status(401),
+            RegistryOutcome::unauthorized
+        );
+        assert_eq!(RegistryOutcome::of_status(404), RegistryOutcome::not_found);
+        assert_eq!(
+            RegistryOutcome::of_status(429),
+            RegistryOutcome::client_error
         );
     }
 

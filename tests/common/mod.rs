@@ -48,9 +48,8 @@ pub fn policy(name: &str, spec: &str) -> String {
 
 pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .tls_backend_rustls()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
         .timeout(WAIT)
         .build()
         .unwrap()
