@@ -12,6 +12,10 @@
 //! | `imagegate_policy_errors` | gauge | – policies left out because they do not compile |
 //! | `imagegate_snapshot_created_timestamp_seconds` | gauge | – when the snapshot in force was built (age = `time() - …`) |
 //! | `imagegate_certificate_not_after_timestamp_seconds` | gauge | – when the serving certificate expires |
+//! | `imagegate_audit_violating_pods` | gauge | `policy`, `mode`: running Pods that violate the policy, as the last audit pass found |
+//! | `imagegate_audit_pods` | gauge | – Pods the last audit pass decided |
+//! | `imagegate_audit_passes_total` | counter | – audit passes run |
+//! | `imagegate_audit_last_pass_timestamp_seconds` | gauge | – when the last audit pass ran |
 //! | `imagegate_signature_verifications_total` | counter | `result` (verified, not_verified, unavailable), `source` (fresh, cache, stale): one per signature entry judged for an image |
 //! | `imagegate_registry_request_duration_seconds` | histogram | `registry`, `outcome` (ok, not_found, unauthorized, client_error, server_error, error) |
 //! | `imagegate_registry_cache_entries` | gauge | `cache` (tags, signatures) |
@@ -106,6 +110,12 @@ struct DecisionLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ViolationLabels {
     rule: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuditLabels {
+    policy: String,
     mode: &'static str,
 }
 
@@ -221,6 +231,10 @@ pub struct Metrics {
     policy_errors: Gauge,
     snapshot_created: Gauge<f64, AtomicU64>,
     cert_not_after: Gauge<f64, AtomicU64>,
+    audit_violating: Family<AuditLabels, Gauge>,
+    audit_pods: Gauge,
+    audit_passes: Counter,
+    audit_last_pass: Gauge<f64, AtomicU64>,
     signature_verifications: Family<VerificationLabels, Counter>,
     registry_latency: RegistryLatencyFamily,
     /// The registries that have series of their own (at most [`MAX_REGISTRY_LABELS`]).
@@ -270,6 +284,10 @@ impl Metrics {
         let policy_errors = Gauge::default();
         let snapshot_created = Gauge::<f64, AtomicU64>::default();
         let cert_not_after = Gauge::<f64, AtomicU64>::default();
+        let audit_violating = Family::<AuditLabels, Gauge>::default();
+        let audit_pods = Gauge::default();
+        let audit_passes = Counter::default();
+        let audit_last_pass = Gauge::<f64, AtomicU64>::default();
         let signature_verifications = Family::<VerificationLabels, Counter>::default();
         let registry_latency: RegistryLatencyFamily =
             Family::new_with_constructor(registry_latency_histogram);
@@ -322,6 +340,22 @@ impl Metrics {
             cert_not_after.clone(),
         );
         registry.register(
+            "audit_violating_pods",
+            "Running Pods that violate a policy, as the last audit pass found, by policy and mode",
+            audit_violating.clone(),
+        );
+        registry.register(
+            "audit_pods",
+            "Pods the last audit pass decided",
+            audit_pods.clone(),
+        );
+        registry.register("audit_passes", "Audit passes run", audit_passes.clone());
+        registry.register(
+            "audit_last_pass_timestamp_seconds",
+            "When the last audit pass ran (Unix time; 0 before the first)",
+            audit_last_pass.clone(),
+        );
+        registry.register(
             "signature_verifications",
             "Signature entries judged for an image, by result and by where the outcome came from",
             signature_verifications.clone(),
@@ -351,11 +385,40 @@ impl Metrics {
             policy_errors,
             snapshot_created,
             cert_not_after,
+            audit_violating,
+            audit_pods,
+            audit_passes,
+            audit_last_pass,
             signature_verifications,
             registry_latency,
             registry_labels: Mutex::new(HashSet::new()),
             registry_cache_entries,
         }
+    }
+
+    /// Sets how many running Pods violate `policy` (in `mode`).
+    pub fn set_audit_violating_pods(&self, policy: &str, mode: Mode, pods: u64) {
+        self.audit_violating
+            .get_or_create(&AuditLabels {
+                policy: policy.to_owned(),
+                mode: mode.as_str(),
+            })
+            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// Removes the series of `policy` in `mode` (the policy is gone, or its mode changed).
+    pub fn remove_audit_violating_pods(&self, policy: &str, mode: Mode) {
+        self.audit_violating.remove(&AuditLabels {
+            policy: policy.to_owned(),
+            mode: mode.as_str(),
+        });
+    }
+
+    /// Records an audit pass at `at` that decided `pods` Pods.
+    pub fn set_audit_pass(&self, pods: u64, at: jiff::Timestamp) {
+        self.audit_pods.set(i64::try_from(pods).unwrap_or(i64::MAX));
+        self.audit_passes.inc();
+        self.audit_last_pass.set(seconds(at));
     }
 
     /// Counts the outcome of one signature entry for one image (skipped ones are not counted:

@@ -463,7 +463,7 @@ pub const ANNOTATION_PREFIX: &str = "imagegate.image-policy.k8s.io/";
 
 /// Reads an annotation map keeping only imagegate's keys; other values are skipped unread
 /// (`kubectl.kubernetes.io/last-applied-configuration` alone can be most of an object).
-fn imagegate_annotations<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
+pub fn imagegate_annotations<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
@@ -579,7 +579,7 @@ struct ImageVolumeSource {
     pull_policy: Option<String>,
 }
 
-fn null_default<'de, D, T>(de: D) -> Result<T, D::Error>
+pub(crate) fn null_default<'de, D, T>(de: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de> + Default,
@@ -602,6 +602,16 @@ fn field_path(spec: &str, list: &str, index: usize, leaf: &str) -> String {
     out.push_str("].");
     out.push_str(leaf);
     out
+}
+
+/// Reads a Pod's `spec` (or `null`) into its images, with field paths under `spec`: for readers
+/// of whole Pods other than the webhook's (the audit's Pod index).
+pub fn pod_spec_images<'de, D>(de: D) -> Result<Vec<ImageUse>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let spec: PodSpec = null_default(de)?;
+    Ok(spec.images(WorkloadKind::Pod.pod_spec_path()))
 }
 
 impl PodSpec {

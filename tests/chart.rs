@@ -133,6 +133,8 @@ struct Expect<'a> {
     /// `--registry-ca-file` and `--insecure-registry`, when set.
     registry_ca_files: Option<&'a str>,
     insecure_registries: Option<&'a str>,
+    audit_interval: &'a str,
+    policy_reports: &'a str,
 }
 
 const DEFAULTS: Expect<'static> = Expect {
@@ -155,6 +157,8 @@ const DEFAULTS: Expect<'static> = Expect {
     credentials_secrets: &[],
     registry_ca_files: None,
     insecure_registries: None,
+    audit_interval: "10m",
+    policy_reports: "false",
 };
 
 const PRODUCTION: Expect<'static> = Expect {
@@ -179,6 +183,8 @@ const PRODUCTION: Expect<'static> = Expect {
         "/etc/imagegate/registry-ca/0/ca.crt,/etc/imagegate/registry-ca/1/mirror-ca.pem",
     ),
     insecure_registries: Some("mirror.lan:5000"),
+    audit_interval: "30m",
+    policy_reports: "true",
 };
 
 /// The flags `imagegate run` accepts (from its own definition); anything else in the chart's
@@ -448,6 +454,8 @@ fn check_deployment(r: &Rendered, d: &Deployment, want: &Expect) {
         ("--secret-name", want.secret_name),
         ("--webhook-config-name", want.webhook_config_name),
         ("--owner-cluster-role", RELEASE),
+        ("--audit-interval", want.audit_interval),
+        ("--policy-reports", want.policy_reports),
         ("--log-format", want.log_format),
         ("--verify-timeout", want.verify_timeout),
         ("--signature-cache-ttl", want.signature_ttls[0]),
@@ -590,6 +598,17 @@ fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
     // events.k8s.io/v1 only; the core events resource is not used.
     for verb in ["create", "patch"] {
         grants.push((("events.k8s.io", "events", verb), None));
+    }
+    // The audit reads Pods, and writes PolicyReports when asked to.
+    if want.audit_interval != "off" {
+        for verb in ["list", "watch"] {
+            grants.push((("", "pods", verb), None));
+        }
+        if want.policy_reports == "true" {
+            for verb in ["list", "create", "patch"] {
+                grants.push((("wgpolicyk8s.io", "policyreports", verb), None));
+            }
+        }
     }
     grants
 }
@@ -1149,6 +1168,30 @@ fn optional_parts_can_be_switched_off() {
 }
 
 #[test]
+fn audit_off_drops_pod_access() {
+    let Some(helms) = helms() else { return };
+    for bin in &helms {
+        let r = render(
+            bin,
+            &[
+                "--set",
+                "audit.interval=off",
+                "--set",
+                "audit.policyReports=true",
+            ],
+        );
+        let want = Expect {
+            audit_interval: "off",
+            policy_reports: "true",
+            ..DEFAULTS
+        };
+        check_rbac(&r, &want);
+        let deployment: Deployment = r.one("Deployment", RELEASE);
+        check_deployment(&r, &deployment, &want);
+    }
+}
+
+#[test]
 fn values_schema_rejects_bad_values() {
     let Some(helms) = helms() else { return };
     let bad = [
@@ -1162,6 +1205,8 @@ fn values_schema_rejects_bad_values() {
         ("certificates.validity=90d", "validity"),
         ("excludedNamespaces[0]=Kube_System", "excludedNamespaces"),
         ("failurPolicy=Ignore", "failurPolicy"),
+        ("audit.interval=weekly", "interval"),
+        ("audit.policyReports=sometimes", "policyReports"),
         (
             "metrics.prometheusRule.disabledAlerts[0]=ImagegateNoSuchAlert",
             "disabledAlerts",
@@ -1213,6 +1258,8 @@ fn values_schema_rejects_bad_values() {
             "timeoutSeconds=1",
             "timeoutSeconds=30",
             "failurePolicy=Ignore",
+            "audit.interval=off",
+            "audit.interval=1h30m",
         ] {
             let out = helm(bin, &["template", RELEASE, chart, "--set", set]);
             assert!(

@@ -53,7 +53,17 @@ fn crd_describes_the_api() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Mode", "Ready", "Age"]);
+    assert_eq!(columns, ["Mode", "Ready", "Violations", "Age"]);
+    let violations = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .find(|c| c.name == "Violations")
+        .unwrap();
+    assert_eq!(
+        (violations.json_path.as_str(), violations.type_.as_str()),
+        (".status.audit.violatingPods", "integer")
+    );
 
     // Every field of the spec is documented, so `kubectl explain imagepolicy.spec` explains it.
     let schema = serde_json::to_value(version.schema.as_ref().unwrap()).unwrap();

@@ -1,4 +1,4 @@
-//! The command line: `run`, `serve`, `check`, `crd`.
+//! The command line: `run`, `serve`, `check`, `audit`, `crd`.
 
 use std::process::ExitCode;
 
@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::policy::{Settings, UnmatchedImages};
 
+pub mod audit;
 pub mod check;
 pub mod crd;
 pub mod run;
@@ -27,11 +28,14 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Evaluate manifests against policies offline (for CI); exit 0 admitted, 1 denied, 2 bad input.
     Check(check::CheckArgs),
+    /// Decide the Pods running in the cluster against its policies, or against candidate
+    /// policies from files; exit 0 none denied, 1 some would be denied, 2 bad input or no cluster.
+    Audit(audit::AuditArgs),
     /// Print the ImagePolicy CustomResourceDefinition as YAML.
     Crd,
 }
 
-/// Engine settings shared by `run`, `serve` and `check`.
+/// Engine settings shared by `run`, `serve`, `check` and `audit`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
     /// What to do with an image that no applying policy governs.
@@ -144,6 +148,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check::main(args),
+        Command::Audit(args) => audit::main(args),
         Command::Crd => crd::main(),
         Command::Serve(args) => run_async(serve::main(args)),
         Command::Run(args) => run_async(run::main(args)),

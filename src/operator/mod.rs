@@ -31,11 +31,13 @@ use crate::policy::{ImagePolicy, SecretKeys, Settings, Snapshot};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::CertResolver;
 
+pub mod audit;
 pub mod certificates;
 pub mod events;
 pub mod index;
 pub mod key_secrets;
 pub mod namespaces;
+pub mod policy_reports;
 pub mod status;
 pub mod webhook_config;
 
@@ -207,9 +209,29 @@ pub async fn run_status_writer(
 
 /// Keeps `writer` (the namespace store) in step with the cluster's Namespaces.
 pub async fn run_namespace_reflector(client: Client, writer: reflector::store::Writer<Namespace>) {
+    watch_namespaces(client, writer, watch::channel(0).0).await
+}
+
+/// Keeps `writer` (the namespace store) in step with the cluster's Namespaces, and bumps
+/// `label_changes` whenever a namespace already known changes its labels (a new namespace has
+/// no Pods yet; a deleted one takes its Pods with it).
+pub async fn watch_namespaces(
+    client: Client,
+    writer: reflector::store::Writer<Namespace>,
+    label_changes: watch::Sender<u64>,
+) {
+    let known = writer.as_reader();
     let api: Api<Namespace> = Api::all(client);
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) = event
+                && let Some(before) = known.get(&reflector::ObjectRef::from_obj(ns))
+                && before.metadata.labels != ns.metadata.labels
+            {
+                label_changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        })
         .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
@@ -461,6 +483,8 @@ pub struct OperatorConfig {
     pub settings: Settings,
     /// The Secrets in `namespace` that `secretRef` keys may name (`--key-secrets`).
     pub key_secrets: Vec<String>,
+    /// The audit of running Pods; `None` with `--audit-interval off`.
+    pub audit: Option<audit::AuditConfig>,
 }
 
 /// What the webhook server reads, kept current by the operator's tasks.
@@ -499,18 +523,35 @@ pub fn start(
     let rebuilt = index.subscribe();
     let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
     let (ns_store, ns_writer) = reflector::store();
-    let namespaces = Arc::new(NamespaceCache::new(ns_store, client.clone()));
+    let namespaces = Arc::new(NamespaceCache::new(ns_store.clone(), client.clone()));
     let (sink, queue) = events::KubeEventSink::new();
     let (ca_tx, ca_rx) = watch::channel(None);
+    let (label_changes, namespace_changes) = watch::channel(0);
+    let audit_state = audit::AuditState {
+        snapshot: index.snapshot(),
+        readiness: Arc::clone(&readiness),
+        policies: index.store(),
+        rebuilt: index.subscribe(),
+        namespaces: ns_store,
+        namespace_changes,
+    };
 
     let mut tasks = start_policies(client.clone(), index, Some(recorder), Arc::clone(&metrics));
+    if let Some(audit_config) = config.audit.clone() {
+        tasks.extend(audit::start(
+            client.clone(),
+            audit_config,
+            audit_state,
+            Arc::clone(&metrics),
+        ));
+    }
     tasks.extend([
         tokio::spawn(key_secrets::run_key_secrets(
             client.clone(),
             key_secrets::KeySecrets::new(&config.namespace, &config.key_secrets),
             keys_tx,
         )),
-        tokio::spawn(run_namespace_reflector(client.clone(), ns_writer)),
+        tokio::spawn(watch_namespaces(client.clone(), ns_writer, label_changes)),
         tokio::spawn(events::run_event_publisher(
             client.clone(),
             FIELD_MANAGER.into(),

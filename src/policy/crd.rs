@@ -1,7 +1,7 @@
 //! The `ImagePolicy` custom resource (`imagegate.dev/v1alpha1`), the one Kubernetes wire type
 //! that imagegate defines itself. The CRD YAML in `crds/imagepolicy.yaml` is generated from it.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,7 @@ pub const VERSION: &str = "v1alpha1";
     doc = "An ImagePolicy decides which container images Pods may run: by registry and repository, by tag, by digest pinning and by pull policy, with audited break-glass exceptions.",
     printcolumn = r#"{"name":"Mode","type":"string","description":"Enforce, Warn or Audit","jsonPath":".spec.mode"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","description":"Whether the policy compiled and is in force","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Violations","type":"integer","description":"Running Pods that violate the policy, as the last audit found","jsonPath":".status.audit.violatingPods"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new(
@@ -185,6 +186,72 @@ pub struct ImagePolicyStatus {
     /// (and its field path) otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+
+    /// What the last audit of running Pods found. Written by the audit with its own field
+    /// manager (`imagegate-audit`), so that it and the conditions never remove each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditStatus>,
+}
+
+/// The most violations `status.audit.violations` lists.
+pub const AUDIT_VIOLATIONS_LIMIT: usize = 20;
+
+/// What the audit of running Pods found for one policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditStatus {
+    /// When the audit last wrote this status: when what it found last changed, and at least
+    /// once per audit interval while imagegate runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_audit_time: Option<Time>,
+
+    /// Running Pods in the namespaces this policy applies to.
+    #[serde(default)]
+    pub pods_evaluated: i64,
+
+    /// Those with at least one violation of this policy that no valid break-glass exception
+    /// covers.
+    #[serde(default)]
+    pub violating_pods: i64,
+
+    /// Pods with an image this policy governs whose node reports only a local image ID (an
+    /// image built or loaded on the node, without a registry digest), so what runs could not be
+    /// compared with what the Pod names.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pods_with_local_images: i64,
+
+    /// Up to 20 violations, in order of namespace, workload (or Pod), container and rule; the
+    /// replicas of one workload with the same violation are listed once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub violations: Vec<AuditViolation>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// One violation found by the audit.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditViolation {
+    /// The Pod's namespace.
+    pub namespace: String,
+    /// The Pod's name (for a workload's replicas, the first in order).
+    pub pod: String,
+    /// The Pod's controller (or first owner) as `Kind/name`; absent for a Pod without owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// `containers`, `initContainers`, `ephemeralContainers` or `imageVolumes`.
+    pub container_type: String,
+    /// The container's name (the volume's name for an image volume).
+    pub container: String,
+    /// The image as the Pod names it.
+    pub image: String,
+    /// The rule broken: a policy field, `breakGlass`, or `runningDigest`.
+    pub rule: String,
+    /// What failed and what would pass.
+    pub message: String,
 }
 
 /// One entry of `verifySignatures`: which images it is for and how their signatures must

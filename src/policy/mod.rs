@@ -13,8 +13,9 @@ pub use compile::{
     compile_with, parse_duration, validate,
 };
 pub use crd::{
-    BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, KeyVerifier, KeylessVerifier,
-    Mode, SecretKeyRef, SignatureEntry, TransparencyLog,
+    AUDIT_VIOLATIONS_LIMIT, AuditStatus, AuditViolation, BreakGlass, ImagePolicy, ImagePolicySpec,
+    ImagePolicyStatus, KeyVerifier, KeylessVerifier, Mode, SecretKeyRef, SignatureEntry,
+    TransparencyLog,
 };
 pub use selector::Selector;
 #[cfg(test)]

@@ -129,7 +129,8 @@ pub enum OutputFormat {
     Github,
 }
 
-fn parse_now(s: &str) -> Result<jiff::Timestamp, String> {
+/// Parses `--now`.
+pub fn parse_now(s: &str) -> Result<jiff::Timestamp, String> {
     s.parse()
         .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-01-02T15:04:05Z: {e}"))
 }
@@ -155,17 +156,24 @@ pub fn main(args: CheckArgs) -> ExitCode {
     if !judged && args.output == OutputFormat::Text {
         return ExitCode::from(EXIT_BAD_INPUT);
     }
-    let text = match args.output {
-        OutputFormat::Text => Ok(report::text::render(&report)),
+    print(&report, args.output, args.strict, "check")
+}
+
+/// Prints `report` in `output` on standard output and returns its exit code (`strict` as for
+/// `check --strict`); `command` names the command in messages. `imagegate audit` prints its
+/// report with it too.
+pub fn print(report: &Report, output: OutputFormat, strict: bool, command: &str) -> ExitCode {
+    let text = match output {
+        OutputFormat::Text => Ok(report::text::render(report)),
         OutputFormat::Json => report.to_json().map_err(|e| e.to_string()),
-        OutputFormat::Junit => report::junit::render(&report).map_err(|e| e.to_string()),
-        OutputFormat::Sarif => report::sarif::render(&report).map_err(|e| e.to_string()),
-        OutputFormat::Github => Ok(report::github::render(&report, args.strict)),
+        OutputFormat::Junit => report::junit::render(report).map_err(|e| e.to_string()),
+        OutputFormat::Sarif => report::sarif::render(report).map_err(|e| e.to_string()),
+        OutputFormat::Github => Ok(report::github::render(report, strict)),
     };
     let text = match text {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("imagegate check: cannot write the report: {e}");
+            eprintln!("imagegate {command}: cannot write the report: {e}");
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
@@ -176,10 +184,10 @@ pub fn main(args: CheckArgs) -> ExitCode {
         .and_then(|()| stdout.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
-        eprintln!("imagegate check: cannot write the report: {e}");
+        eprintln!("imagegate {command}: cannot write the report: {e}");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
-    ExitCode::from(report.exit_code(args.strict))
+    ExitCode::from(report.exit_code(strict))
 }
 
 /// Reads policies and manifests and judges every object. Policies that cannot be read are an
