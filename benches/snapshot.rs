@@ -163,7 +163,8 @@ fn one_size(n: usize, per: usize) {
     changed[0].metadata.name = policies[0].metadata.name.clone();
     let steady = IN_USE.load(Ordering::Relaxed);
     PEAK.store(steady, Ordering::Relaxed);
-    let mut builder = SnapshotBuilder::new(Some(&snapshot));
+    let secrets = imagegate::policy::SecretKeys::default();
+    let mut builder = SnapshotBuilder::new(Some(&snapshot), &secrets);
     for p in &changed {
         builder.add(p).expect("compiles");
     }
@@ -259,7 +260,10 @@ fn parts() {
         imagegate::policy::pattern::Pattern::parse("registry.corp.example/team-7/service-12")
             .expect("pattern")
     });
-    row("a `Pattern`'s text (the 40-byte `Pattern` itself is in its list)", bytes);
+    row(
+        "a `Pattern`'s text (the 40-byte `Pattern` itself is in its list)",
+        bytes,
+    );
     drop(black_box(p));
     for per in [3, 100] {
         let policy = generated::policy(7, per);
@@ -295,10 +299,11 @@ fn parts() {
     }
     let policies = generated::policies(1000, 100);
     let (compiled, policy_bytes) = heap(|| {
+        let secrets = imagegate::policy::SecretKeys::default();
         let mut cache = imagegate::policy::CompileCache::default();
         policies
             .iter()
-            .map(|p| imagegate::policy::compile_with(p, &mut cache).expect("compiles"))
+            .map(|p| imagegate::policy::compile_shared(p, &secrets, &mut cache).expect("compiles"))
             .collect::<Vec<_>>()
     });
     let (snapshot, all) = heap(|| Snapshot::new(compiled, Settings::default()));

@@ -2,15 +2,20 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `imagegate_admissions_total` | counter | `endpoint` (validate, imagereview), `result` (allowed, denied, skipped, bad_request) |
+//! | `imagegate_admissions_total` | counter | `endpoint` (validate, mutate, imagereview), `result` (allowed, denied, skipped, bad_request) |
 //! | `imagegate_decisions_total` | counter | `policy`, `mode`, `result` (allowed, denied, warned, audited, excused): one per applying policy per decision |
 //! | `imagegate_violations_total` | counter | `rule`, `mode` |
 //! | `imagegate_break_glass_total` | counter | `policy` |
+//! | `imagegate_pods_mutated_total` | counter | `change` (pullPolicy, digest): Pods whose patch made that change |
 //! | `imagegate_request_duration_seconds` | histogram | `endpoint` |
 //! | `imagegate_policies` | gauge | – policies in force |
 //! | `imagegate_policy_errors` | gauge | – policies left out because they do not compile |
 //! | `imagegate_snapshot_created_timestamp_seconds` | gauge | – when the snapshot in force was built (age = `time() - …`) |
 //! | `imagegate_certificate_not_after_timestamp_seconds` | gauge | – when the serving certificate expires |
+//! | `imagegate_audit_violating_pods` | gauge | `policy`, `mode`: running Pods that violate the policy, as the last audit pass found |
+//! | `imagegate_audit_pods` | gauge | – Pods the last audit pass decided |
+//! | `imagegate_audit_passes_total` | counter | – audit passes run |
+//! | `imagegate_audit_last_pass_timestamp_seconds` | gauge | – when the last audit pass ran |
 //! | `imagegate_signature_verifications_total` | counter | `result` (verified, not_verified, unavailable), `source` (fresh, cache, stale): one per signature entry judged for an image |
 //! | `imagegate_registry_request_duration_seconds` | histogram | `registry`, `outcome` (ok, not_found, unauthorized, client_error, server_error, error) |
 //! | `imagegate_registry_cache_entries` | gauge | `cache` (tags, signatures) |
@@ -28,6 +33,7 @@ use prometheus_client::registry::Registry;
 
 use crate::decision::{Decision, Verdict};
 use crate::evidence::{Outcome, Source};
+use crate::mutation::{Change, Plan};
 use crate::policy::Mode;
 
 /// Request latency buckets: 100 µs doubling to about 3.3 s. A decision takes microseconds; the
@@ -52,10 +58,11 @@ pub const MAX_REGISTRY_LABELS: usize = 64;
 pub enum Endpoint {
     validate,
     imagereview,
+    mutate,
 }
 
 impl Endpoint {
-    const COUNT: usize = 2;
+    const COUNT: usize = 3;
 }
 
 /// What became of one admission request.
@@ -107,8 +114,19 @@ struct ViolationLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuditLabels {
+    policy: String,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PolicyLabel {
     policy: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChangeLabel {
+    change: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -202,6 +220,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     violations: Family<ViolationLabels, Counter>,
     break_glass: Family<PolicyLabel, Counter>,
+    pods_mutated: Family<ChangeLabel, Counter>,
     latency: LatencyFamily,
     /// The series of `admissions` and `latency` that every request updates, by endpoint and
     /// result, each taken from its family the first time it is used (so the exposition is the
@@ -212,6 +231,10 @@ pub struct Metrics {
     policy_errors: Gauge,
     snapshot_created: Gauge<f64, AtomicU64>,
     cert_not_after: Gauge<f64, AtomicU64>,
+    audit_violating: Family<AuditLabels, Gauge>,
+    audit_pods: Gauge,
+    audit_passes: Counter,
+    audit_last_pass: Gauge<f64, AtomicU64>,
     signature_verifications: Family<VerificationLabels, Counter>,
     registry_latency: RegistryLatencyFamily,
     /// The registries that have series of their own (at most [`MAX_REGISTRY_LABELS`]).
@@ -255,11 +278,16 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let violations = Family::<ViolationLabels, Counter>::default();
         let break_glass = Family::<PolicyLabel, Counter>::default();
+        let pods_mutated = Family::<ChangeLabel, Counter>::default();
         let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
         let policies = Gauge::default();
         let policy_errors = Gauge::default();
         let snapshot_created = Gauge::<f64, AtomicU64>::default();
         let cert_not_after = Gauge::<f64, AtomicU64>::default();
+        let audit_violating = Family::<AuditLabels, Gauge>::default();
+        let audit_pods = Gauge::default();
+        let audit_passes = Counter::default();
+        let audit_last_pass = Gauge::<f64, AtomicU64>::default();
         let signature_verifications = Family::<VerificationLabels, Counter>::default();
         let registry_latency: RegistryLatencyFamily =
             Family::new_with_constructor(registry_latency_histogram);
@@ -284,6 +312,11 @@ impl Metrics {
             "Honoured break-glass exceptions by policy",
             break_glass.clone(),
         );
+        registry.register(
+            "pods_mutated",
+            "Pods the mutating webhook changed, by change (pullPolicy, digest)",
+            pods_mutated.clone(),
+        );
         registry.register_with_unit(
             "request_duration",
             "Time from a request's body being read to its answer",
@@ -307,6 +340,22 @@ impl Metrics {
             cert_not_after.clone(),
         );
         registry.register(
+            "audit_violating_pods",
+            "Running Pods that violate a policy, as the last audit pass found, by policy and mode",
+            audit_violating.clone(),
+        );
+        registry.register(
+            "audit_pods",
+            "Pods the last audit pass decided",
+            audit_pods.clone(),
+        );
+        registry.register("audit_passes", "Audit passes run", audit_passes.clone());
+        registry.register(
+            "audit_last_pass_timestamp_seconds",
+            "When the last audit pass ran (Unix time; 0 before the first)",
+            audit_last_pass.clone(),
+        );
+        registry.register(
             "signature_verifications",
             "Signature entries judged for an image, by result and by where the outcome came from",
             signature_verifications.clone(),
@@ -328,6 +377,7 @@ impl Metrics {
             decisions,
             violations,
             break_glass,
+            pods_mutated,
             latency,
             admission_series: Default::default(),
             latency_series: Default::default(),
@@ -335,11 +385,40 @@ impl Metrics {
             policy_errors,
             snapshot_created,
             cert_not_after,
+            audit_violating,
+            audit_pods,
+            audit_passes,
+            audit_last_pass,
             signature_verifications,
             registry_latency,
             registry_labels: Mutex::new(HashSet::new()),
             registry_cache_entries,
         }
+    }
+
+    /// Sets how many running Pods violate `policy` (in `mode`).
+    pub fn set_audit_violating_pods(&self, policy: &str, mode: Mode, pods: u64) {
+        self.audit_violating
+            .get_or_create(&AuditLabels {
+                policy: policy.to_owned(),
+                mode: mode.as_str(),
+            })
+            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// Removes the series of `policy` in `mode` (the policy is gone, or its mode changed).
+    pub fn remove_audit_violating_pods(&self, policy: &str, mode: Mode) {
+        self.audit_violating.remove(&AuditLabels {
+            policy: policy.to_owned(),
+            mode: mode.as_str(),
+        });
+    }
+
+    /// Records an audit pass at `at` that decided `pods` Pods.
+    pub fn set_audit_pass(&self, pods: u64, at: jiff::Timestamp) {
+        self.audit_pods.set(i64::try_from(pods).unwrap_or(i64::MAX));
+        self.audit_passes.inc();
+        self.audit_last_pass.set(seconds(at));
     }
 
     /// Counts the outcome of one signature entry for one image (skipped ones are not counted:
@@ -482,6 +561,19 @@ impl Metrics {
         }
         for used in &decision.break_glass {
             self.record_break_glass(&used.policy);
+        }
+    }
+
+    /// Counts a Pod whose patch changes it, once per kind of change the patch makes.
+    pub fn record_mutation(&self, plan: &Plan) {
+        for change in Change::ALL {
+            if plan.applies(change) {
+                self.pods_mutated
+                    .get_or_create(&ChangeLabel {
+                        change: change.as_str(),
+                    })
+                    .inc();
+            }
         }
     }
 
@@ -661,6 +753,50 @@ mod tests {
         );
         assert!(
             text.contains("imagegate_request_duration_seconds_count{endpoint=\"validate\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pods_mutated_count_each_change_a_patch_makes() {
+        use crate::mutation::{Mutation, Plan};
+        use crate::workload::ContainerType;
+        let change = |change, applied| Mutation {
+            change,
+            container_type: ContainerType::Containers,
+            container: "app".into(),
+            image: "nginx".into(),
+            from: None,
+            to: Some("x".into()),
+            policy: "p".into(),
+            mode: if applied { Mode::Enforce } else { Mode::Warn },
+            applied,
+            path: String::new(),
+            image_index: 0,
+        };
+        let m = Metrics::new();
+        let both = Plan {
+            mutations: vec![
+                change(Change::PullPolicy, true),
+                change(Change::PullPolicy, true),
+                change(Change::Digest, true),
+            ],
+            ..Plan::default()
+        };
+        let reported = Plan {
+            mutations: vec![change(Change::Digest, false)],
+            ..Plan::default()
+        };
+        m.record_mutation(&both);
+        m.record_mutation(&reported);
+        m.record_mutation(&Plan::default());
+        let text = m.encode();
+        assert!(
+            text.contains("imagegate_pods_mutated_total{change=\"pullPolicy\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagegate_pods_mutated_total{change=\"digest\"} 1"),
             "{text}"
         );
     }

@@ -42,6 +42,9 @@ const NOT_COUNTED_BY_SERVE: &[(&str, &str)] = &[
     ("imagegate_signature_verifications", "counter"),
     ("imagegate_registry_request_duration_seconds", "histogram"),
     ("imagegate_registry_cache_entries", "gauge"),
+    // The audit of running Pods runs in `imagegate run` only.
+    ("imagegate_audit_violating_pods", "gauge"),
+    ("imagegate_audit_last_pass_timestamp_seconds", "gauge"),
 ];
 
 /// Grafana's own variables that the dashboard uses; the test gives them values that suit a short
@@ -243,19 +246,21 @@ fn operations_doc() -> String {
 const STRICT: &str = "mode: Enforce\ndeniedTags: [latest]\nbreakGlass:\n  allowedGroups: [sre]\n  ticketPattern: \"INC-[0-9]+\"\n  maxDuration: 2h";
 const ADVICE: &str = "mode: Warn\nrequireDigest: true";
 const WATCH: &str = "mode: Audit\ndeniedImages: [\"docker.io/**\"]";
+const ALWAYS: &str = "setPullPolicyAlways: true";
 
 async fn serve() -> TestServer {
     let policies = [
         policy("strict", STRICT),
         policy("advice", ADVICE),
         policy("watch", WATCH),
+        policy("always", ALWAYS),
     ]
     .join("---\n");
     TestServer::start(&policies, &[]).await
 }
 
 /// Requests that every metric family counts: allowed, denied, warned, audited and excused
-/// decisions, violations, a break-glass use, a bad request, and an ImageReview.
+/// decisions, violations, a break-glass use, a mutated Pod, a bad request, and an ImageReview.
 async fn exercise(server: &TestServer) {
     let pod = |annotations: Value, image: &str| {
         pod_review(
@@ -285,6 +290,15 @@ async fn exercise(server: &TestServer) {
     assert_eq!(r["auditAnnotations"]["decision"], "excused", "{r}");
     let r = server.review(&fixture("pod-create.json")).await;
     assert_eq!(r["allowed"], true, "{r}");
+    // The mutating webhook: the `always` policy sets the pull policy of the captured Pod.
+    let (status, r) = server
+        .post(
+            "/mutate",
+            serde_json::to_vec(&fixture("pod-create.json")).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(r["response"]["patchType"], "JSONPatch", "{r}");
     let (status, _) = server.post("/validate", "this is not a review").await;
     assert_eq!(status, 400);
     let (status, _) = server

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
 
-use super::{EngineArgs, LogFormat};
+use super::{EngineArgs, KeySecretDirArgs, LogFormat};
 use crate::certs::{self, CertPair};
 use crate::events::NoEvents;
 use crate::http::{AppState, Listeners, ServerConfig};
@@ -21,6 +21,7 @@ use crate::manifests::LoadError;
 use crate::metrics::Metrics;
 use crate::namespaces::{FixedNamespaces, Labels, parse_namespace_labels};
 use crate::policy::{Settings, Snapshot, SnapshotBuilder};
+use crate::registry::{DockerConfigArgs, Registry, RegistryArgs};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::CertResolver;
 
@@ -114,6 +115,15 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub docker: DockerConfigArgs,
+
+    #[command(flatten)]
+    pub keys: KeySecretDirArgs,
 }
 
 /// A server ready to run: policies loaded, certificate in place, sockets bound.
@@ -141,6 +151,7 @@ impl std::fmt::Debug for Prepared {
 #[derive(Clone)]
 struct Reloader {
     policies: Vec<PathBuf>,
+    keys: KeySecretDirArgs,
     settings: Settings,
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
@@ -156,8 +167,9 @@ impl Reloader {
     /// new snapshot is built beside the one in force, the process holds one file's documents,
     /// the changed policies and the new matcher on top of what it held before.
     fn load(&self) -> anyhow::Result<Snapshot> {
+        let secrets = self.keys.secret_keys()?;
         let in_force = self.snapshot.load_full();
-        let mut builder = SnapshotBuilder::new(Some(&in_force));
+        let mut builder = SnapshotBuilder::new(Some(&in_force), &secrets);
         crate::manifests::for_each_policy(&self.policies, |source, policy| {
             let compiled = builder
                 .compile(&policy)
@@ -311,6 +323,7 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     let tls_files = args.tls_cert.clone().zip(args.tls_key.clone());
     let reload = Reloader {
         policies: args.policies.clone(),
+        keys: args.keys.clone(),
         settings,
         snapshot: Arc::clone(&snapshot),
         metrics: Arc::clone(&metrics),
@@ -334,6 +347,17 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     };
     metrics.set_cert_not_after(tls.not_after());
 
+    // Lookups run on the runtime `prepare` is called in, so they can outlive a request.
+    let credentials = args
+        .docker
+        .credentials()
+        .context("cannot read the registry logins")?;
+    let registry = Registry::new(
+        args.registry.config(credentials)?,
+        Some(Arc::clone(&metrics)),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up the registry client: {e}"))?;
+
     let namespaces: HashMap<String, Labels> = args.namespace_labels.iter().cloned().collect();
     let state = AppState {
         snapshot,
@@ -342,6 +366,8 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         tls,
         readiness,
         metrics,
+        evidence: Arc::new(registry),
+        verify_timeout: args.registry.verify_timeout,
     };
     let mut config = ServerConfig::new(
         args.addr,
@@ -355,6 +381,7 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
 
     let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let mut watched: Vec<PathBuf> = args.policies.clone();
+    watched.extend(args.keys.key_secret_dir.clone());
     if let Some((cert, key)) = &tls_files {
         watched.push(cert.clone());
         watched.push(key.clone());
@@ -437,6 +464,13 @@ impl Prepared {
         &self.state
     }
 
+    /// Gathers signature evidence from `evidence` instead of the registry client built from
+    /// the flags (for tests and embedding).
+    pub fn with_evidence(mut self, evidence: Arc<dyn crate::evidence::Gather>) -> Prepared {
+        self.state.evidence = evidence;
+        self
+    }
+
     /// Serves until `shutdown` completes, reloading on file changes; returns after draining.
     pub async fn run(
         self,
@@ -485,6 +519,10 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
         IpAddr::V4(ip) => ip.to_string(),
     };
     println!("imagegate serve: https://{host}:{}/validate", addr.port());
+    println!(
+        "imagegate serve: mutating webhook https://{host}:{}/mutate",
+        addr.port()
+    );
     if let Some(ca) = &prepared.ca_path {
         println!("imagegate serve: CA certificate {}", ca.display());
     }
@@ -515,6 +553,7 @@ mod tests {
         let settings = Settings::default();
         let reload = Reloader {
             policies: vec![dir.path().to_owned()],
+            keys: KeySecretDirArgs::default(),
             settings: settings.clone(),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty(settings))),
             metrics: Arc::new(Metrics::new()),

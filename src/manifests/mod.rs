@@ -489,9 +489,17 @@ pub struct LoadedPolicy {
 /// ImagePolicy, an unknown field, a duplicate name or a policy that does not compile is an
 /// error naming the file, document and field.
 pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<LoadedPolicy>, LoadError> {
+    load_policies_with(paths, &crate::policy::SecretKeys::default())
+}
+
+/// As [`load_policies`], compiling `secretRef` keys from `secrets`.
+pub fn load_policies_with(
+    paths: &[PathBuf],
+    secrets: &crate::policy::SecretKeys,
+) -> Result<Vec<LoadedPolicy>, LoadError> {
     let mut out: Vec<LoadedPolicy> = Vec::new();
     for_each_policy(paths, |source, policy| {
-        crate::policy::compile(&policy).map_err(|error| LoadError::Policy {
+        crate::policy::compile_with(&policy, secrets).map_err(|error| LoadError::Policy {
             source_name: source.to_owned(),
             policy: policy.metadata.name.clone().unwrap_or_default(),
             error,

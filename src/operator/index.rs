@@ -9,7 +9,11 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::policy::{CompileError, CompiledPolicy, ImagePolicy, Settings, SnapshotBuilder};
+use arc_swap::ArcSwap;
+
+use crate::policy::{
+    CompileError, CompiledPolicy, ImagePolicy, SecretKeys, Settings, SnapshotBuilder,
+};
 use crate::state::{Readiness, SharedSnapshot};
 
 /// Holds the store of ImagePolicies and keeps the shared snapshot in step with it.
@@ -23,8 +27,15 @@ pub struct PolicyIndex {
     /// Every policy in the snapshot in force, by name: the object it was compiled from (the
     /// store's own, not a copy) and what compiling it gave. An event that changes neither its
     /// generation nor its spec (a status write, a label edit) needs no rebuild, and a rebuild
-    /// compiles only the policies that changed.
+    /// compiles only the policies that changed (all of them when the key Secrets change).
     built: HashMap<String, Built>,
+    /// The key Secrets' contents that policies compile with (shared with the status writer);
+    /// `waiting` until they have been read once.
+    secrets: Arc<ArcSwap<SecretKeys>>,
+    waiting_for_secrets: bool,
+    secret_updates: Option<watch::Receiver<Option<SecretKeys>>>,
+    /// Whether the first full list of policies is in.
+    listed: bool,
 }
 
 /// One policy as the snapshot in force holds it.
@@ -68,7 +79,52 @@ impl PolicyIndex {
             settings,
             changed,
             built: HashMap::new(),
+            secrets: Arc::new(ArcSwap::from_pointee(SecretKeys::none(
+                "imagegate reads no key Secrets here",
+            ))),
+            waiting_for_secrets: false,
+            secret_updates: None,
+            listed: false,
         }
+    }
+
+    /// Takes the key Secrets' contents from `updates` (see
+    /// [`run_policy_index`](super::run_policy_index)), and holds back the first snapshot until
+    /// they have been read: a policy must not be left out only because its key was not read
+    /// yet.
+    pub fn follow_secrets(&mut self, updates: watch::Receiver<Option<SecretKeys>>) {
+        self.waiting_for_secrets = true;
+        self.secret_updates = Some(updates);
+    }
+
+    /// The receiver given to [`follow_secrets`](Self::follow_secrets), for the task that feeds
+    /// the index.
+    pub fn take_secret_updates(&mut self) -> Option<watch::Receiver<Option<SecretKeys>>> {
+        self.secret_updates.take()
+    }
+
+    /// The key Secrets' contents policies compile with (the status writer compiles with them
+    /// too).
+    pub fn secrets(&self) -> Arc<ArcSwap<SecretKeys>> {
+        Arc::clone(&self.secrets)
+    }
+
+    /// Uses new key Secrets' contents: rebuilds the snapshot when they differ and the policies
+    /// are listed; the errors of the policies left out are returned.
+    pub fn set_secrets(&mut self, secrets: SecretKeys) -> Option<Vec<CompileError>> {
+        let was_waiting = std::mem::take(&mut self.waiting_for_secrets);
+        if !was_waiting && **self.secrets.load() == secrets {
+            return None;
+        }
+        self.secrets.store(Arc::new(secrets));
+        // What was compiled with the old contents is compiled again.
+        self.built.clear();
+        if !self.listed {
+            return None;
+        }
+        let errors = self.rebuild();
+        self.readiness.set_policies_loaded();
+        Some(errors)
     }
 
     /// A read handle on the store of policies.
@@ -105,6 +161,12 @@ impl PolicyIndex {
                 None
             }
             watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
+                if matches!(event, watcher::Event::InitDone) {
+                    self.listed = true;
+                }
+                if self.waiting_for_secrets {
+                    return None;
+                }
                 let errors = self.rebuild();
                 if matches!(event, watcher::Event::InitDone) {
                     self.readiness.set_policies_loaded();
@@ -126,7 +188,8 @@ impl PolicyIndex {
     fn rebuild(&mut self) -> Vec<CompileError> {
         let objects = self.store.state();
         let in_force = self.snapshot.load_full();
-        let mut builder = SnapshotBuilder::new(Some(&in_force));
+        let secrets = self.secrets.load_full();
+        let mut builder = SnapshotBuilder::new(Some(&in_force), &secrets);
         let mut built = HashMap::with_capacity(objects.len());
         let mut failed = HashMap::new();
         for object in objects {

@@ -12,12 +12,22 @@ use super::crd::{ImagePolicy, Mode};
 use super::matcher::MAX_PATTERNS_PER_LIST;
 use super::pattern::{PATTERN_HELP, Pattern, tag_matches, validate_tag_pattern};
 use super::selector::Selector;
+use super::signatures::{
+    MAX_ENTRIES, Resolve, SecretKeys, SignatureRule, Verifiers, compile_entries,
+};
 
 /// The default for `breakGlass.maxDuration`.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// The largest compiled ticket regex, so a policy cannot make every admission slow.
 const TICKET_REGEX_SIZE_LIMIT: usize = 64 * 1024;
+
+/// Whether `pinDigests: true` is in force. Pinning needs a digest per tag from the registry
+/// adapter, which this version does not have yet; until it does, a policy asking for it is
+/// refused with a message (`Ready=False`, and the `policies.imagegate.dev` webhook rejects it)
+/// rather than silently pinning nothing. The mutation planner already pins from the digests
+/// it is given (see `crate::mutation`).
+pub const PIN_DIGESTS_SUPPORTED: bool = false;
 
 /// Why a policy does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,9 +61,9 @@ impl PatternList {
 }
 
 /// Which pattern list of a policy: what a snapshot's [`Matcher`](super::matcher::Matcher)
-/// reports a match in. Another list of patterns matched with the others (say, per entry of a
-/// rule) is another variant here, with a code of its own, listed by
-/// [`CompiledPolicy::pattern_lists`] and read back by [`CompiledPolicy::list`].
+/// reports a match in. Another list of patterns matched with the others is another variant
+/// here, with a code of its own, listed by [`CompiledPolicy::pattern_lists`] and read back by
+/// [`CompiledPolicy::list`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListId {
     /// `spec.images`.
@@ -62,7 +72,16 @@ pub enum ListId {
     AllowedImages,
     /// `spec.deniedImages`.
     DeniedImages,
+    /// `spec.verifySignatures[N].images`, by the entry's position `N`.
+    SignatureImages(u8),
 }
+
+/// The code of the first signature entry's list; entry `N` has `SIGNATURE_CODES + N`.
+const SIGNATURE_CODES: u8 = 3;
+
+// Every entry's list has a code of its own in one byte, and a use of the snapshot's matches
+// names the entries of a policy in one 32-bit word (see `ImageMatches::signature_entries`).
+const _: () = assert!(MAX_ENTRIES <= 32 && SIGNATURE_CODES as usize + MAX_ENTRIES <= 256);
 
 impl ListId {
     /// The list as one byte, as the matcher keeps it.
@@ -71,6 +90,7 @@ impl ListId {
             ListId::Images => 0,
             ListId::AllowedImages => 1,
             ListId::DeniedImages => 2,
+            ListId::SignatureImages(entry) => SIGNATURE_CODES + entry,
         }
     }
 
@@ -80,6 +100,9 @@ impl ListId {
             0 => Some(ListId::Images),
             1 => Some(ListId::AllowedImages),
             2 => Some(ListId::DeniedImages),
+            c if usize::from(c - SIGNATURE_CODES) < MAX_ENTRIES => {
+                Some(ListId::SignatureImages(c - SIGNATURE_CODES))
+            }
             _ => None,
         }
     }
@@ -143,8 +166,14 @@ pub struct CompiledPolicy {
     pub denied_tags: Vec<String>,
     /// `spec.requirePullPolicyAlways`.
     pub require_pull_policy_always: bool,
+    /// `spec.setPullPolicyAlways`: the mutating webhook sets `imagePullPolicy: Always`.
+    pub set_pull_policy_always: bool,
+    /// `spec.pinDigests`: the mutating webhook pins tags to digests.
+    pub pin_digests: bool,
     /// `spec.breakGlass`.
     pub break_glass: Option<BreakGlassRule>,
+    /// `spec.verifySignatures` (empty when unset).
+    pub signatures: Vec<SignatureRule>,
 }
 
 impl CompiledPolicy {
@@ -158,14 +187,30 @@ impl CompiledPolicy {
         self.denied_tags.iter().any(|t| tag_matches(t, tag))
     }
 
-    /// Every pattern list of the policy, for the snapshot's matcher.
+    /// Whether this policy asks the mutating webhook to change Pods (`setPullPolicyAlways` or
+    /// `pinDigests`), in any mode: Warn and Audit policies report what they would change.
+    pub fn mutates(&self) -> bool {
+        self.set_pull_policy_always || self.pin_digests
+    }
+
+    /// Every pattern list of the policy, for the snapshot's matcher: `images`,
+    /// `allowedImages`, `deniedImages`, and the `images` of each signature entry that has
+    /// patterns of its own (one without covers every image the policy governs; see
+    /// [`SignatureRule::covers_all`]).
     pub fn pattern_lists(&self) -> impl Iterator<Item = (ListId, &PatternList)> {
+        let entries = self
+            .signatures
+            .iter()
+            .zip(0u8..)
+            .filter(|(rule, _)| !rule.covers_all())
+            .map(|(rule, n)| (ListId::SignatureImages(n), Some(&rule.images)));
         [
             (ListId::Images, Some(&self.images)),
             (ListId::AllowedImages, self.allowed_images.as_ref()),
             (ListId::DeniedImages, Some(&self.denied_images)),
         ]
         .into_iter()
+        .chain(entries)
         .filter_map(|(id, list)| Some((id, list?)))
     }
 
@@ -175,16 +220,19 @@ impl CompiledPolicy {
             ListId::Images => Some(&self.images),
             ListId::AllowedImages => self.allowed_images.as_ref(),
             ListId::DeniedImages => Some(&self.denied_images),
+            ListId::SignatureImages(n) => self.signatures.get(usize::from(n)).map(|r| &r.images),
         }
     }
 }
 
-/// What compiling many policies can share: each distinct ticket pattern is compiled once. A
-/// compiled regular expression takes several kilobytes, more than all the rest of a small
-/// policy, and policies generated for many teams usually share their ticket pattern.
+/// What compiling many policies can share: each distinct ticket pattern is compiled once, and
+/// each distinct signature key parsed once. A compiled regular expression takes several
+/// kilobytes, more than all the rest of a small policy, and policies generated for many teams
+/// usually share their ticket pattern and their release key.
 #[derive(Debug, Default)]
 pub struct CompileCache {
     tickets: HashMap<String, Arc<Regex>>,
+    verifiers: Verifiers,
 }
 
 impl CompileCache {
@@ -195,7 +243,10 @@ impl CompileCache {
             .filter_map(|p| p.break_glass.as_ref())
             .map(|bg| (bg.ticket_source.clone(), Arc::clone(&bg.ticket)))
             .collect();
-        CompileCache { tickets }
+        CompileCache {
+            tickets,
+            verifiers: Verifiers::default(),
+        }
     }
 
     /// The compiled ticket pattern, anchored to the whole value.
@@ -213,15 +264,40 @@ impl CompileCache {
     }
 }
 
-/// Compiles a policy, or says which field is wrong and why.
+/// Compiles a policy, or says which field is wrong and why. A `secretRef` key cannot be read
+/// here: use [`compile_with`] and the Secrets the caller has read.
 pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
-    compile_with(policy, &mut CompileCache::default())
+    compile_with(policy, &SecretKeys::default())
 }
 
-/// Compiles a policy as [`compile`] does, sharing what it can with the other policies compiled
-/// with the same cache.
+/// Compiles a policy with `secretRef` keys read from `secrets`.
 pub fn compile_with(
     policy: &ImagePolicy,
+    secrets: &SecretKeys,
+) -> Result<CompiledPolicy, CompileError> {
+    compile_shared(policy, secrets, &mut CompileCache::default())
+}
+
+/// Compiles a policy as [`compile_with`] does, sharing what it can with the other policies
+/// compiled with the same cache.
+pub fn compile_shared(
+    policy: &ImagePolicy,
+    secrets: &SecretKeys,
+    cache: &mut CompileCache,
+) -> Result<CompiledPolicy, CompileError> {
+    compile_as(policy, Resolve::Fully(secrets), cache)
+}
+
+/// Checks what a policy says by itself, as the admission webhook does when it is applied: every
+/// field is valid. Whether its `secretRef` Secrets can be read, and whether this version
+/// supports all it asks for, is judged when it is put in force (its `Ready` condition).
+pub fn validate(policy: &ImagePolicy) -> Result<(), CompileError> {
+    compile_as(policy, Resolve::Shape, &mut CompileCache::default()).map(|_| ())
+}
+
+fn compile_as(
+    policy: &ImagePolicy,
+    resolve: Resolve<'_>,
     cache: &mut CompileCache,
 ) -> Result<CompiledPolicy, CompileError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
@@ -262,11 +338,23 @@ pub fn compile_with(
         || spec.denied_images.as_ref().is_some_and(|l| !l.is_empty())
         || spec.require_digest.is_some()
         || spec.denied_tags.as_ref().is_some_and(|l| !l.is_empty())
-        || spec.require_pull_policy_always.is_some();
+        || spec.require_pull_policy_always.is_some()
+        || spec
+            .verify_signatures
+            .as_ref()
+            .is_some_and(|l| !l.is_empty())
+        || spec.set_pull_policy_always.is_some()
+        || spec.pin_digests.is_some();
     if !has_rule {
         return Err(err(
             "spec".into(),
-            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags or requirePullPolicyAlways".into(),
+            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways, verifySignatures, setPullPolicyAlways or pinDigests".into(),
+        ));
+    }
+    if spec.pin_digests == Some(true) && !PIN_DIGESTS_SUPPORTED {
+        return Err(err(
+            "spec.pinDigests".into(),
+            "pinDigests is not supported by this version of imagegate yet: pinning needs the registry lookups of signature verification, which it does not have; remove pinDigests (requireDigest denies unpinned images meanwhile)".into(),
         ));
     }
 
@@ -325,6 +413,14 @@ pub fn compile_with(
         }
     };
 
+    let signatures = compile_entries(
+        &name,
+        spec.verify_signatures.as_deref().unwrap_or_default(),
+        resolve,
+        &mut cache.verifiers,
+    )
+    .map_err(|(field, message)| err(field, message))?;
+
     Ok(CompiledPolicy {
         name: name.clone(),
         generation: policy.metadata.generation,
@@ -336,7 +432,10 @@ pub fn compile_with(
         require_digest: spec.require_digest.unwrap_or(false),
         denied_tags: spec.denied_tags.clone().unwrap_or_default(),
         require_pull_policy_always: spec.require_pull_policy_always.unwrap_or(false),
+        set_pull_policy_always: spec.set_pull_policy_always.unwrap_or(false),
+        pin_digests: spec.pin_digests.unwrap_or(false),
         break_glass,
+        signatures,
     })
 }
 
@@ -400,6 +499,34 @@ mod tests {
         let e = compile(&policy).unwrap_err();
         assert_eq!(e.field, "spec");
         assert!(e.message.contains("sets no rule"), "{e}");
+    }
+
+    #[test]
+    fn a_mutation_rule_alone_is_a_rule() {
+        let policy: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {setPullPolicyAlways: true}")
+                .unwrap();
+        let compiled = compile(&policy).unwrap();
+        assert!(compiled.set_pull_policy_always && !compiled.pin_digests);
+        assert!(compiled.mutates());
+        let off: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {setPullPolicyAlways: false}")
+                .unwrap();
+        assert!(!compile(&off).unwrap().mutates());
+    }
+
+    #[test]
+    fn pin_digests_is_refused_until_digests_can_be_had() {
+        let policy: ImagePolicy = serde_saphyr::from_str(
+            "metadata: {name: p}\nspec: {setPullPolicyAlways: true, pinDigests: true}",
+        )
+        .unwrap();
+        let e = compile(&policy).unwrap_err();
+        assert_eq!(e.field, "spec.pinDigests");
+        assert!(e.message.contains("not supported"), "{e}");
+        let off: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {pinDigests: false}").unwrap();
+        assert!(!compile(&off).unwrap().pin_digests);
     }
 
     #[test]

@@ -6,14 +6,22 @@ pub mod crd;
 mod matcher;
 pub mod pattern;
 mod selector;
+mod signatures;
 mod snapshot;
 
 pub use compile::{
-    BreakGlassRule, CompileCache, CompileError, CompiledPolicy, ListId, PatternList, compile,
-    compile_with, parse_duration,
+    BreakGlassRule, CompileCache, CompileError, CompiledPolicy, ListId, PIN_DIGESTS_SUPPORTED,
+    PatternList, compile, compile_shared, compile_with, parse_duration, validate,
 };
-pub use crd::{BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, Mode};
+pub use crd::{
+    AUDIT_VIOLATIONS_LIMIT, AuditStatus, AuditViolation, BreakGlass, ImagePolicy, ImagePolicySpec,
+    ImagePolicyStatus, KeyVerifier, KeylessVerifier, Mode, SecretKeyRef, SignatureEntry,
+    TransparencyLog,
+};
 pub use selector::Selector;
+#[cfg(test)]
+pub(crate) use signatures::test_keys;
+pub use signatures::{SecretKeys, SignatureRule};
 pub use snapshot::{
     ImageMatches, ResolvedImage, Settings, Snapshot, SnapshotBuilder, UnmatchedImages,
 };

@@ -8,11 +8,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::compile::{CompileCache, CompileError, CompiledPolicy, ListId, compile_with};
+use super::compile::{CompileCache, CompileError, CompiledPolicy, ListId, compile_shared};
 use super::crd::ImagePolicy;
 use super::matcher::{Matcher, PatternKey, Use};
 use super::pattern::Pattern;
 use super::selector::{Selector, SelectorSet};
+use super::signatures::SecretKeys;
 use crate::reference::{Reference, ReferenceError};
 
 /// What happens to an image that no applying policy governs.
@@ -64,6 +65,8 @@ pub struct Snapshot {
     everywhere: Vec<usize>,
     /// Per distinct selector, the policies that have it, ascending.
     selected: Vec<Vec<usize>>,
+    /// Whether some policy has `verifySignatures` entries.
+    signing: bool,
     created: jiff::Timestamp,
     /// Unique to this snapshot, so that what a thread remembers of images (see
     /// [`Snapshot::resolve`]) is never used with another one.
@@ -72,12 +75,14 @@ pub struct Snapshot {
     remembered: usize,
 }
 
-/// The flag of [`ImageMatches`] that a match in a list sets.
+/// The flag of [`ImageMatches`] that a match in a list sets (none for a signature entry's
+/// list: those are kept apart, see [`ImageMatches::signature_entries`]).
 fn flag(list: ListId) -> u8 {
     match list {
         ListId::Images => ImageMatches::GOVERNED,
         ListId::AllowedImages => ImageMatches::ALLOWED,
         ListId::DeniedImages => ImageMatches::DENIED,
+        ListId::SignatureImages(_) => 0,
     }
 }
 
@@ -129,6 +134,11 @@ thread_local! {
 #[derive(Debug, Clone)]
 pub struct ImageMatches {
     flags: Vec<u8>,
+    /// The signature entries with patterns of their own that the image matches: per policy
+    /// (ascending, each once), one bit per entry. Few images are named by signature entries, so
+    /// this is kept sparse rather than beside every policy's flags; empty, and never allocated,
+    /// in a snapshot without such entries.
+    entries: Vec<(u32, u32)>,
 }
 
 impl ImageMatches {
@@ -148,6 +158,18 @@ impl ImageMatches {
     pub fn denied(&self, i: usize) -> bool {
         self.flags[i] & Self::DENIED != 0
     }
+
+    /// Which of policy `i`'s signature entries with patterns of their own name the image: bit
+    /// `N` for `verifySignatures[N]`. An entry without patterns (or with `**`) is for every image
+    /// its policy governs, and has no bit here (see [`SignatureRule::covers_all`]).
+    ///
+    /// [`SignatureRule::covers_all`]: super::SignatureRule::covers_all
+    pub fn signature_entries(&self, i: usize) -> u32 {
+        let Ok(i) = u32::try_from(i) else { return 0 };
+        self.entries
+            .binary_search_by_key(&i, |&(policy, _)| policy)
+            .map_or(0, |at| self.entries[at].1)
+    }
 }
 
 impl Snapshot {
@@ -161,7 +183,16 @@ impl Snapshot {
         policies: impl IntoIterator<Item = &'a ImagePolicy>,
         settings: Settings,
     ) -> (Snapshot, Vec<CompileError>) {
-        let mut builder = SnapshotBuilder::new(None);
+        Snapshot::compile_with(policies, settings, &SecretKeys::default())
+    }
+
+    /// As [`compile`](Self::compile), with `secretRef` keys read from `secrets`.
+    pub fn compile_with<'a>(
+        policies: impl IntoIterator<Item = &'a ImagePolicy>,
+        settings: Settings,
+        secrets: &SecretKeys,
+    ) -> (Snapshot, Vec<CompileError>) {
+        let mut builder = SnapshotBuilder::new(None, secrets);
         let errors = policies
             .into_iter()
             .filter_map(|p| builder.add(p).err())
@@ -214,7 +245,9 @@ impl Snapshot {
         }
         let remembered = (RESOLVED_FLAGS_PER_THREAD / policies.len().max(1))
             .clamp(RESOLVED_AT_LEAST, RESOLVED_PER_THREAD);
+        let signing = policies.iter().any(|p| !p.signatures.is_empty());
         Snapshot {
+            signing,
             policies,
             settings,
             matcher,
@@ -251,6 +284,12 @@ impl Snapshot {
     /// remembers about one can be told apart from what it remembers about another.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether some policy has signature entries: when not, no request needs evidence, and
+    /// deciding costs this one test more than before signatures existed.
+    pub fn has_signature_rules(&self) -> bool {
+        self.signing
     }
 
     /// The engine settings.
@@ -320,9 +359,11 @@ impl Snapshot {
         })
     }
 
-    /// Matches an image against every pattern of every policy at once.
+    /// Matches an image against every pattern of every policy at once: the policies' lists
+    /// and their signature entries' `images`.
     pub fn match_image(&self, reference: &Reference) -> ImageMatches {
         let mut flags = self.base.clone();
+        let mut entries: Vec<(u32, u32)> = Vec::new();
         self.matcher.for_each_match(
             reference.name(),
             |u| pattern_key(&self.policies, u),
@@ -331,12 +372,26 @@ impl Snapshot {
                 let first = found.first().and_then(|u| self.pattern(u));
                 if first.is_some_and(|p| p.suffix_matches(reference)) {
                     for u in found.uses() {
-                        flags[u.policy as usize] |= flag(u.list);
+                        match u.list {
+                            ListId::SignatureImages(n) => entries.push((u.policy, 1 << n)),
+                            list => flags[u.policy as usize] |= flag(list),
+                        }
                     }
                 }
             },
         );
-        ImageMatches { flags }
+        if !entries.is_empty() {
+            // One word per policy: the bits of its entries merged.
+            entries.sort_unstable_by_key(|&(policy, _)| policy);
+            entries.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    kept.1 |= later.1;
+                }
+                same
+            });
+        }
+        ImageMatches { flags, entries }
     }
 
     fn pattern(&self, u: Use) -> Option<&Pattern> {
@@ -391,15 +446,18 @@ fn position(i: usize) -> u32 {
 #[derive(Debug)]
 pub struct SnapshotBuilder<'a> {
     previous: Option<&'a Snapshot>,
+    secrets: &'a SecretKeys,
     cache: CompileCache,
     policies: Vec<Arc<CompiledPolicy>>,
 }
 
 impl<'a> SnapshotBuilder<'a> {
-    /// A builder that reuses what it can of `previous`.
-    pub fn new(previous: Option<&'a Snapshot>) -> Self {
+    /// A builder that reuses what it can of `previous`, and compiles `secretRef` keys from
+    /// `secrets`.
+    pub fn new(previous: Option<&'a Snapshot>, secrets: &'a SecretKeys) -> Self {
         SnapshotBuilder {
             previous,
+            secrets,
             cache: CompileCache::of(
                 previous
                     .iter()
@@ -419,7 +477,7 @@ impl<'a> SnapshotBuilder<'a> {
     /// Compiles a policy without adding it: the previous snapshot's copy when it compiles to
     /// the same, and sharing what it can with the policies compiled before.
     pub fn compile(&mut self, policy: &ImagePolicy) -> Result<Arc<CompiledPolicy>, CompileError> {
-        let compiled = compile_with(policy, &mut self.cache)?;
+        let compiled = compile_shared(policy, self.secrets, &mut self.cache)?;
         let kept = self
             .previous
             .and_then(|s| s.policy(&compiled.name))
@@ -544,7 +602,8 @@ mod tests {
         let (first, _) = Snapshot::compile([&a, &b], Settings::default());
 
         let b2 = policy("b", &["registry.corp.example/b/**"], &[]);
-        let mut builder = SnapshotBuilder::new(Some(&first));
+        let secrets = SecretKeys::default();
+        let mut builder = SnapshotBuilder::new(Some(&first), &secrets);
         builder.add(&b2).unwrap();
         builder.add(&a).unwrap();
         let second = builder.build(Settings::default());

@@ -11,6 +11,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::decision::{Decision, Violation};
+use crate::mutation::{Mutation, Plan};
 use crate::policy::Mode;
 
 pub mod github;
@@ -77,6 +78,12 @@ pub struct ObjectResult {
     pub location: Option<Location>,
     /// How many images were checked: 0 for kinds that run none.
     pub images: usize,
+    /// What the mutating webhook would change (`setPullPolicyAlways`, `pinDigests`): in a Pod,
+    /// the Pod itself; in a workload, each Pod made from its template (the template itself is
+    /// never changed). Changes made by Enforce policies and those Warn and Audit policies only
+    /// report; absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mutations: Vec<Mutation>,
     /// The message a denied `kubectl apply` would print.
     #[serde(skip)]
     pub denial: Option<String>,
@@ -105,6 +112,7 @@ impl ObjectResult {
             violations: Vec::new(),
             location: None,
             images: 0,
+            mutations: Vec::new(),
             denial: None,
         }
     }
@@ -112,6 +120,16 @@ impl ObjectResult {
     /// Sets where the object is.
     pub fn at(mut self, location: Option<Location>) -> ObjectResult {
         self.location = location;
+        self
+    }
+
+    /// Takes what the mutating webhook would change. For a Pod its warnings are the `kubectl`
+    /// user's too; a workload's Pods are created by its controller, which gets them.
+    pub fn mutated(mut self, plan: Plan, is_pod: bool) -> ObjectResult {
+        if is_pod {
+            self.warnings.extend(plan.warnings);
+        }
+        self.mutations = plan.mutations;
         self
     }
 

@@ -233,6 +233,16 @@ fn rule_description(rule: Rule) -> (&'static str, &'static str, &'static str) {
             "Every image must be governed by a policy.",
             "With --unmatched-images deny, an image that no applying policy governs is denied.",
         ),
+        Rule::VerifySignatures => (
+            "VerifySignatures",
+            "Images must carry a valid signature.",
+            "Each image a verifySignatures entry governs must carry a cosign signature over its digest that verifies under the key of one of the policy's entries for it.",
+        ),
+        Rule::RunningDigest => (
+            "RunningDigest",
+            "A digest-pinned image must run its digest.",
+            "The audit of running Pods compares a pinned reference's digest with the digest the node reports the container runs; they must be the same.",
+        ),
     }
 }
 

@@ -106,6 +106,17 @@ fn object(out: &mut String, r: &ObjectResult) {
             let _ = writeln!(out, "  Audit: {v}");
         }
     }
+    let pods = if r.kind == "Pod" {
+        ""
+    } else {
+        " (in its Pods)"
+    };
+    for m in &r.mutations {
+        let made = if m.applied { "Mutated" } else { "Would mutate" };
+        let _ = write!(out, "  {made}{pods}: [{}/{}] ", m.policy, m.change.rule());
+        m.describe(out);
+        out.push('\n');
+    }
     where_lines(out, &r.violations);
 }
 

@@ -9,12 +9,17 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::cli::EngineArgs;
+use crate::cli::{EngineArgs, KeySecretDirArgs};
 use crate::decision::{self, Input, Requester};
+use crate::evidence::{Deadline, Evidence, Gather, Offline};
+use crate::gather::Replay;
 use crate::manifests::{self, Document, LoadError};
+use crate::mutation::{self, Digests};
 use crate::namespaces::{self, Labels};
-use crate::policy::{Snapshot, compile};
+use crate::policy::{Snapshot, compile_with};
+use crate::registry::{DockerConfigArgs, Registry, RegistryArgs};
 use crate::report::{self, EXIT_BAD_INPUT, InputError, Location, ObjectResult, Report, Skipped};
+use crate::verification;
 use crate::workload::{Workload, WorkloadKind};
 
 pub mod classify;
@@ -84,6 +89,26 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
 
+    /// Do not contact registries: images that a signature entry governs get the warning
+    /// `signature not verified (offline)` instead of a verdict, and no violation.
+    #[arg(long, env = "IMAGEGATE_CHECK_OFFLINE", conflicts_with = "evidence")]
+    pub offline: bool,
+
+    /// Replay signature evidence instead of contacting registries: FILE holds decision records
+    /// as imagegate logs them (one JSON object per line; the later record of an image counts),
+    /// one record, or one evidence object `{"images": …}`.
+    #[arg(long, env = "IMAGEGATE_CHECK_EVIDENCE", value_name = "FILE")]
+    pub evidence: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub docker: DockerConfigArgs,
+
+    #[command(flatten)]
+    pub keys: KeySecretDirArgs,
+
     /// Manifest files or folders (multi-document YAML or JSON, `kind: List`), `-` for stdin.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -104,7 +129,8 @@ pub enum OutputFormat {
     Github,
 }
 
-fn parse_now(s: &str) -> Result<jiff::Timestamp, String> {
+/// Parses `--now`.
+pub fn parse_now(s: &str) -> Result<jiff::Timestamp, String> {
     s.parse()
         .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-01-02T15:04:05Z: {e}"))
 }
@@ -130,17 +156,24 @@ pub fn main(args: CheckArgs) -> ExitCode {
     if !judged && args.output == OutputFormat::Text {
         return ExitCode::from(EXIT_BAD_INPUT);
     }
-    let text = match args.output {
-        OutputFormat::Text => Ok(report::text::render(&report)),
+    print(&report, args.output, args.strict, "check")
+}
+
+/// Prints `report` in `output` on standard output and returns its exit code (`strict` as for
+/// `check --strict`); `command` names the command in messages. `imagegate audit` prints its
+/// report with it too.
+pub fn print(report: &Report, output: OutputFormat, strict: bool, command: &str) -> ExitCode {
+    let text = match output {
+        OutputFormat::Text => Ok(report::text::render(report)),
         OutputFormat::Json => report.to_json().map_err(|e| e.to_string()),
-        OutputFormat::Junit => report::junit::render(&report).map_err(|e| e.to_string()),
-        OutputFormat::Sarif => report::sarif::render(&report).map_err(|e| e.to_string()),
-        OutputFormat::Github => Ok(report::github::render(&report, args.strict)),
+        OutputFormat::Junit => report::junit::render(report).map_err(|e| e.to_string()),
+        OutputFormat::Sarif => report::sarif::render(report).map_err(|e| e.to_string()),
+        OutputFormat::Github => Ok(report::github::render(report, strict)),
     };
     let text = match text {
         Ok(text) => text,
         Err(e) => {
-            eprintln!("imagegate check: cannot write the report: {e}");
+            eprintln!("imagegate {command}: cannot write the report: {e}");
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
@@ -151,31 +184,43 @@ pub fn main(args: CheckArgs) -> ExitCode {
         .and_then(|()| stdout.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
-        eprintln!("imagegate check: cannot write the report: {e}");
+        eprintln!("imagegate {command}: cannot write the report: {e}");
         return ExitCode::from(EXIT_BAD_INPUT);
     }
-    ExitCode::from(report.exit_code(args.strict))
+    ExitCode::from(report.exit_code(strict))
 }
 
 /// Reads policies and manifests and judges every object. Policies that cannot be read are an
 /// error (nothing can be judged without them); manifests that cannot be read are reported in
 /// [`Report::errors`] and the rest is judged.
 pub fn run(args: &CheckArgs) -> Result<Report, LoadError> {
-    let policies = manifests::load_policies(&args.policies)?;
+    let secrets = args.keys.secret_keys().map_err(|e| LoadError::Invalid {
+        source_name: "--key-secret-dir".to_owned(),
+        message: format!("{e:#}"),
+    })?;
+    let policies = manifests::load_policies_with(&args.policies, &secrets)?;
     let compiled = policies
         .iter()
-        // load_policies has compiled each one already; a failure here cannot happen.
-        .filter_map(|p| compile(&p.policy).ok())
+        // load_policies_with has compiled each one already; a failure here cannot happen.
+        .filter_map(|p| compile_with(&p.policy, &secrets).ok())
         .collect();
     let snapshot = Snapshot::new(compiled, args.engine.settings());
     let requester = (args.user.is_some() || !args.groups.is_empty()).then(|| Requester {
         username: args.user.clone().unwrap_or_default(),
         groups: args.groups.clone(),
     });
+    // Evidence only when some policy has signature entries: no runtime, no registry client and
+    // no file read otherwise.
+    let signatures = if snapshot.has_signature_rules() {
+        Some(Signatures::new(args)?)
+    } else {
+        None
+    };
     let judge = Judge {
         snapshot: &snapshot,
         requester: requester.as_ref(),
         now: args.now.unwrap_or_else(jiff::Timestamp::now),
+        signatures: signatures.as_ref(),
     };
 
     let mut report = Report::default();
@@ -312,11 +357,78 @@ fn namespace_labels(
     out
 }
 
+/// The largest `--evidence` file read: a day of decision records of a busy cluster is far less.
+const EVIDENCE_FILE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Where signature evidence comes from, and the runtime that waits for it.
+struct Signatures {
+    source: Box<dyn Gather>,
+    runtime: tokio::runtime::Runtime,
+    /// How long one object's registry work may take (`--verify-timeout`).
+    timeout: std::time::Duration,
+}
+
+impl Signatures {
+    /// Registries (the default), nothing (`--offline`), or a file (`--evidence`).
+    fn new(args: &CheckArgs) -> Result<Signatures, LoadError> {
+        let invalid = |source_name: &str, message: String| LoadError::Invalid {
+            source_name: source_name.to_owned(),
+            message,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| invalid("check", format!("cannot start the async runtime: {e}")))?;
+        let source: Box<dyn Gather> = if args.offline {
+            Box::new(Offline)
+        } else if let Some(path) = &args.evidence {
+            let name = path.display().to_string();
+            let io = |e: std::io::Error| LoadError::Io {
+                path: name.clone(),
+                source: e,
+            };
+            if std::fs::metadata(path).map_err(io)?.len() > EVIDENCE_FILE_MAX_BYTES {
+                return Err(invalid(
+                    &name,
+                    format!(
+                        "larger than {EVIDENCE_FILE_MAX_BYTES} bytes; give the records of the decisions to replay"
+                    ),
+                ));
+            }
+            let text = std::fs::read_to_string(path).map_err(io)?;
+            Box::new(Replay::parse(&text, &name).map_err(|e| invalid(&name, e.to_string()))?)
+        } else {
+            let credentials = args
+                .docker
+                .credentials()
+                .map_err(|e| invalid("--docker-config", format!("{e:#}")))?;
+            let config = args
+                .registry
+                .config(credentials)
+                .map_err(|e| invalid("--registry-ca-file", format!("{e:#}")))?;
+            let _in_runtime = runtime.enter();
+            Box::new(Registry::new(config, None).map_err(|e| invalid("registry client", e))?)
+        };
+        Ok(Signatures {
+            source,
+            runtime,
+            timeout: args.registry.verify_timeout,
+        })
+    }
+
+    /// The evidence for one object's images that signature entries govern.
+    fn gather(&self, requests: &[crate::evidence::EvidenceRequest]) -> Evidence {
+        self.runtime
+            .block_on(self.source.gather(requests, Deadline::after(self.timeout)))
+    }
+}
+
 /// What every object is judged with.
 struct Judge<'a> {
     snapshot: &'a Snapshot,
     requester: Option<&'a Requester>,
     now: jiff::Timestamp,
+    signatures: Option<&'a Signatures>,
 }
 
 impl Judge<'_> {
@@ -337,12 +449,34 @@ impl Judge<'_> {
         let Some(kind) = WorkloadKind::from_api_version_kind(doc.api_version(), doc.kind()) else {
             return Ok(result);
         };
-        let workload = Workload::from_value(kind, &doc.value)
+        let mut workload = Workload::from_value(kind, &doc.value)
             .map_err(|e| document_error(doc, e.to_string()))?;
         let ns_labels = labels
             .get(namespace)
             .cloned()
             .unwrap_or_else(|| namespaces::with_name_label(namespace, Labels::new()));
+        // Offline: no digest is looked up, so `pinDigests` reports what it cannot pin.
+        let plan = mutation::plan(
+            self.snapshot,
+            &mutation::Input {
+                object: &workload,
+                old_object: None,
+                namespace_labels: &ns_labels,
+                digests: &Digests::new(),
+            },
+        );
+        // A Pod is validated as the mutating webhook leaves it, as in the cluster.
+        let is_pod = kind == WorkloadKind::Pod;
+        if is_pod {
+            mutation::apply(&mut workload, &plan);
+        }
+        let evidence = match self.signatures {
+            Some(signatures) => {
+                let requests = verification::requests(self.snapshot, &workload, None, &ns_labels);
+                (!requests.is_empty()).then(|| signatures.gather(&requests))
+            }
+            None => None,
+        };
         let decision = decision::decide(
             self.snapshot,
             &Input {
@@ -351,15 +485,18 @@ impl Judge<'_> {
                 namespace_labels: &ns_labels,
                 requester: self.requester,
                 now: self.now,
+                evidence: evidence.as_ref(),
             },
         );
-        Ok(result.decided(&decision, |v| {
-            let at = doc.position_of(&v.field_path);
-            Some(Location {
-                file: doc.file.clone(),
-                line: at.map_or(doc.line(), |p| p.line),
-                column: at.map(|p| p.column),
+        Ok(result
+            .decided(&decision, |v| {
+                let at = doc.position_of(&v.field_path);
+                Some(Location {
+                    file: doc.file.clone(),
+                    line: at.map_or(doc.line(), |p| p.line),
+                    column: at.map(|p| p.column),
+                })
             })
-        }))
+            .mutated(plan, is_pod))
     }
 }
