@@ -527,6 +527,20 @@ mod tests {
         )
     }
 
+    /// A `verifySignatures` entry `e{n}` under the test key, for `images` (every governed
+    /// image when `None`).
+    fn signature_entry(n: usize, images: Option<Vec<String>>) -> crate::policy::SignatureEntry {
+        crate::policy::SignatureEntry {
+            name: format!("e{n}"),
+            images,
+            key: Some(crate::policy::KeyVerifier {
+                public_key: Some(crate::policy::test_keys::P256.to_owned()),
+                ..crate::policy::KeyVerifier::default()
+            }),
+            ..crate::policy::SignatureEntry::default()
+        }
+    }
+
     #[test]
     fn identical_patterns_across_many_policies_are_compiled_once() {
         let patterns = [
@@ -552,6 +566,62 @@ mod tests {
         let image = Reference::parse("busybox").unwrap();
         let matches = shared.match_image(&image);
         assert!((0..1000).all(|i| matches.governed(i) && !matches.allowed(i) && matches.denied(i)));
+    }
+
+    #[test]
+    fn identical_signature_entries_across_many_policies_are_filed_once_and_share_their_key() {
+        let signed = |i: usize| {
+            let mut p = policy(&format!("p{i}"), &["registry.corp.example/**"], &[]);
+            p.spec.verify_signatures = Some(vec![
+                signature_entry(0, None),
+                signature_entry(1, Some(vec!["registry.corp.example/team/*".into()])),
+                signature_entry(
+                    2,
+                    Some(vec![
+                        "registry.corp.example/team/*".into(),
+                        format!("registry.corp.example/team-{i}/**"),
+                    ]),
+                ),
+            ]);
+            p
+        };
+        let many: Vec<ImagePolicy> = (0..1000).map(signed).collect();
+        let (snapshot, errors) = Snapshot::compile(&many, Settings::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        // Two distinct patterns in the policies' lists (`registry.corp.example/**` is in
+        // `images` and `allowedImages`, one pattern with two uses each); the entries add
+        // `registry.corp.example/team/*` once for all 2,000 uses, and each policy's own pattern.
+        // Entry 0 has no patterns.
+        assert_eq!(snapshot.matcher_size(), (2 + 1 + 1000, 3000 + 2000 + 1000));
+        // One verifier for the 3,000 entries that name the same key.
+        let first = &snapshot.policies()[0].signatures[0].check.verifier;
+        assert!(snapshot.policies().iter().all(|p| {
+            p.signatures
+                .iter()
+                .all(|e| Arc::ptr_eq(&e.check.verifier, first))
+        }));
+
+        let names = |image: &str, pi: usize| -> Vec<String> {
+            let r = Reference::parse(image).unwrap();
+            let matches = snapshot.match_image(&r);
+            crate::verification::candidates(&snapshot.policies()[pi], pi, &matches)
+                .map(|e| e.name.clone())
+                .collect()
+        };
+        let p7 = snapshot
+            .policies()
+            .iter()
+            .position(|p| p.name == "p7")
+            .unwrap();
+        assert_eq!(
+            names("registry.corp.example/team/app:1", p7),
+            ["e0", "e1", "e2"]
+        );
+        assert_eq!(
+            names("registry.corp.example/team-7/app:1", p7),
+            ["e0", "e2"]
+        );
+        assert_eq!(names("registry.corp.example/team-8/app:1", p7), ["e0"]);
     }
 
     #[test]
@@ -676,6 +746,51 @@ mod tests {
                         prop_assert_eq!(got.governed(i), governed, "governed {} {}", p.name, image);
                         prop_assert_eq!(got.allowed(i), any(p.allowed_images.as_ref()), "allowed {} {}", p.name, image);
                         prop_assert_eq!(got.denied(i), any(Some(&p.denied_images)), "denied {} {}", p.name, image);
+                    }
+                }
+            }
+
+            /// Which signature entries the matcher finds for an image is what matching each
+            /// entry's patterns on its own finds ([`SignatureRule::covers`]), and the entries
+            /// [`candidates`](crate::verification::candidates) gives are those.
+            ///
+            /// [`SignatureRule::covers`]: crate::policy::SignatureRule::covers
+            #[test]
+            fn the_matcher_finds_exactly_the_signature_entries_that_match(
+                policies in proptest::collection::vec(
+                    (
+                        proptest::collection::vec(generated::pattern(), 1..3),
+                        proptest::collection::vec(
+                            proptest::option::of(proptest::collection::vec(generated::pattern(), 1..4)),
+                            1..4,
+                        ),
+                    ),
+                    1..5,
+                ),
+                images in proptest::collection::vec(generated::reference(), 1..8),
+            ) {
+                let policies: Vec<ImagePolicy> = policies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (allowed, entries))| {
+                        ImagePolicy::new(&format!("p{i}"), ImagePolicySpec {
+                            allowed_images: Some(allowed.clone()),
+                            verify_signatures: Some(
+                                entries.iter().enumerate().map(|(e, images)| signature_entry(e, images.clone())).collect(),
+                            ),
+                            ..ImagePolicySpec::default()
+                        })
+                    })
+                    .collect();
+                let (snapshot, errors) = Snapshot::compile(&policies, Settings::default());
+                prop_assert!(errors.is_empty(), "{:?}", errors);
+                for image in &images {
+                    let Ok(r) = Reference::parse(image) else { continue };
+                    let got = snapshot.match_image(&r);
+                    for (i, p) in snapshot.policies().iter().enumerate() {
+                        let want: Vec<&str> = p.signatures.iter().filter(|e| e.covers(&r)).map(|e| e.name.as_str()).collect();
+                        let found: Vec<&str> = crate::verification::candidates(p, i, &got).map(|e| e.name.as_str()).collect();
+                        prop_assert_eq!(found, want, "{} {}", p.name, image);
                     }
                 }
             }
