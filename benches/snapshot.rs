@@ -1,5 +1,6 @@
 //! Memory and compile time of policy snapshots at scale (issue sizes: 100, 1,000 and 10,000
-//! policies with 3 and with 100 patterns each; `benches/support/generated.rs` makes them).
+//! policies with 3 and with 100 patterns each, and the same policies verifying signatures with two
+//! entries each; `benches/support/generated.rs` makes them).
 //!
 //! Not a criterion benchmark: what it measures is memory, which criterion does not. A counting
 //! global allocator (over mimalloc, as in the `imagegate` binary) keeps the bytes in use and
@@ -22,6 +23,8 @@
 //! ```sh
 //! cargo bench --bench snapshot                  # every size
 //! cargo bench --bench snapshot -- 1000x100      # some sizes (POLICIESxPATTERNS)
+//! cargo bench --bench snapshot -- 10000x3s      # signed (two signature entries per policy)
+//! cargo bench --bench snapshot -- parts         # where the memory goes
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -80,6 +83,9 @@ const SIZES: [(usize, usize); 6] = [
     (10_000, 100),
 ];
 
+/// The sizes measured with signature entries ([`generated::signed`]).
+const SIGNED_SIZES: [(usize, usize); 2] = [(1_000, 3), (10_000, 3)];
+
 /// Compile runs per size; the fastest is reported (the others are disturbed by the machine).
 const RUNS: usize = 3;
 
@@ -111,11 +117,15 @@ fn main() {
         .position(|a| a == "--one")
         .and_then(|i| args.get(i + 1))
     {
+        let (size, signed) = match size.strip_suffix('s') {
+            Some(size) => (size, true),
+            None => (size.as_str(), false),
+        };
         let (n, per) = size
             .split_once('x')
             .and_then(|(n, p)| Some((n.parse().ok()?, p.parse().ok()?)))
-            .expect("--one POLICIESxPATTERNS");
-        one_size(n, per);
+            .expect("--one POLICIESxPATTERNS[s]");
+        one_size(n, per, signed);
         return;
     }
     let wanted: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
@@ -124,8 +134,9 @@ fn main() {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let me = std::env::current_exe().expect("the benchmark's own path");
-    for (n, per) in SIZES {
-        let size = format!("{n}x{per}");
+    let sizes = SIZES.iter().map(|&(n, per)| format!("{n}x{per}"));
+    let signed = SIGNED_SIZES.iter().map(|&(n, per)| format!("{n}x{per}s"));
+    for size in sizes.chain(signed) {
         if !wanted.is_empty() && !wanted.contains(&&size) {
             continue;
         }
@@ -143,9 +154,19 @@ fn main() {
 }
 
 /// One row of the table.
-fn one_size(n: usize, per: usize) {
-    let policies = generated::policies(n, per);
-    let patterns = generated::pattern_count(n, per);
+fn one_size(n: usize, per: usize, signed: bool) {
+    let make = |i| {
+        if signed {
+            generated::signed(i, per)
+        } else {
+            generated::policy(i, per)
+        }
+    };
+    let policies: Vec<_> = (0..n).map(make).collect();
+    let mut patterns = generated::pattern_count(n, per);
+    if signed {
+        patterns += n * generated::SIGNED_PATTERNS;
+    }
 
     let rss_before = resident();
     let before = IN_USE.load(Ordering::Relaxed);
@@ -159,7 +180,7 @@ fn one_size(n: usize, per: usize) {
     // A rebuild beside the snapshot in force, one policy changed, as a reload or a watch event
     // makes it: how far the bytes in use rise above the snapshot in force.
     let mut changed = policies.clone();
-    changed[0] = generated::policy(n, per);
+    changed[0] = make(n);
     changed[0].metadata.name = policies[0].metadata.name.clone();
     let steady = IN_USE.load(Ordering::Relaxed);
     PEAK.store(steady, Ordering::Relaxed);
@@ -183,7 +204,8 @@ fn one_size(n: usize, per: usize) {
     }
     let size = after - before;
     println!(
-        "| {n} | {per} | {patterns} | {:.1} ms | {} | {} B | {} | {} | {} ({:.2}×) | {} |",
+        "| {n} | {per}{} | {patterns} | {:.1} ms | {} | {} B | {} | {} | {} ({:.2}×) | {} |",
+        if signed { " + 2 signature entries" } else { "" },
         fastest.as_secs_f64() * 1000.0,
         mib(size),
         size / patterns,
@@ -297,15 +319,17 @@ fn parts() {
         );
         drop(black_box(objects));
     }
-    let policies = generated::policies(1000, 100);
-    let (compiled, policy_bytes) = heap(|| {
+    // Compiled as a snapshot compiles them: ticket regexes and keys shared.
+    let compile_all = |policies: &[imagegate::policy::ImagePolicy]| {
         let secrets = imagegate::policy::SecretKeys::default();
         let mut cache = imagegate::policy::CompileCache::default();
         policies
             .iter()
             .map(|p| imagegate::policy::compile_shared(p, &secrets, &mut cache).expect("compiles"))
             .collect::<Vec<_>>()
-    });
+    };
+    let policies = generated::policies(1000, 100);
+    let (compiled, policy_bytes) = heap(|| compile_all(&policies));
     let (snapshot, all) = heap(|| Snapshot::new(compiled, Settings::default()));
     let (globs, uses) = snapshot.matcher_size();
     row(
@@ -320,4 +344,21 @@ fn parts() {
         all / 100_000,
     );
     drop(black_box(snapshot));
+    let plain = generated::policies(1000, 3);
+    let signed = generated::signed_policies(1000, 3);
+    let (a, plain_bytes) = heap(|| compile_all(&plain));
+    let (b, signed_bytes) = heap(|| compile_all(&signed));
+    row(
+        "1,000 policies × 2 signature entries (one key each, the same in every policy): the \
+         compiled entries, per entry",
+        signed_bytes.saturating_sub(plain_bytes) / 2000,
+    );
+    let (a, plain_snapshot) = heap(|| Snapshot::new(a, Settings::default()));
+    let (b, signed_snapshot) = heap(|| Snapshot::new(b, Settings::default()));
+    row(
+        "1,000 policies × 2 signature entries: what the entries' patterns add to the \
+         snapshot around them, per entry pattern",
+        signed_snapshot.saturating_sub(plain_snapshot) / (1000 * generated::SIGNED_PATTERNS),
+    );
+    drop(black_box((a, b)));
 }

@@ -10,10 +10,16 @@
 //!   allowed patterns are the same in every policy (shared base images); the other 95 are the
 //!   team's own, in every form a pattern can take: literal repositories, `*` and `?` within a
 //!   component, a trailing `/**`, a `/**/` in the middle, tag suffixes and digest suffixes.
+//!
+//! Either shape can also verify signatures ([`signed`]): two `verifySignatures` entries per
+//! policy, `release` for the team's own images (two patterns of its own) and `base` for every
+//! image the policy governs, each under a key that every policy names.
 
 #![allow(dead_code)] // each including target uses a part
 
-use imagegate::policy::{BreakGlass, ImagePolicy, ImagePolicySpec, Mode};
+use imagegate::policy::{
+    BreakGlass, ImagePolicy, ImagePolicySpec, KeyVerifier, Mode, SignatureEntry,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// The patterns every 100-pattern policy allows: base images shared by all teams.
@@ -92,4 +98,39 @@ pub fn policies(n: usize, patterns: usize) -> Vec<ImagePolicy> {
 /// How many patterns `policies(n, patterns)` has in all.
 pub fn pattern_count(n: usize, patterns: usize) -> usize {
     n * if patterns <= 3 { 3 } else { 100 }
+}
+
+/// The patterns of the entries [`signed`] adds to each policy.
+pub const SIGNED_PATTERNS: usize = 2;
+
+/// Policy `i` as [`policy`] makes it, verifying signatures: entry `release` for the team's own
+/// images (`SIGNED_PATTERNS` patterns), entry `base` for every image the policy governs.
+pub fn signed(i: usize, patterns: usize) -> ImagePolicy {
+    let mut p = policy(i, patterns);
+    let key = |pem: &str| KeyVerifier {
+        public_key: Some(pem.to_owned()),
+        ..KeyVerifier::default()
+    };
+    p.spec.verify_signatures = Some(vec![
+        SignatureEntry {
+            name: "release".to_owned(),
+            images: Some(vec![
+                format!("registry.corp.example/team-{i}/**"),
+                format!("ghcr.io/corp/team-{i}/**"),
+            ]),
+            key: Some(key(include_str!("../../tests/data/keys/p256.pub"))),
+            ..SignatureEntry::default()
+        },
+        SignatureEntry {
+            name: "base".to_owned(),
+            key: Some(key(include_str!("../../tests/data/keys/ed25519.pub"))),
+            ..SignatureEntry::default()
+        },
+    ]);
+    p
+}
+
+/// `n` policies of the given shape, each verifying signatures ([`signed`]).
+pub fn signed_policies(n: usize, patterns: usize) -> Vec<ImagePolicy> {
+    (0..n).map(|i| signed(i, patterns)).collect()
 }

@@ -186,10 +186,12 @@ pub async fn run_status_writer(
 ) {
     loop {
         let failed_policies = Arc::clone(&changed.borrow_and_update().failed);
-        let current = snapshot.load_full();
         let mut failed = false;
         for policy in store.state() {
-            let compiled = compile_result(&policy, &current, &failed_policies, &secrets.load());
+            // The snapshot is read per policy, never held across a write: a pass over many
+            // policies must not keep a replaced snapshot alive beside the next two.
+            let compiled =
+                compile_result(&policy, &snapshot.load(), &failed_policies, &secrets.load());
             let result = compiled.as_ref().map(|_| ());
             match status::reconcile(client.clone(), &policy, result, recorder.as_ref()).await {
                 Ok(true) => tracing::info!(policy = %policy.name_any(), "status written"),
@@ -200,7 +202,6 @@ pub async fn run_status_writer(
                 }
             }
         }
-        drop(current);
         if failed {
             tokio::select! {
                 _ = tokio::time::sleep(RETRY_DELAY) => {}
