@@ -625,6 +625,50 @@ mod tests {
     }
 
     #[test]
+    fn a_ticket_pattern_shared_by_many_policies_is_compiled_once_and_kept_across_a_rebuild() {
+        let with_ticket = |i: usize, ticket: &str| {
+            let mut p = policy(&format!("p{i}"), &["registry.corp.example/**"], &[]);
+            p.spec.break_glass = Some(crate::policy::BreakGlass {
+                ticket_pattern: ticket.to_owned(),
+                ..crate::policy::BreakGlass::default()
+            });
+            p
+        };
+        let ticket = |s: &Snapshot, i: usize| {
+            Arc::clone(&s.policies()[i].break_glass.as_ref().unwrap().ticket)
+        };
+        let many: Vec<ImagePolicy> = (0..1000).map(|i| with_ticket(i, "INC-[0-9]+")).collect();
+        let (first, errors) = Snapshot::compile(&many, Settings::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let regex = ticket(&first, 0);
+        assert!((0..1000).all(|i| Arc::ptr_eq(&ticket(&first, i), &regex)));
+
+        // A rebuild with one policy changed (another pattern list, the same ticket): the
+        // changed policy is compiled anew, and reuses the regex the snapshot in force holds.
+        let secrets = SecretKeys::default();
+        let mut builder = SnapshotBuilder::new(Some(&first), &secrets);
+        let mut changed = with_ticket(0, "INC-[0-9]+");
+        changed.spec.allowed_images = Some(vec!["registry.corp.example/other/**".into()]);
+        builder.add(&changed).unwrap();
+        for p in &many[1..] {
+            builder.add(p).unwrap();
+        }
+        let second = builder.build(Settings::default());
+        let p0 = |s: &Snapshot| Arc::as_ptr(s.policy("p0").unwrap());
+        assert_ne!(p0(&first), p0(&second), "changed: compiled anew");
+        assert!((0..1000).all(|i| Arc::ptr_eq(&ticket(&second, i), &regex)));
+        assert_eq!(
+            second.matcher_size(),
+            (3, 3000),
+            "two shared patterns, and p0's own"
+        );
+
+        // A different ticket pattern is another regex.
+        let (other, _) = Snapshot::compile([&with_ticket(0, "CHG-[0-9]+")], Settings::default());
+        assert!(!Arc::ptr_eq(&ticket(&other, 0), &regex));
+    }
+
+    #[test]
     fn the_policies_that_apply_are_those_whose_selector_matches_in_order() {
         let with = |name: &str, selector: Option<&str>| {
             let mut p = policy(name, &["registry.corp.example/**"], &[]);
