@@ -37,6 +37,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+# A failing step says which (curl -s and grep -c fail silently otherwise).
+trap 'echo "benches/reload.sh: line $LINENO failed (exit $?)" >&2' ERR
 
 cargo build --release --bin imagegate --example generate_policies
 bin=${CARGO_TARGET_DIR:-target}/release
