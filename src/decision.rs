@@ -9,6 +9,7 @@ use std::hash::BuildHasher as _;
 use serde::Serialize;
 
 use crate::evidence::Evidence;
+use crate::mutation::Change;
 use crate::policy::{
     CompiledPolicy, ImageMatches, Mode, ResolvedImage, Settings, Snapshot, UnmatchedImages,
 };
@@ -614,7 +615,10 @@ impl Judged<'_> {
                     denied_message(&self.shown(), &runs.note(), p, ran)
                 });
             }
-            if p.require_digest && !reference.is_pinned() {
+            if p.require_digest
+                && !reference.is_pinned()
+                && !changed_once_mutated(snapshot, applying, matches, image, Change::Digest)
+            {
                 fail(Rule::RequireDigest, &|| {
                     format!(
                         "{} is not pinned by digest; refer to it as {}@sha256:<digest>",
@@ -642,7 +646,7 @@ impl Judged<'_> {
             if p.require_pull_policy_always && !reference.is_pinned() {
                 let (effective, defaulted) = effective_pull_policy(image, reference);
                 if effective != "Always"
-                    && !pulled_always_once_mutated(snapshot, applying, matches, image)
+                    && !changed_once_mutated(snapshot, applying, matches, image, Change::PullPolicy)
                 {
                     let how = if defaulted {
                         " (the default for this tag)"
@@ -918,22 +922,29 @@ fn remembered_message(
     text
 }
 
-/// Whether the Pods made from a workload's template will get `imagePullPolicy: Always` from the
-/// mutating webhook anyway: the image is in a pod template (workload templates are never
-/// mutated, their Pods are) and an applying `Enforce` policy with `setPullPolicyAlways` governs
-/// it. `requirePullPolicyAlways` then has nothing to deny in the template; each Pod is judged
-/// on its mutated form, and one that reaches the API server unmutated is denied then. Only
-/// asked on the way to a violation, so it costs nothing on an admitted request.
-fn pulled_always_once_mutated(
+/// Whether the Pods made from a workload's template will get `change` from the mutating
+/// webhook anyway: the image is in a pod template (workload templates are never mutated, their
+/// Pods are) and an applying `Enforce` policy asking for it governs the image. The rule the
+/// change satisfies (`requirePullPolicyAlways` for `setPullPolicyAlways`, `requireDigest` for
+/// `pinDigests`) then has nothing to deny in the template; each Pod is judged on its mutated
+/// form, and one that reaches the API server unchanged (unmutated, or its digest not to be had
+/// while the registry is down) is denied then. Only asked on the way to a violation, so it
+/// costs nothing on an admitted request.
+fn changed_once_mutated(
     snapshot: &Snapshot,
     applying: &[usize],
     matches: &crate::policy::ImageMatches,
     image: &ImageUse,
+    change: Change,
 ) -> bool {
     image.in_pod_template()
         && applying.iter().any(|&q| {
             let p = &snapshot.policies()[q];
-            p.set_pull_policy_always && p.mode == Mode::Enforce && matches.governed(q)
+            let asks = match change {
+                Change::PullPolicy => p.set_pull_policy_always,
+                Change::Digest => p.pin_digests,
+            };
+            asks && p.mode == Mode::Enforce && matches.governed(q)
         })
 }
 
@@ -1789,6 +1800,36 @@ spec:
             "metadata: {name: set}\nspec: {mode: Warn, setPullPolicyAlways: true}",
         ];
         let s = snapshot(&warn_only, Settings::default());
+        assert!(!decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
+    }
+
+    #[test]
+    fn templates_whose_pods_will_be_pinned_meet_require_digest() {
+        let pinned = [
+            "metadata: {name: require}\nspec: {requireDigest: true}",
+            "metadata: {name: pin}\nspec: {images: ['quay.io/**'], pinDigests: true}",
+        ];
+        let s = snapshot(&pinned, Settings::default());
+        let deployment = |image: &str| {
+            let object = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": image}]}}}});
+            Workload::from_value(WorkloadKind::Deployment, &object).unwrap()
+        };
+        // The template: its Pods will be stored pinned.
+        assert!(decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
+        // An image the pinning policy does not govern: still denied.
+        let d = decide_with(&s, &deployment("ghcr.io/a/b:1.0"), None);
+        assert_eq!(rules(&d), ["requireDigest"]);
+        // A Pod is judged as it is: one that arrives unpinned (its digest not to be had) is
+        // denied.
+        let pod = pod(&[("containers", "app", "quay.io/a/b:1.0", None)], &[]);
+        assert_eq!(rules(&decide_with(&s, &pod, None)), ["requireDigest"]);
+        // A pinning policy in Audit mode pins nothing, so it excuses nothing.
+        let audit_only = [
+            pinned[0],
+            "metadata: {name: pin}\nspec: {mode: Audit, pinDigests: true}",
+        ];
+        let s = snapshot(&audit_only, Settings::default());
         assert!(!decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
     }
 
