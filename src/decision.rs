@@ -668,11 +668,21 @@ impl Judged<'_> {
             }
             // An image an UPDATE leaves as it was is not looked up again (see
             // `verification::requests`): it is judged by what was admitted, and by the audit.
+            // A running image's signatures are judged on the digest that runs (the audit
+            // gathers its evidence for that digest); the entries are those of the image as
+            // written, as the requests for the evidence chose them.
             if !p.signatures.is_empty() && !target.unchanged {
                 let mut entries = verification::candidates(p, reference).peekable();
                 if entries.peek().is_some() {
                     let found = evidence.and_then(|e| e.images.get(&image.image));
-                    match verification::judge(entries, reference, found) {
+                    let (judged, runs_note) = match runs.running() {
+                        Some(ran) => (
+                            ran,
+                            format!(", which runs {},", ran.digest().unwrap_or_default()),
+                        ),
+                        None => (reference, String::new()),
+                    };
+                    match verification::judge(entries, judged, found) {
                         Judgement::Verified => {}
                         Judgement::Offline => unverified.push(format!(
                             "imagegate: [{}/{}] {}: {}",
@@ -686,7 +696,7 @@ impl Judged<'_> {
                             Some(pi),
                             Rule::VerifySignatures,
                             Some(canonical),
-                            format!("{} {why}", self.shown()),
+                            format!("{}{runs_note} {why}", self.shown()),
                         )),
                     }
                 }
@@ -716,6 +726,8 @@ trait WhatRuns {
     fn denied(&self, pi: usize) -> Option<&Reference>;
     /// The digest that runs instead of the pinned one.
     fn mismatch(&self) -> Option<&str>;
+    /// The image as it runs (`NAME@DIGEST`), when that is not the reference as written.
+    fn running(&self) -> Option<&Reference>;
     /// `, which runs sha256:…,` for messages about a tag.
     fn note(&self) -> String;
 }
@@ -736,6 +748,9 @@ impl WhatRuns for NotRunning {
         None
     }
     fn mismatch(&self) -> Option<&str> {
+        None
+    }
+    fn running(&self) -> Option<&Reference> {
         None
     }
     fn note(&self) -> String {
@@ -759,8 +774,11 @@ fn denied_message(shown: &str, note: &str, policy: &CompiledPolicy, judged: &Ref
 
 /// What a running Pod's image runs, compared with what it says.
 enum Running<'a> {
-    /// A digest-pinned reference runs another digest.
-    Mismatch { digest: &'a str },
+    /// A digest-pinned reference runs another digest; `reference` is the image's name at it.
+    Mismatch {
+        digest: &'a str,
+        reference: Reference,
+    },
     /// A tag runs `digest`: `reference` is the image's name at that digest, and `matches` what
     /// it matches (digest patterns are judged on it).
     Tag {
@@ -776,9 +794,12 @@ impl<'a> Running<'a> {
     fn of(snapshot: &Snapshot, written: &Reference, digest: &'a str) -> Option<Running<'a>> {
         match written.digest() {
             Some(pinned) if pinned == digest => None,
-            Some(_) => Some(Running::Mismatch { digest }),
+            Some(_) => Some(Running::Mismatch {
+                digest,
+                reference: running_reference(written, digest)?,
+            }),
             None => {
-                let reference = Reference::parse(&format!("{}@{digest}", written.name())).ok()?;
+                let reference = running_reference(written, digest)?;
                 let matches = snapshot.match_image(&reference);
                 Some(Running::Tag {
                     digest,
@@ -808,8 +829,13 @@ impl WhatRuns for Running<'_> {
     }
     fn mismatch(&self) -> Option<&str> {
         match self {
-            Running::Mismatch { digest } => Some(digest),
+            Running::Mismatch { digest, .. } => Some(digest),
             Running::Tag { .. } => None,
+        }
+    }
+    fn running(&self) -> Option<&Reference> {
+        match self {
+            Running::Mismatch { reference, .. } | Running::Tag { reference, .. } => Some(reference),
         }
     }
     fn note(&self) -> String {
@@ -817,6 +843,16 @@ impl WhatRuns for Running<'_> {
             Running::Tag { digest, .. } => format!(", which runs {digest},"),
             Running::Mismatch { .. } => String::new(),
         }
+    }
+}
+
+/// The image `written` names, at the digest that runs (`NAME@DIGEST`): what a running image is
+/// judged on when the kubelet reports a digest other than the one written (or a tag's). `None`
+/// when the two do not make a valid reference. The audit gathers signature evidence for it.
+pub fn running_reference(written: &Reference, digest: &str) -> Option<Reference> {
+    match written.digest() {
+        Some(pinned) if pinned == digest => None,
+        _ => Reference::parse(&format!("{}@{digest}", written.name())).ok(),
     }
 }
 
