@@ -216,7 +216,7 @@ impl Auditor {
         let namespaces = self.sources.namespaces.clone();
         let keep_pods = self.reports.is_some();
         let started = std::time::Instant::now();
-        let (snapshot, entries, evidence) = match self.evidence(snapshot, entries).await {
+        let (snapshot, entries, evidence) = match self.gather_evidence(snapshot, entries).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!(error = %e, "the audit pass failed");
@@ -290,7 +290,7 @@ impl Auditor {
     /// entries; else gathered for each image at the digest it runs (see
     /// [`evidence_requests`]), a few at a time, within [`AUDIT_EVIDENCE_DEADLINE`]. The
     /// requests are worked out on a blocking thread, like the pass.
-    async fn evidence(
+    async fn gather_evidence(
         &self,
         snapshot: Arc<Snapshot>,
         entries: Vec<PodEntry>,
