@@ -290,15 +290,13 @@ async fn a_refused_list_is_exit_two_with_the_reason() {
 
 #[tokio::test]
 async fn signatures_of_running_pods_are_looked_up_at_the_digest_they_run() {
-    let Some(registry) = registry_support::TestRegistry::tls().await else {
+    // Signed when the first Pod started; the tag then moved to an unsigned image.
+    let Some(moved) = registry_support::MovedTag::new().await else {
         return;
     };
-    let release = registry_support::TestKey::new();
+    let (registry, release, tag) = (&moved.registry, &moved.key, &moved.tag);
+    let (signed, unsigned) = (&moved.signed, &moved.unsigned);
     let host = registry.host.clone();
-    // Signed when the first Pod started; the tag then moved to an unsigned image.
-    let signed = registry.push_signed("team/app", "1.0", &[&release]).await;
-    let unsigned = registry.push_image("team/app", "1.0").await;
-    let tag = format!("{host}/team/app:1.0");
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, &registry.ca.pair.cert_pem).unwrap();
@@ -310,10 +308,10 @@ async fn signatures_of_running_pods_are_looked_up_at_the_digest_they_run() {
                  "verifySignatures": [{"name": "release",
                                        "key": {"publicKey": release.public_pem}}]}});
     let pods = vec![
-        pod("shop", "old", &tag, &format!("{tag}@{signed}")),
-        pod("shop", "new", &tag, &format!("{tag}@{unsigned}")),
+        pod("shop", "old", tag, &format!("{tag}@{signed}")),
+        pod("shop", "new", tag, &format!("{tag}@{unsigned}")),
         // Not started: judged on what the tag names now (the unsigned image).
-        pod("shop", "pending", &tag, ""),
+        pod("shop", "pending", tag, ""),
     ];
 
     let audit_with = |extra: &[&str]| {

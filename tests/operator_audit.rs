@@ -785,15 +785,13 @@ async fn wait_for_passes(metrics: &Metrics, n: f64) {
 
 #[tokio::test]
 async fn signatures_are_judged_on_the_digest_each_pod_runs() {
-    let Some(registry) = registry_support::TestRegistry::tls().await else {
+    // The tag was signed when the first Pod started; then it moved to an unsigned image.
+    let Some(moved) = registry_support::MovedTag::new().await else {
         return;
     };
-    let release = registry_support::TestKey::new();
+    let (registry, release, tag) = (&moved.registry, &moved.key, &moved.tag);
+    let (signed, unsigned) = (&moved.signed, &moved.unsigned);
     let host = registry.host.clone();
-    // The tag was signed when the first Pod started; then it moved to an unsigned image.
-    let signed = registry.push_signed("team/app", "1.0", &[&release]).await;
-    let unsigned = registry.push_image("team/app", "1.0").await;
-    let tag = format!("{host}/team/app:1.0");
 
     let sig: ImagePolicy = serde_json::from_value(json!({
         "apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy",
@@ -806,11 +804,11 @@ async fn signatures_are_judged_on_the_digest_each_pod_runs() {
     .unwrap();
     let (cluster, store, ns_store) = Cluster::new(std::slice::from_ref(&sig));
     let running = |name: &str, digest: &str| {
-        let mut p = pod("prod", name, &tag, "1");
+        let mut p = pod("prod", name, tag, "1");
         p["status"]["containerStatuses"][0]["imageID"] = json!(format!("{tag}@{digest}"));
         p
     };
-    cluster.set_pods(&[running("old", &signed), running("new", &unsigned)]);
+    cluster.set_pods(&[running("old", signed), running("new", unsigned)]);
     let adapter = imagegate::registry::Registry::new(
         imagegate::registry::Config {
             client: registry.client_config(),

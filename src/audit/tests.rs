@@ -505,6 +505,11 @@ fn image_evidence(digest: &str, outcome: Outcome) -> crate::evidence::ImageEvide
     }
 }
 
+/// A pass over `pods` with `evidence`, every Pod kept.
+fn with_evidence(s: &Snapshot, pods: &[PodEntry], evidence: &Evidence) -> AuditOutcome {
+    audit_with(s, pods, &labels, NOW.parse().unwrap(), true, Some(evidence))
+}
+
 fn verified(digest: &str) -> Outcome {
     Outcome::Verified {
         digest: digest.to_owned(),
@@ -582,14 +587,7 @@ fn signatures_are_judged_on_the_digest_that_runs() {
         ]
         .into(),
     };
-    let outcome = audit_with(
-        &s,
-        &pods,
-        &labels,
-        NOW.parse().unwrap(),
-        true,
-        Some(&evidence),
-    );
+    let outcome = with_evidence(&s, &pods, &evidence);
     assert_eq!(
         found(&outcome),
         [
@@ -653,14 +651,7 @@ fn unavailable_signatures_are_reported_as_such() {
         )]
         .into(),
     };
-    let outcome = audit_with(
-        &s,
-        &pods,
-        &labels,
-        NOW.parse().unwrap(),
-        true,
-        Some(&evidence),
-    );
+    let outcome = with_evidence(&s, &pods, &evidence);
     assert_eq!(outcome.signatures_unavailable, 1);
     let v = &outcome.pods[0].evaluated.decision.violations[0];
     assert_eq!(v.rule, Rule::VerifySignatures);
