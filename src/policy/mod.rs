@@ -10,8 +10,8 @@ mod signatures;
 mod snapshot;
 
 pub use compile::{
-    BreakGlassRule, CompileCache, CompileError, CompiledPolicy, ListId, PIN_DIGESTS_SUPPORTED,
-    PatternList, compile, compile_shared, compile_with, parse_duration, validate,
+    BreakGlassRule, CompileCache, CompileError, CompiledPolicy, ListId, PatternList, compile,
+    compile_shared, compile_with, parse_duration, validate,
 };
 pub use crd::{
     AUDIT_VIOLATIONS_LIMIT, AuditStatus, AuditViolation, BreakGlass, ImagePolicy, ImagePolicySpec,

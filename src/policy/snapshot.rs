@@ -67,6 +67,8 @@ pub struct Snapshot {
     selected: Vec<Vec<usize>>,
     /// Whether some policy has `verifySignatures` entries.
     signing: bool,
+    /// Whether some `Enforce` policy has `pinDigests`.
+    pinning: bool,
     created: jiff::Timestamp,
     /// Unique to this snapshot, so that what a thread remembers of images (see
     /// [`Snapshot::resolve`]) is never used with another one.
@@ -246,8 +248,12 @@ impl Snapshot {
         let remembered = (RESOLVED_FLAGS_PER_THREAD / policies.len().max(1))
             .clamp(RESOLVED_AT_LEAST, RESOLVED_PER_THREAD);
         let signing = policies.iter().any(|p| !p.signatures.is_empty());
+        let pinning = policies
+            .iter()
+            .any(|p| p.pin_digests && p.mode == super::Mode::Enforce);
         Snapshot {
             signing,
+            pinning,
             policies,
             settings,
             matcher,
@@ -290,6 +296,12 @@ impl Snapshot {
     /// deciding costs this one test more than before signatures existed.
     pub fn has_signature_rules(&self) -> bool {
         self.signing
+    }
+
+    /// Whether some `Enforce` policy pins digests: when not, no mutation needs a digest, and
+    /// `/mutate` costs this one test more than before `pinDigests` existed.
+    pub fn pins_digests(&self) -> bool {
+        self.pinning
     }
 
     /// The engine settings.
