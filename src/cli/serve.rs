@@ -574,27 +574,7 @@ mod tests {
         write("b", "registry.corp.example/b/*");
         reload.reload();
         let second = reload.snapshot.load_full();
-        let policy = |s: &Snapshot, name| Arc::as_ptr(s.policy(name).unwrap());
-        assert_eq!(
-            policy(&first, "a"),
-            policy(&second, "a"),
-            "unchanged: shared"
-        );
-        assert_ne!(
-            policy(&first, "b"),
-            policy(&second, "b"),
-            "edited: compiled anew"
-        );
-        assert_eq!(
-            second
-                .policy("b")
-                .unwrap()
-                .allowed_images
-                .as_ref()
-                .unwrap()
-                .sources(),
-            ["registry.corp.example/b/*"]
-        );
+        crate::policy::assert_rebuilt(&first, &second, "a", "b", "registry.corp.example/b/*");
     }
 
     #[test]

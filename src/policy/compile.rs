@@ -51,6 +51,38 @@ impl PatternList {
     pub fn sources(&self) -> Vec<&str> {
         self.patterns.iter().map(Pattern::source).collect()
     }
+
+    /// Parses the list written at `field` (`spec.allowedImages`), in which `split` (the policy,
+    /// the entry) is what to split when it is too long; the error is the field path of the
+    /// first wrong pattern, and what is wrong.
+    pub(super) fn parse(
+        field: &str,
+        list: &[String],
+        split: &str,
+    ) -> Result<PatternList, (String, String)> {
+        if list.len() > MAX_PATTERNS_PER_LIST {
+            return Err((
+                field.to_owned(),
+                format!(
+                    "{} patterns are more than one list may hold ({MAX_PATTERNS_PER_LIST}); split the {split}",
+                    list.len()
+                ),
+            ));
+        }
+        let patterns = list
+            .iter()
+            .enumerate()
+            .map(|(i, source)| {
+                Pattern::parse(source).map_err(|e| {
+                    (
+                        format!("{field}[{i}]"),
+                        format!("invalid pattern {source:?}: {e}; {PATTERN_HELP}"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(PatternList { patterns })
+    }
 }
 
 /// Which pattern list of a policy: what a snapshot's [`Matcher`](super::matcher::Matcher)
@@ -303,28 +335,7 @@ fn compile_as(
 
     let patterns = |field: &str, list: &Option<Vec<String>>| -> Result<PatternList, CompileError> {
         let list = list.as_deref().unwrap_or_default();
-        if list.len() > MAX_PATTERNS_PER_LIST {
-            return Err(err(
-                format!("spec.{field}"),
-                format!(
-                    "{} patterns are more than one list may hold ({MAX_PATTERNS_PER_LIST}); split the policy",
-                    list.len()
-                ),
-            ));
-        }
-        let mut out = PatternList {
-            patterns: Vec::with_capacity(list.len()),
-        };
-        for (i, source) in list.iter().enumerate() {
-            let p = Pattern::parse(source).map_err(|e| {
-                err(
-                    format!("spec.{field}[{i}]"),
-                    format!("invalid pattern {source:?}: {e}; {PATTERN_HELP}"),
-                )
-            })?;
-            out.patterns.push(p);
-        }
-        Ok(out)
+        PatternList::parse(&format!("spec.{field}"), list, "policy").map_err(|(at, e)| err(at, e))
     };
 
     let has_rule = spec.allowed_images.is_some()

@@ -22,6 +22,8 @@ pub use selector::Selector;
 #[cfg(test)]
 pub(crate) use signatures::test_keys;
 pub use signatures::{SecretKeys, SignatureRule};
+#[cfg(test)]
+pub(crate) use snapshot::assert_rebuilt;
 pub use snapshot::{
     ImageMatches, ResolvedImage, Settings, Snapshot, SnapshotBuilder, UnmatchedImages,
 };

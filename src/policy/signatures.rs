@@ -7,8 +7,6 @@ use std::sync::Arc;
 
 use super::compile::PatternList;
 use super::crd::{KeyVerifier, SignatureEntry, TransparencyLog};
-use super::matcher::MAX_PATTERNS_PER_LIST;
-use super::pattern::{PATTERN_HELP, Pattern};
 use crate::evidence::EntryCheck;
 use crate::reference::Reference;
 use crate::signature::{PublicKey, Verifier};
@@ -273,28 +271,7 @@ fn entry_patterns(at: &str, list: Option<&[String]>) -> Result<PatternList, (Str
             "an empty list would make this entry govern no image; omit images for every image the policy governs".into(),
         ));
     }
-    if list.len() > MAX_PATTERNS_PER_LIST {
-        return Err((
-            format!("{at}.images"),
-            format!(
-                "{} patterns are more than one list may hold ({MAX_PATTERNS_PER_LIST}); split the entry",
-                list.len()
-            ),
-        ));
-    }
-    let mut out = PatternList {
-        patterns: Vec::with_capacity(list.len()),
-    };
-    for (j, source) in list.iter().enumerate() {
-        let p = Pattern::parse(source).map_err(|e| {
-            (
-                format!("{at}.images[{j}]"),
-                format!("invalid pattern {source:?}: {e}; {PATTERN_HELP}"),
-            )
-        })?;
-        out.patterns.push(p);
-    }
-    Ok(out)
+    PatternList::parse(&format!("{at}.images"), list, "entry")
 }
 
 /// The verifier of a `key` entry; `None` when it names a Secret and only the shape is checked.

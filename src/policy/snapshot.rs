@@ -521,6 +521,31 @@ impl<'a> SnapshotBuilder<'a> {
     }
 }
 
+/// Asserts that `second`, rebuilt from `first` with policy `changed` edited to allow only
+/// `allowed`, shares policy `kept` with `first` and has compiled `changed` anew.
+#[cfg(test)]
+pub(crate) fn assert_rebuilt(
+    first: &Snapshot,
+    second: &Snapshot,
+    kept: &str,
+    changed: &str,
+    allowed: &str,
+) {
+    let policy = |s: &Snapshot, name| Arc::as_ptr(s.policy(name).unwrap());
+    assert_eq!(
+        policy(first, kept),
+        policy(second, kept),
+        "unchanged: shared"
+    );
+    assert_ne!(
+        policy(first, changed),
+        policy(second, changed),
+        "changed: compiled anew"
+    );
+    let edited = second.policy(changed).unwrap();
+    assert_eq!(edited.allowed_images.as_ref().unwrap().sources(), [allowed]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,23 +759,7 @@ mod tests {
         builder.add(&a).unwrap();
         let second = builder.build(Settings::default());
 
-        let same = |s: &Snapshot, name| Arc::as_ptr(s.policy(name).unwrap());
-        assert_eq!(same(&first, "a"), same(&second, "a"), "unchanged: shared");
-        assert_ne!(
-            same(&first, "b"),
-            same(&second, "b"),
-            "changed: compiled anew"
-        );
-        assert_eq!(
-            second
-                .policy("b")
-                .unwrap()
-                .allowed_images
-                .as_ref()
-                .unwrap()
-                .sources(),
-            ["registry.corp.example/b/**"]
-        );
+        assert_rebuilt(&first, &second, "a", "b", "registry.corp.example/b/**");
         let names: Vec<&str> = second.policies().iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["a", "b"], "sorted by name");
     }
