@@ -9,7 +9,7 @@
 //
 // Usage:
 //   node produce.js --out DIR [--manifest FILE] [--image NAME] [--cases a,b,…]
-//                   [--attach HOST:PORT/REPOSITORY]
+//                   [--attach HOST:PORT/REPOSITORY [--username U --password P]]
 //
 // Writes into DIR:
 //   trusted_root.json      the test authorities as a dev.sigstore.trustedroot document
@@ -497,7 +497,15 @@ async function main() {
     }
     index.push(entry);
     if (opts.attach && entry.mediaType) {
-      await attach(opts.attach, digest, entry.mediaType, path.join(opts.out, entry.file));
+      // The annotations cosign writes on a bundle's referrer manifest.
+      const annotations =
+        c.kind === 'dsse'
+          ? {
+              'dev.sigstore.bundle.content': 'dsse-envelope',
+              'dev.sigstore.bundle.predicateType': entry.predicateType,
+            }
+          : { 'dev.sigstore.bundle.content': 'message-signature' };
+      await attach(opts, digest, entry.mediaType, annotations, path.join(opts.out, entry.file));
     }
   }
   write(opts.out, 'cases.json', {
@@ -536,19 +544,20 @@ function write(dir, file, content) {
 }
 
 /** Attaches a bundle to the image as a referrer, through @sigstore/oci. */
-async function attach(target, digest, mediaType, file) {
+async function attach(opts, digest, mediaType, annotations, file) {
   await oci.attachArtifactToImage({
-    imageName: target,
+    imageName: opts.attach,
     imageDigest: digest,
     artifact: fs.readFileSync(file),
     mediaType,
-    annotations: { 'dev.sigstore.bundle.content': 'imagegate-test' },
-    credentials: { username: '', password: '' },
+    annotations,
+    // Basic credentials when the registry wants them (an open registry answers no challenge).
+    credentials: opts.username ? { username: opts.username, password: opts.password } : undefined,
     fetchOpts: { retry: { retries: 0 } },
   });
 }
 
 main().catch((e) => {
-  console.error(e.stack || String(e));
+  for (let err = e; err; err = err.cause) console.error(err.stack || String(err));
   process.exit(1);
 });
