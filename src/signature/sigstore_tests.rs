@@ -606,3 +606,25 @@ fn fresh_sigstore_js_cases() {
         check_all(&Cases::open(dir.path().to_owned()));
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// A bundle with any byte changed is refused with a reason (never a panic), unless the
+    /// change is one JSON cannot see (whitespace, a field order).
+    #[test]
+    fn bent_bundles_never_panic(name in proptest::sample::select(vec!["dsse-v03", "message-v02", "message-key"]), at in 0usize..8192, byte: u8) {
+        let c = Cases::committed();
+        let mut b = c.bundle(name);
+        let at = at % b.len();
+        b[at] = byte;
+        let _ = bundle::verify(&b, &c.image(), &c.release(), now());
+    }
+
+    /// Arbitrary bytes as a timestamp are refused.
+    #[test]
+    fn arbitrary_timestamps_are_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        let c = Cases::committed();
+        proptest::prop_assert!(super::timestamp::verify(&bytes, b"sig", &c.root).is_err());
+    }
+}
