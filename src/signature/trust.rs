@@ -96,6 +96,7 @@ pub struct TrustedRoot {
     certificate_authorities: Vec<CertificateAuthority>,
     logs: Vec<LogKey>,
     timestamp_authorities: Vec<CertificateAuthority>,
+    ignored: Vec<String>,
 }
 
 impl TrustedRoot {
@@ -127,9 +128,15 @@ impl TrustedRoot {
             .enumerate()
             .map(|(i, ca)| ca.parse(&format!("timestampAuthorities[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        // A log whose key cannot be used is left out (its entries then verify nothing), so
+        // that a new kind of key in Sigstore's root does not stop the rest from working.
         let mut logs = Vec::new();
+        let mut ignored = Vec::new();
         for (i, log) in doc.tlogs.iter().enumerate() {
-            logs.push(log.parse(&format!("tlogs[{i}]"))?);
+            match log.parse(&format!("tlogs[{i}]")) {
+                Ok(log) => logs.push(log),
+                Err(TrustError(why)) => ignored.push(why),
+            }
         }
         if certificate_authorities.is_empty() && logs.is_empty() {
             return Err(TrustError(
@@ -144,7 +151,13 @@ impl TrustedRoot {
             certificate_authorities,
             logs,
             timestamp_authorities,
+            ignored,
         })
+    }
+
+    /// Why some of the document's logs were left out (logged when the root is loaded).
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
     }
 
     /// `sha256:<hex>` of the document: names this root in verifier ids and messages.
@@ -377,14 +390,6 @@ mod tests {
                 "mediaType",
             ),
             (
-                with(&|d| d["tlogs"][0]["publicKey"]["rawBytes"] = "%%".into()),
-                "tlogs[0].publicKey.rawBytes is not base64",
-            ),
-            (
-                with(&|d| d["tlogs"][0]["publicKey"]["keyDetails"] = "PKCS1_RSA_PKCS1V5".into()),
-                "PKIX form",
-            ),
-            (
                 with(&|d| {
                     d["certificateAuthorities"][0]["certChain"]["certificates"][0]["rawBytes"] =
                         "AAAA".into()
@@ -408,6 +413,41 @@ mod tests {
             let e = TrustedRoot::from_json(&bytes).unwrap_err().to_string();
             assert!(e.contains(want), "{e} (wanted {want:?})");
         }
+    }
+
+    #[test]
+    fn unusable_logs_are_left_out_with_the_reason() {
+        let doc: serde_json::Value = serde_json::from_str(ROOT).unwrap();
+        for (change, want) in [
+            (
+                ("rawBytes", "%%"),
+                "tlogs[0].publicKey.rawBytes is not base64",
+            ),
+            (("keyDetails", "PKCS1_RSA_PKCS1V5"), "PKIX form"),
+        ] {
+            let mut d = doc.clone();
+            d["tlogs"][0]["publicKey"][change.0] = change.1.into();
+            let root = TrustedRoot::from_json(&serde_json::to_vec(&d).unwrap()).unwrap();
+            assert!(root.logs().is_empty());
+            assert!(root.ignored()[0].contains(want), "{:?}", root.ignored());
+        }
+    }
+
+    /// Sigstore's public trusted root, as the `@sigstore/tuf` npm package ships it.
+    #[test]
+    fn reads_the_public_instance_root() {
+        let root = TrustedRoot::from_json(include_bytes!(
+            "../../tests/data/sigstore/public_trusted_root.json"
+        ))
+        .unwrap();
+        assert!(root.ignored().is_empty(), "{:?}", root.ignored());
+        assert_eq!(root.logs()[0].base_url, "https://rekor.sigstore.dev");
+        let cas = root.certificate_authorities();
+        assert_eq!(cas.len(), 2);
+        // The first Fulcio root was retired at the end of 2022; the second has an intermediate.
+        assert!(cas[0].valid.end.is_some());
+        assert_eq!(cas[1].chain.len(), 2);
+        assert_eq!(cas[1].intermediates().len(), 1);
     }
 
     #[test]
