@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::keyless::{Material, judge};
 use super::rekor::{Content, InclusionProof, LogEntry};
+use super::trust::{ChainDoc, RawDoc};
 use super::{Rejection, Verifier, hex, unhex};
 
 /// What the media type of a bundle starts with (`…+json;version=0.1`, `…+json;version=0.2`,
@@ -323,18 +324,6 @@ impl MaterialDoc {
         let leaf = ders.remove(0);
         Ok((Some(leaf), ders))
     }
-}
-
-#[derive(Deserialize)]
-struct ChainDoc {
-    #[serde(default)]
-    certificates: Vec<RawDoc>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawDoc {
-    raw_bytes: String,
 }
 
 #[derive(Deserialize)]

@@ -237,16 +237,18 @@ struct AuthorityDoc {
     valid_for: Option<RangeDoc>,
 }
 
+/// A certificate chain, as trusted roots and bundles write it.
 #[derive(Deserialize)]
-struct ChainDoc {
+pub(crate) struct ChainDoc {
     #[serde(default)]
-    certificates: Vec<RawDoc>,
+    pub certificates: Vec<RawDoc>,
 }
 
+/// A certificate or key in base64 DER.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RawDoc {
-    raw_bytes: String,
+pub(crate) struct RawDoc {
+    pub raw_bytes: String,
 }
 
 #[derive(Deserialize)]
