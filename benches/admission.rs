@@ -1,7 +1,7 @@
-//! Everything `POST /validate` does between receiving the body and sending the answer, without
-//! the network: read the AdmissionReview, decide against the example policies, write the
-//! answer and the decision record. This is the work the load benchmark (`benches/load/run.sh`)
-//! measures on top of a bare server, in a form that gives stable numbers.
+//! Everything `POST /validate` and `POST /mutate` do between receiving the body and sending the
+//! answer, without the network: read the AdmissionReview, decide (or plan the patch) against the
+//! example policies, write the answer and the record. This is the work the load benchmark
+//! (`benches/load/run.sh`) measures on top of a bare server, in a form that gives stable numbers.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use imagegate::admission::{self, Outcome, record};
-use imagegate::policy::{Settings, Snapshot};
+use imagegate::admission::{self, MutateOutcome, Outcome, record};
+use imagegate::mutation::Digests;
+use imagegate::policy::{ImagePolicy, Settings, Snapshot};
 
 // As in the binary: the allocator is part of what is measured.
 #[global_allocator]
@@ -19,12 +20,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const FIXTURE: &str = include_str!("../tests/data/pod-create.json");
 
 fn snapshot() -> Snapshot {
+    snapshot_with(&[])
+}
+
+/// The example policies and `more`.
+fn snapshot_with(more: &[ImagePolicy]) -> Snapshot {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let policies: Vec<_> = imagegate::manifests::load_policies(&[root.join("examples/policies")])
-        .expect("example policies")
-        .into_iter()
-        .map(|p| p.policy)
-        .collect();
+    let mut policies: Vec<_> =
+        imagegate::manifests::load_policies(&[root.join("examples/policies")])
+            .expect("example policies")
+            .into_iter()
+            .map(|p| p.policy)
+            .collect();
+    policies.extend_from_slice(more);
     let (snapshot, errors) = Snapshot::compile(&policies, Settings::default());
     assert!(errors.is_empty(), "example policies compile");
     snapshot
@@ -107,5 +115,57 @@ fn bench_validate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_validate);
+/// One `/mutate` request, as the handler serves it: the answer's bytes and the record's bytes.
+fn serve_mutate(
+    body: &[u8],
+    snapshot: &Snapshot,
+    labels: &BTreeMap<String, String>,
+) -> (Vec<u8>, Vec<u8>) {
+    let request = admission::parse_admission_review(body).expect("review");
+    let now = jiff::Timestamp::now();
+    let outcome = request.plan_mutation(snapshot, Ok(labels), &Digests::new());
+    let answer = request.mutate_response(&outcome).to_json();
+    let MutateOutcome::Planned(plan) = &outcome else {
+        panic!("a Pod CREATE is planned for")
+    };
+    let ctx = record::RecordContext {
+        endpoint: "mutate",
+        ..request.record_context(Some(labels), now, Duration::from_micros(10))
+    };
+    (answer, record::mutation_line(&ctx, plan, outcome.label()))
+}
+
+fn bench_mutate(c: &mut Criterion) {
+    let always: ImagePolicy = serde_saphyr::from_str(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: always-pull}\nspec: {setPullPolicyAlways: true}",
+    )
+    .expect("policy");
+    let snapshot = snapshot_with(&[always]);
+    let labels: BTreeMap<String, String> = [(
+        "kubernetes.io/metadata.name".to_owned(),
+        "wh-test".to_owned(),
+    )]
+    .into();
+    // The captured Pod (four containers), and the same Pod with 5,000 containers.
+    let pod = FIXTURE.as_bytes().to_vec();
+    let mut large: serde_json::Value = serde_json::from_str(FIXTURE).expect("fixture");
+    large["request"]["object"]["spec"]["containers"] = (0..5000)
+        .map(|i| serde_json::json!({"name": format!("c{i}"), "image": format!("reg.example/app:{i}"), "imagePullPolicy": "IfNotPresent"}))
+        .collect();
+    let large = serde_json::to_vec(&large).expect("JSON");
+    let mut group = c.benchmark_group("mutate");
+    for (name, body) in [("pod", &pod), ("5000-containers", &large)] {
+        let (answer, _) = serve_mutate(body, &snapshot, &labels);
+        assert!(
+            String::from_utf8_lossy(&answer).contains("\"patchType\":\"JSONPatch\""),
+            "{name}: a patch"
+        );
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(serve_mutate(black_box(body), &snapshot, &labels)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_validate, bench_mutate);
 criterion_main!(benches);

@@ -6,6 +6,7 @@
 #
 #   benches/count.sh                    # every step, admitted and denied
 #   benches/count.sh read denied-all    # some steps
+#   benches/count.sh mutate all         # POST /mutate beside POST /validate
 #
 # Needs valgrind (`apt-get install valgrind`).
 set -euo pipefail

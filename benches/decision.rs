@@ -60,6 +60,7 @@ fn bench_decide(c: &mut Criterion) {
         namespace_labels: &labels,
         requester: None,
         now: jiff::Timestamp::now(),
+        evidence: None,
     };
     for (group_name, all_apply) in [("decide", false), ("decide_all_apply", true)] {
         let mut group = c.benchmark_group(group_name);

@@ -8,8 +8,12 @@ use std::hash::BuildHasher as _;
 
 use serde::Serialize;
 
-use crate::policy::{CompiledPolicy, Mode, ResolvedImage, Settings, Snapshot, UnmatchedImages};
+use crate::evidence::Evidence;
+use crate::policy::{
+    CompiledPolicy, ImageMatches, Mode, ResolvedImage, Settings, Snapshot, UnmatchedImages,
+};
 use crate::reference::Reference;
+use crate::verification::{self, Judgement};
 use crate::workload::{ContainerType, ImageUse, Workload};
 
 /// The annotation that asks for a break-glass exception; its value is the ticket.
@@ -37,6 +41,10 @@ pub struct Input<'a> {
     pub requester: Option<&'a Requester>,
     /// The moment of the decision.
     pub now: jiff::Timestamp,
+    /// What the registry adapter found for the images that signature entries govern (see
+    /// [`verification::requests`]); `None` when nothing was gathered, which fails every image
+    /// that needed it (fail closed).
+    pub evidence: Option<&'a Evidence>,
 }
 
 /// The rule a violation breaks, named as the policy field.
@@ -54,6 +62,10 @@ pub enum Rule {
     BreakGlass,
     /// No applying policy governs the image, and `--unmatched-images deny` is set.
     UnmatchedImages,
+    /// No signature entry that governs the image verified a signature over its digest.
+    VerifySignatures,
+    /// A Pod's digest-pinned image runs another digest, as the kubelet reports it (audit only).
+    RunningDigest,
 }
 
 impl Rule {
@@ -68,11 +80,13 @@ impl Rule {
             Rule::RequirePullPolicyAlways => "requirePullPolicyAlways",
             Rule::BreakGlass => "breakGlass",
             Rule::UnmatchedImages => "unmatchedImages",
+            Rule::VerifySignatures => "verifySignatures",
+            Rule::RunningDigest => "runningDigest",
         }
     }
 
     /// Every rule, for metrics.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 10] = [
         Rule::Reference,
         Rule::AllowedImages,
         Rule::DeniedImages,
@@ -81,6 +95,8 @@ impl Rule {
         Rule::RequirePullPolicyAlways,
         Rule::BreakGlass,
         Rule::UnmatchedImages,
+        Rule::VerifySignatures,
+        Rule::RunningDigest,
     ];
 }
 
@@ -195,6 +211,17 @@ pub struct AppliedPolicy {
     pub mode: Mode,
 }
 
+impl AppliedPolicy {
+    /// The policy as the decision record names it.
+    pub fn of(policy: &CompiledPolicy) -> AppliedPolicy {
+        AppliedPolicy {
+            name: policy.name.clone(),
+            generation: policy.generation,
+            mode: policy.mode,
+        }
+    }
+}
+
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -210,6 +237,10 @@ pub struct Decision {
     pub break_glass: Vec<BreakGlassUse>,
     /// Every image with its verdict.
     pub images: Vec<ImageVerdict>,
+    /// Warnings for images whose signatures were not looked at (offline), in the order found;
+    /// part of [`warnings`](Self::warnings), and no violation.
+    #[serde(skip)]
+    pub unverified: Vec<String>,
     /// The policies that applied.
     pub policies: Vec<AppliedPolicy>,
 }
@@ -271,45 +302,46 @@ impl fmt::Display for Violation {
 
 /// Decides whether the object's images are allowed.
 pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
+    decide_running(snapshot, input, &[])
+}
+
+/// Decides a running Pod: as [`decide`], knowing also, by position in the object's images, the
+/// digest the kubelet reports each image runs (`sha256:…`; `None` where it has not reported one
+/// that names a registry digest). A pinned reference's digest is judged against it (rule
+/// `runningDigest`) and a tag's digest patterns on it. The audit of running Pods decides with
+/// it; admission, where nothing runs yet, with [`decide`]. Evidence about an image that runs
+/// (its signatures) is to be gathered for its running digest, not for what its tag resolves to
+/// now.
+pub fn decide_running(
+    snapshot: &Snapshot,
+    input: &Input<'_>,
+    running: &[Option<String>],
+) -> Decision {
     let applying = snapshot.applying(input.namespace_labels);
     let mut decision = Decision {
         policies: applying
             .iter()
-            .map(|&i| {
-                let p = &snapshot.policies()[i];
-                AppliedPolicy {
-                    name: p.name.clone(),
-                    generation: p.generation,
-                    mode: p.mode,
-                }
-            })
+            .map(|&i| AppliedPolicy::of(&snapshot.policies()[i]))
             .collect(),
         ..Decision::default()
     };
 
-    let old_images: HashSet<(ContainerType, &str, &str)> = input
-        .old_object
-        .iter()
-        .flat_map(|old| &old.images)
-        .map(|o| (o.container_type, o.container.as_str(), o.image.as_str()))
-        .collect();
+    let old_images = OldImages::new(input.old_object);
     let mut canonicals = Vec::with_capacity(input.object.images.len());
     for (index, image) in input.object.images.iter().enumerate() {
-        let unchanged = old_images.contains(&(
-            image.container_type,
-            image.container.as_str(),
-            image.image.as_str(),
-        ));
         let target = Target {
             index,
             image,
-            unchanged,
+            unchanged: old_images.contains(image),
+            running: running.get(index).and_then(Option::as_deref),
         };
         canonicals.push(check_image(
             snapshot,
             &applying,
             &target,
+            input.evidence,
             &mut decision.violations,
+            &mut decision.unverified,
         ));
     }
 
@@ -348,11 +380,39 @@ pub fn decide(snapshot: &Snapshot, input: &Input<'_>) -> Decision {
     decision
 }
 
+/// The images of the old object on UPDATE, by what makes an image the same: container type,
+/// container (or volume) name and image string.
+pub(crate) struct OldImages<'a>(HashSet<(ContainerType, &'a str, &'a str)>);
+
+impl<'a> OldImages<'a> {
+    /// The old object's images (none without one: an empty set does not allocate).
+    pub(crate) fn new(old: Option<&'a Workload>) -> OldImages<'a> {
+        OldImages(
+            old.iter()
+                .flat_map(|old| &old.images)
+                .map(|o| (o.container_type, o.container.as_str(), o.image.as_str()))
+                .collect(),
+        )
+    }
+
+    /// Whether `image` was in the old object as it is now.
+    pub(crate) fn contains(&self, image: &ImageUse) -> bool {
+        !self.0.is_empty()
+            && self.0.contains(&(
+                image.container_type,
+                image.container.as_str(),
+                image.image.as_str(),
+            ))
+    }
+}
+
 /// One image being checked, with its position in the object.
 struct Target<'a> {
     index: usize,
     image: &'a ImageUse,
     unchanged: bool,
+    /// The digest the image runs, when known (the audit of running Pods).
+    running: Option<&'a str>,
 }
 
 /// Checks one image against every applying policy; returns its canonical form.
@@ -360,155 +420,66 @@ fn check_image(
     snapshot: &Snapshot,
     applying: &[usize],
     target: &Target<'_>,
+    evidence: Option<&Evidence>,
     out: &mut Vec<Violation>,
+    unverified: &mut Vec<String>,
 ) -> Option<String> {
-    let Target {
-        index,
-        image,
-        unchanged,
-    } = *target;
-    let violation =
-        |policy: Option<usize>, rule: Rule, canonical: Option<&str>, message: String| {
-            let (name, mode) = match policy {
-                Some(pi) => (
-                    snapshot.policies()[pi].name.as_str(),
-                    snapshot.policies()[pi].mode,
-                ),
-                None => (NO_POLICY, Mode::Enforce),
-            };
-            Violation {
-                policy: name.to_owned(),
-                mode,
-                rule,
-                container_type: image.container_type,
-                container: image.container.clone(),
-                image: image.image.clone(),
-                canonical: canonical.map(str::to_owned),
-                message,
-                excused: false,
-                unchanged,
-                field_path: image.field_path.clone(),
-                image_index: index,
-                policy_index: policy,
-            }
-        };
-    let who = || format!("{} {:?}", image.container_type.noun(), image.container);
-
+    let image = target.image;
     let resolved = snapshot.resolve(&image.image);
     let (reference, matches) = match &*resolved {
         ResolvedImage::Valid { reference, matches } => (reference, matches),
         ResolvedImage::Invalid(e) => {
             let message = format!(
-                "{}: image {:?} is not a valid image reference: {e}",
-                who(),
+                "{} {:?}: image {:?} is not a valid image reference: {e}",
+                image.container_type.noun(),
+                image.container,
                 image.image
             );
             for &pi in applying {
-                out.push(violation(Some(pi), Rule::Reference, None, message.clone()));
+                out.push(target.violation(
+                    snapshot,
+                    Some(pi),
+                    Rule::Reference,
+                    None,
+                    message.clone(),
+                ));
             }
             if applying.is_empty() && snapshot.settings().unmatched_images == UnmatchedImages::Deny
             {
-                out.push(violation(None, Rule::Reference, None, message));
+                out.push(target.violation(snapshot, None, Rule::Reference, None, message));
             }
             return None;
         }
     };
     let canonical = reference.canonical();
-    let shown = || format!("{}: image {:?} ({canonical})", who(), image.image);
-    let mut governed = false;
-
-    for &pi in applying {
-        if !matches.governed(pi) {
-            continue;
-        }
-        governed = true;
-        let p = &snapshot.policies()[pi];
-        let mut fail = |rule, write: &dyn Fn() -> String| {
-            let message = remembered_message(snapshot, Some(pi), rule, image, write);
-            out.push(violation(Some(pi), rule, Some(canonical), message));
-        };
-
-        if let Some(allowed) = &p.allowed_images
-            && !matches.allowed(pi)
-        {
-            fail(Rule::AllowedImages, &|| {
-                format!(
-                    "{} is not from an allowed source; use an image matching one of: {}",
-                    shown(),
-                    allowed.sources().join(", ")
-                )
-            });
-        }
-        if matches.denied(pi) {
-            fail(Rule::DeniedImages, &|| {
-                let hit = p
-                    .denied_images
-                    .patterns
-                    .iter()
-                    .find(|pat| pat.matches(reference))
-                    .map_or("", |pat| &pat.source);
-                format!(
-                    "{} matches the denied pattern {hit:?}; use an image from another registry or repository",
-                    shown()
-                )
-            });
-        }
-        if p.require_digest && !reference.is_pinned() {
-            fail(Rule::RequireDigest, &|| {
-                format!(
-                    "{} is not pinned by digest; refer to it as {}@sha256:<digest>",
-                    shown(),
-                    reference.name()
-                )
-            });
-        }
-        if let Some(tag) = reference.effective_tag()
-            && p.denied_tag_set.is_match(tag)
-        {
-            let implicit = if reference.tag_is_implicit() {
-                " (no tag means latest)"
-            } else {
-                ""
-            };
-            fail(Rule::DeniedTags, &|| {
-                format!(
-                    "{} uses the tag {tag:?}{implicit}, which is denied (denied tags: {}); use a specific version tag or pin a digest",
-                    shown(),
-                    p.denied_tags.join(", ")
-                )
-            });
-        }
-        if p.require_pull_policy_always && !reference.is_pinned() {
-            let (effective, defaulted) = effective_pull_policy(image, reference);
-            if effective != "Always" {
-                let how = if defaulted {
-                    " (the default for this tag)"
-                } else {
-                    ""
-                };
-                let field = if image.container_type == ContainerType::ImageVolumes {
-                    "pullPolicy"
-                } else {
-                    "imagePullPolicy"
-                };
-                fail(Rule::RequirePullPolicyAlways, &|| {
-                    format!(
-                        "{} has {field} {effective}{how}; set {field}: Always, or pin the image by digest",
-                        shown()
-                    )
-                });
-            }
-        }
-    }
+    let judged = Judged {
+        target,
+        reference,
+        matches,
+    };
+    // What runs, where the kubelet has said (the audit of running Pods). Admission never says,
+    // and its judge is `NotRunning`, whose answers are constants: its code is the rules alone.
+    let running = target
+        .running
+        .and_then(|digest| Running::of(snapshot, reference, digest));
+    let sink = Sink {
+        violations: out,
+        unverified,
+    };
+    let governed = match &running {
+        None => judged.rules(snapshot, applying, &NotRunning, evidence, sink),
+        Some(running) => judged.rules(snapshot, applying, running, evidence, sink),
+    };
 
     if !governed && snapshot.settings().unmatched_images == UnmatchedImages::Deny {
         let message = remembered_message(snapshot, None, Rule::UnmatchedImages, image, &|| {
             format!(
                 "{} is governed by no image policy that applies here, and imagegate denies unmatched images; ask your platform team which registries are allowed",
-                shown()
+                judged.shown()
             )
         });
-        out.push(violation(
+        out.push(target.violation(
+            snapshot,
             None,
             Rule::UnmatchedImages,
             Some(canonical),
@@ -516,6 +487,333 @@ fn check_image(
         ));
     }
     Some(canonical.to_owned())
+}
+
+impl Target<'_> {
+    /// A violation of `rule` by this image, of the snapshot's policy `policy` (`None`: no
+    /// policy).
+    fn violation(
+        &self,
+        snapshot: &Snapshot,
+        policy: Option<usize>,
+        rule: Rule,
+        canonical: Option<&str>,
+        message: String,
+    ) -> Violation {
+        let (name, mode) = match policy {
+            Some(pi) => (
+                snapshot.policies()[pi].name.as_str(),
+                snapshot.policies()[pi].mode,
+            ),
+            None => (NO_POLICY, Mode::Enforce),
+        };
+        let image = self.image;
+        Violation {
+            policy: name.to_owned(),
+            mode,
+            rule,
+            container_type: image.container_type,
+            container: image.container.clone(),
+            image: image.image.clone(),
+            canonical: canonical.map(str::to_owned),
+            message,
+            excused: false,
+            unchanged: self.unchanged,
+            field_path: image.field_path.clone(),
+            image_index: self.index,
+            policy_index: policy,
+        }
+    }
+}
+
+/// An image whose reference parsed, with what it matches.
+struct Judged<'a> {
+    target: &'a Target<'a>,
+    reference: &'a Reference,
+    matches: &'a ImageMatches,
+}
+
+impl Judged<'_> {
+    /// `container "app": image "nginx" (docker.io/library/nginx:latest)`.
+    fn shown(&self) -> String {
+        let image = self.target.image;
+        format!(
+            "{} {:?}: image {:?} ({})",
+            image.container_type.noun(),
+            image.container,
+            image.image,
+            self.reference.canonical()
+        )
+    }
+
+    /// Checks every rule of every applying policy that governs the image, knowing of what runs
+    /// what `runs` knows; returns whether any policy governs it.
+    fn rules<R: WhatRuns>(
+        &self,
+        snapshot: &Snapshot,
+        applying: &[usize],
+        runs: &R,
+        evidence: Option<&Evidence>,
+        sink: Sink<'_>,
+    ) -> bool {
+        let Judged {
+            target,
+            reference,
+            matches,
+        } = *self;
+        let Sink {
+            violations: out,
+            unverified,
+        } = sink;
+        let image = target.image;
+        let canonical = reference.canonical();
+        let mut governed = false;
+        for &pi in applying {
+            if !matches.governed(pi) && !runs.governed(pi) {
+                continue;
+            }
+            governed = true;
+            let p = &snapshot.policies()[pi];
+            let mut fail = |rule, write: &dyn Fn() -> String| {
+                let message = if R::REMEMBER {
+                    remembered_message(snapshot, Some(pi), rule, image, write)
+                } else {
+                    write()
+                };
+                out.push(target.violation(snapshot, Some(pi), rule, Some(canonical), message));
+            };
+
+            if let Some(digest) = runs.mismatch() {
+                fail(Rule::RunningDigest, &|| {
+                    format!(
+                        "{} is pinned to {}, but the node reports that it runs {digest}; find out how another image came to run (a node that pulled it under another digest, a multi-platform index and its platform manifest, a tampered registry or node), then recreate the Pod",
+                        self.shown(),
+                        reference.digest().unwrap_or_default()
+                    )
+                });
+            }
+            if let Some(allowed) = &p.allowed_images
+                && !matches.allowed(pi)
+                && !runs.allowed(pi)
+            {
+                fail(Rule::AllowedImages, &|| {
+                    format!(
+                        "{}{} is not from an allowed source; use an image matching one of: {}",
+                        self.shown(),
+                        runs.note(),
+                        allowed.sources().join(", ")
+                    )
+                });
+            }
+            if matches.denied(pi) {
+                fail(Rule::DeniedImages, &|| {
+                    denied_message(&self.shown(), "", p, reference)
+                });
+            } else if let Some(ran) = runs.denied(pi) {
+                fail(Rule::DeniedImages, &|| {
+                    denied_message(&self.shown(), &runs.note(), p, ran)
+                });
+            }
+            if p.require_digest && !reference.is_pinned() {
+                fail(Rule::RequireDigest, &|| {
+                    format!(
+                        "{} is not pinned by digest; refer to it as {}@sha256:<digest>",
+                        self.shown(),
+                        reference.name()
+                    )
+                });
+            }
+            if let Some(tag) = reference.effective_tag()
+                && p.denied_tag_set.is_match(tag)
+            {
+                let implicit = if reference.tag_is_implicit() {
+                    " (no tag means latest)"
+                } else {
+                    ""
+                };
+                fail(Rule::DeniedTags, &|| {
+                    format!(
+                        "{} uses the tag {tag:?}{implicit}, which is denied (denied tags: {}); use a specific version tag or pin a digest",
+                        self.shown(),
+                        p.denied_tags.join(", ")
+                    )
+                });
+            }
+            if p.require_pull_policy_always && !reference.is_pinned() {
+                let (effective, defaulted) = effective_pull_policy(image, reference);
+                if effective != "Always"
+                    && !pulled_always_once_mutated(snapshot, applying, matches, image)
+                {
+                    let how = if defaulted {
+                        " (the default for this tag)"
+                    } else {
+                        ""
+                    };
+                    let field = if image.container_type == ContainerType::ImageVolumes {
+                        "pullPolicy"
+                    } else {
+                        "imagePullPolicy"
+                    };
+                    fail(Rule::RequirePullPolicyAlways, &|| {
+                        format!(
+                            "{} has {field} {effective}{how}; set {field}: Always, or pin the image by digest",
+                            self.shown()
+                        )
+                    });
+                }
+            }
+            // An image an UPDATE leaves as it was is not looked up again (see
+            // `verification::requests`): it is judged by what was admitted, and by the audit.
+            if !p.signatures.is_empty() && !target.unchanged {
+                let mut entries = verification::candidates(p, reference).peekable();
+                if entries.peek().is_some() {
+                    let found = evidence.and_then(|e| e.images.get(&image.image));
+                    match verification::judge(entries, reference, found) {
+                        Judgement::Verified => {}
+                        Judgement::Offline => unverified.push(format!(
+                            "imagegate: [{}/{}] {}: {}",
+                            p.name,
+                            Rule::VerifySignatures,
+                            self.shown(),
+                            crate::evidence::OFFLINE
+                        )),
+                        Judgement::NotVerified(why) => out.push(target.violation(
+                            snapshot,
+                            Some(pi),
+                            Rule::VerifySignatures,
+                            Some(canonical),
+                            format!("{} {why}", self.shown()),
+                        )),
+                    }
+                }
+            }
+        }
+        governed
+    }
+}
+
+/// Where the rules put what they find: violations, and the warnings of images whose
+/// signatures were not looked at (offline).
+struct Sink<'a> {
+    violations: &'a mut Vec<Violation>,
+    unverified: &'a mut Vec<String>,
+}
+
+/// What the decision knows of what an image runs.
+trait WhatRuns {
+    /// Whether a message may be remembered by what it was written from: not when it names a
+    /// running digest, which is not part of that.
+    const REMEMBER: bool;
+    /// Whether policy `pi` governs the image as it runs.
+    fn governed(&self, pi: usize) -> bool;
+    /// Whether policy `pi` allows the image as it runs.
+    fn allowed(&self, pi: usize) -> bool;
+    /// The image as it runs, when policy `pi` denies that.
+    fn denied(&self, pi: usize) -> Option<&Reference>;
+    /// The digest that runs instead of the pinned one.
+    fn mismatch(&self) -> Option<&str>;
+    /// `, which runs sha256:…,` for messages about a tag.
+    fn note(&self) -> String;
+}
+
+/// Nothing is known of what runs (admission, and a running Pod whose pinned digest is what
+/// runs): every answer is a constant.
+struct NotRunning;
+
+impl WhatRuns for NotRunning {
+    const REMEMBER: bool = true;
+    fn governed(&self, _: usize) -> bool {
+        false
+    }
+    fn allowed(&self, _: usize) -> bool {
+        false
+    }
+    fn denied(&self, _: usize) -> Option<&Reference> {
+        None
+    }
+    fn mismatch(&self) -> Option<&str> {
+        None
+    }
+    fn note(&self) -> String {
+        String::new()
+    }
+}
+
+/// The message of a `deniedImages` violation: `shown` is the image, `note` what runs (or
+/// empty), `judged` the reference that matched a denied pattern.
+fn denied_message(shown: &str, note: &str, policy: &CompiledPolicy, judged: &Reference) -> String {
+    let hit = policy
+        .denied_images
+        .patterns
+        .iter()
+        .find(|pat| pat.matches(judged))
+        .map_or("", |pat| &pat.source);
+    format!(
+        "{shown}{note} matches the denied pattern {hit:?}; use an image from another registry or repository"
+    )
+}
+
+/// What a running Pod's image runs, compared with what it says.
+enum Running<'a> {
+    /// A digest-pinned reference runs another digest.
+    Mismatch { digest: &'a str },
+    /// A tag runs `digest`: `reference` is the image's name at that digest, and `matches` what
+    /// it matches (digest patterns are judged on it).
+    Tag {
+        digest: &'a str,
+        reference: Reference,
+        matches: ImageMatches,
+    },
+}
+
+impl<'a> Running<'a> {
+    /// `None` when there is nothing to judge: a pinned reference that runs its own digest, or
+    /// a running digest that does not make a valid reference.
+    fn of(snapshot: &Snapshot, written: &Reference, digest: &'a str) -> Option<Running<'a>> {
+        match written.digest() {
+            Some(pinned) if pinned == digest => None,
+            Some(_) => Some(Running::Mismatch { digest }),
+            None => {
+                let reference = Reference::parse(&format!("{}@{digest}", written.name())).ok()?;
+                let matches = snapshot.match_image(&reference);
+                Some(Running::Tag {
+                    digest,
+                    reference,
+                    matches,
+                })
+            }
+        }
+    }
+}
+
+impl WhatRuns for Running<'_> {
+    const REMEMBER: bool = false;
+    fn governed(&self, pi: usize) -> bool {
+        matches!(self, Running::Tag { matches, .. } if matches.governed(pi))
+    }
+    fn allowed(&self, pi: usize) -> bool {
+        matches!(self, Running::Tag { matches, .. } if matches.allowed(pi))
+    }
+    fn denied(&self, pi: usize) -> Option<&Reference> {
+        match self {
+            Running::Tag {
+                reference, matches, ..
+            } if matches.denied(pi) => Some(reference),
+            _ => None,
+        }
+    }
+    fn mismatch(&self) -> Option<&str> {
+        match self {
+            Running::Mismatch { digest } => Some(digest),
+            Running::Tag { .. } => None,
+        }
+    }
+    fn note(&self) -> String {
+        match self {
+            Running::Tag { digest, .. } => format!(", which runs {digest},"),
+            Running::Mismatch { .. } => String::new(),
+        }
+    }
 }
 
 /// The most violation messages a thread remembers per snapshot (see [`remembered_message`]);
@@ -620,6 +918,25 @@ fn remembered_message(
     text
 }
 
+/// Whether the Pods made from a workload's template will get `imagePullPolicy: Always` from the
+/// mutating webhook anyway: the image is in a pod template (workload templates are never
+/// mutated, their Pods are) and an applying `Enforce` policy with `setPullPolicyAlways` governs
+/// it. `requirePullPolicyAlways` then has nothing to deny in the template; each Pod is judged
+/// on its mutated form, and one that reaches the API server unmutated is denied then. Only
+/// asked on the way to a violation, so it costs nothing on an admitted request.
+fn pulled_always_once_mutated(
+    snapshot: &Snapshot,
+    applying: &[usize],
+    matches: &crate::policy::ImageMatches,
+    image: &ImageUse,
+) -> bool {
+    image.in_pod_template()
+        && applying.iter().any(|&q| {
+            let p = &snapshot.policies()[q];
+            p.set_pull_policy_always && p.mode == Mode::Enforce && matches.governed(q)
+        })
+}
+
 /// The pull policy Kubernetes would use: as written, else `Always` for `latest` (or no tag)
 /// and `IfNotPresent` otherwise. The flag says whether it was defaulted.
 fn effective_pull_policy<'a>(image: &'a ImageUse, reference: &Reference) -> (&'a str, bool) {
@@ -694,9 +1011,10 @@ fn check_break_glass(
         format!("{BREAK_GLASS_UNTIL_ANNOTATION} {until_text:?} is not an RFC 3339 time such as 2026-01-02T15:04:05Z")
     })?;
     if until <= input.now {
+        // Without the time of the decision: the audit re-judges running Pods over and over,
+        // and writes what it found only when a message changes.
         return Err(format!(
-            "the exception expired at {until} (now {})",
-            input.now
+            "the exception expired at {until}; remove the break-glass annotations, or set a new ticket and time if the exception is still needed"
         ));
     }
     let ahead = until.duration_since(input.now).unsigned_abs();
@@ -741,7 +1059,7 @@ pub fn is_trusted_controller(username: &str, namespaces: &[String]) -> bool {
 }
 
 fn warnings(decision: &Decision) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut out = decision.unverified.clone();
     for v in &decision.violations {
         if v.excused || v.mode == Mode::Audit {
             continue;
@@ -825,7 +1143,7 @@ impl Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::{ImagePolicy, Settings, compile};
     use crate::workload::WorkloadKind;
@@ -846,7 +1164,10 @@ mod tests {
     }
 
     /// A Pod from `(container type, name, image, pull policy)` and annotations.
-    fn pod(images: &[(&str, &str, &str, Option<&str>)], annotations: &[(&str, &str)]) -> Workload {
+    pub(crate) fn pod(
+        images: &[(&str, &str, &str, Option<&str>)],
+        annotations: &[(&str, &str)],
+    ) -> Workload {
         let mut spec = serde_json::json!({});
         for (ty, name, image, pull) in images {
             let entry = if *ty == "volumes" {
@@ -895,6 +1216,7 @@ mod tests {
                 namespace_labels: &ns,
                 requester,
                 now: NOW.parse().unwrap(),
+                evidence: None,
             },
         )
     }
@@ -1170,6 +1492,7 @@ spec:
                 namespace_labels: &dev,
                 requester: None,
                 now: NOW.parse().unwrap(),
+                evidence: None,
             },
         );
         assert_eq!(
@@ -1226,6 +1549,7 @@ spec:
             namespace_labels: &ns,
             requester: None,
             now: NOW.parse().unwrap(),
+            evidence: None,
         };
         let d = decide(&s, &input);
         assert!(!d.allowed);
@@ -1431,6 +1755,41 @@ spec:
                 ["reference"]
             );
         }
+    }
+
+    #[test]
+    fn templates_whose_pods_will_be_mutated_meet_require_pull_policy_always() {
+        let pods_mutated = [
+            "metadata: {name: require}\nspec: {requirePullPolicyAlways: true}",
+            "metadata: {name: set}\nspec: {images: ['quay.io/**'], setPullPolicyAlways: true}",
+        ];
+        let s = snapshot(&pods_mutated, Settings::default());
+        let deployment = |image: &str| {
+            let object = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": image, "imagePullPolicy": "IfNotPresent"}]}}}});
+            Workload::from_value(WorkloadKind::Deployment, &object).unwrap()
+        };
+        // The template: its Pods will be stored with Always.
+        assert!(decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
+        // An image the mutating policy does not govern: still denied.
+        let d = decide_with(&s, &deployment("ghcr.io/a/b:1.0"), None);
+        assert_eq!(rules(&d), ["requirePullPolicyAlways"]);
+        // A Pod is judged as it is: one that arrives unmutated is denied.
+        let pod = pod(
+            &[("containers", "app", "quay.io/a/b:1.0", Some("IfNotPresent"))],
+            &[],
+        );
+        assert_eq!(
+            rules(&decide_with(&s, &pod, None)),
+            ["requirePullPolicyAlways"]
+        );
+        // A Warn-mode mutation changes nothing, so it excuses nothing.
+        let warn_only = [
+            pods_mutated[0],
+            "metadata: {name: set}\nspec: {mode: Warn, setPullPolicyAlways: true}",
+        ];
+        let s = snapshot(&warn_only, Settings::default());
+        assert!(!decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
     }
 
     #[test]

@@ -2,18 +2,27 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `imagegate_admissions_total` | counter | `endpoint` (validate, imagereview), `result` (allowed, denied, skipped, bad_request) |
+//! | `imagegate_admissions_total` | counter | `endpoint` (validate, mutate, imagereview), `result` (allowed, denied, skipped, bad_request) |
 //! | `imagegate_decisions_total` | counter | `policy`, `mode`, `result` (allowed, denied, warned, audited, excused): one per applying policy per decision |
 //! | `imagegate_violations_total` | counter | `rule`, `mode` |
 //! | `imagegate_break_glass_total` | counter | `policy` |
+//! | `imagegate_pods_mutated_total` | counter | `change` (pullPolicy, digest): Pods whose patch made that change |
 //! | `imagegate_request_duration_seconds` | histogram | `endpoint` |
 //! | `imagegate_policies` | gauge | – policies in force |
 //! | `imagegate_policy_errors` | gauge | – policies left out because they do not compile |
 //! | `imagegate_snapshot_created_timestamp_seconds` | gauge | – when the snapshot in force was built (age = `time() - …`) |
 //! | `imagegate_certificate_not_after_timestamp_seconds` | gauge | – when the serving certificate expires |
+//! | `imagegate_audit_violating_pods` | gauge | `policy`, `mode`: running Pods that violate the policy, as the last audit pass found |
+//! | `imagegate_audit_pods` | gauge | – Pods the last audit pass decided |
+//! | `imagegate_audit_passes_total` | counter | – audit passes run |
+//! | `imagegate_audit_last_pass_timestamp_seconds` | gauge | – when the last audit pass ran |
+//! | `imagegate_signature_verifications_total` | counter | `result` (verified, not_verified, unavailable), `source` (fresh, cache, stale): one per signature entry judged for an image |
+//! | `imagegate_registry_request_duration_seconds` | histogram | `registry`, `outcome` (ok, not_found, unauthorized, client_error, server_error, error) |
+//! | `imagegate_registry_cache_entries` | gauge | `cache` (tags, signatures) |
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +32,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::decision::{Decision, Verdict};
+use crate::evidence::{Outcome, Source};
+use crate::mutation::{Change, Plan};
 use crate::policy::Mode;
 
 /// Request latency buckets: 100 µs doubling to about 3.3 s. A decision takes microseconds; the
@@ -31,16 +42,27 @@ const LATENCY_BUCKET_START_SECONDS: f64 = 0.000_1;
 const LATENCY_BUCKET_FACTOR: f64 = 2.0;
 const LATENCY_BUCKET_COUNT: u16 = 16;
 
+/// Registry request latency buckets: 1 ms doubling to about 16 s. A registry on the same
+/// network answers in milliseconds; the upper buckets catch slow registries up to the request
+/// timeout.
+const REGISTRY_BUCKET_START_SECONDS: f64 = 0.001;
+const REGISTRY_BUCKET_COUNT: u16 = 15;
+/// At most this many registries get series of their own; requests to any further registry are
+/// counted under `registry="other"`. Which registries are asked depends on the images that Pods
+/// name, so the label's values must be bounded.
+pub const MAX_REGISTRY_LABELS: usize = 64;
+
 /// The HTTP endpoint a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Endpoint {
     validate,
     imagereview,
+    mutate,
 }
 
 impl Endpoint {
-    const COUNT: usize = 2;
+    const COUNT: usize = 3;
 }
 
 /// What became of one admission request.
@@ -92,8 +114,19 @@ struct ViolationLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuditLabels {
+    policy: String,
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PolicyLabel {
     policy: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChangeLabel {
+    change: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -101,7 +134,84 @@ struct EndpointLabel {
     endpoint: Endpoint,
 }
 
+/// The result of one signature entry for one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum VerificationResult {
+    verified,
+    not_verified,
+    unavailable,
+}
+
+/// Where a signature outcome came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum VerificationSource {
+    fresh,
+    cache,
+    stale,
+}
+
+/// How one registry request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RegistryOutcome {
+    /// 2xx (and 3xx not followed).
+    ok,
+    /// 404.
+    not_found,
+    /// 401 or 403 (a 401 before a token is fetched is the normal Bearer handshake).
+    unauthorized,
+    /// Another 4xx.
+    client_error,
+    /// 5xx.
+    server_error,
+    /// No answer: refused, TLS failure, timeout, a redirect refused.
+    error,
+}
+
+impl RegistryOutcome {
+    /// The outcome of an answer with `status`.
+    pub fn of_status(status: u16) -> RegistryOutcome {
+        match status {
+            404 => RegistryOutcome::not_found,
+            401 | 403 => RegistryOutcome::unauthorized,
+            400..=499 => RegistryOutcome::client_error,
+            500..=599 => RegistryOutcome::server_error,
+            _ => RegistryOutcome::ok,
+        }
+    }
+}
+
+/// One of the registry adapter's caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RegistryCache {
+    /// Tag resolutions.
+    tags,
+    /// Signature outcomes (per repository, digest and verifier).
+    signatures,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VerificationLabels {
+    result: VerificationResult,
+    source: VerificationSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RegistryRequestLabels {
+    registry: String,
+    outcome: RegistryOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CacheLabel {
+    cache: RegistryCache,
+}
+
 type LatencyFamily = Family<EndpointLabel, Histogram, fn() -> Histogram>;
+type RegistryLatencyFamily = Family<RegistryRequestLabels, Histogram, fn() -> Histogram>;
 
 /// The metrics of one process. Cheap to update from any thread.
 pub struct Metrics {
@@ -110,6 +220,7 @@ pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     violations: Family<ViolationLabels, Counter>,
     break_glass: Family<PolicyLabel, Counter>,
+    pods_mutated: Family<ChangeLabel, Counter>,
     latency: LatencyFamily,
     /// The series of `admissions` and `latency` that every request updates, by endpoint and
     /// result, each taken from its family the first time it is used (so the exposition is the
@@ -120,6 +231,15 @@ pub struct Metrics {
     policy_errors: Gauge,
     snapshot_created: Gauge<f64, AtomicU64>,
     cert_not_after: Gauge<f64, AtomicU64>,
+    audit_violating: Family<AuditLabels, Gauge>,
+    audit_pods: Gauge,
+    audit_passes: Counter,
+    audit_last_pass: Gauge<f64, AtomicU64>,
+    signature_verifications: Family<VerificationLabels, Counter>,
+    registry_latency: RegistryLatencyFamily,
+    /// The registries that have series of their own (at most [`MAX_REGISTRY_LABELS`]).
+    registry_labels: Mutex<HashSet<String>>,
+    registry_cache_entries: Family<CacheLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -142,6 +262,14 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
+fn registry_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        REGISTRY_BUCKET_START_SECONDS,
+        LATENCY_BUCKET_FACTOR,
+        REGISTRY_BUCKET_COUNT,
+    ))
+}
+
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Metrics {
@@ -150,11 +278,20 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         let violations = Family::<ViolationLabels, Counter>::default();
         let break_glass = Family::<PolicyLabel, Counter>::default();
+        let pods_mutated = Family::<ChangeLabel, Counter>::default();
         let latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
         let policies = Gauge::default();
         let policy_errors = Gauge::default();
         let snapshot_created = Gauge::<f64, AtomicU64>::default();
         let cert_not_after = Gauge::<f64, AtomicU64>::default();
+        let audit_violating = Family::<AuditLabels, Gauge>::default();
+        let audit_pods = Gauge::default();
+        let audit_passes = Counter::default();
+        let audit_last_pass = Gauge::<f64, AtomicU64>::default();
+        let signature_verifications = Family::<VerificationLabels, Counter>::default();
+        let registry_latency: RegistryLatencyFamily =
+            Family::new_with_constructor(registry_latency_histogram);
+        let registry_cache_entries = Family::<CacheLabel, Gauge>::default();
         registry.register(
             "admissions",
             "Admission requests by endpoint and result",
@@ -174,6 +311,11 @@ impl Metrics {
             "break_glass",
             "Honoured break-glass exceptions by policy",
             break_glass.clone(),
+        );
+        registry.register(
+            "pods_mutated",
+            "Pods the mutating webhook changed, by change (pullPolicy, digest)",
+            pods_mutated.clone(),
         );
         registry.register_with_unit(
             "request_duration",
@@ -197,12 +339,45 @@ impl Metrics {
             "When the serving certificate expires (Unix time; 0 when none is loaded)",
             cert_not_after.clone(),
         );
+        registry.register(
+            "audit_violating_pods",
+            "Running Pods that violate a policy, as the last audit pass found, by policy and mode",
+            audit_violating.clone(),
+        );
+        registry.register(
+            "audit_pods",
+            "Pods the last audit pass decided",
+            audit_pods.clone(),
+        );
+        registry.register("audit_passes", "Audit passes run", audit_passes.clone());
+        registry.register(
+            "audit_last_pass_timestamp_seconds",
+            "When the last audit pass ran (Unix time; 0 before the first)",
+            audit_last_pass.clone(),
+        );
+        registry.register(
+            "signature_verifications",
+            "Signature entries judged for an image, by result and by where the outcome came from",
+            signature_verifications.clone(),
+        );
+        registry.register_with_unit(
+            "registry_request_duration",
+            "Time of one request to a registry (or its token service), by registry and outcome",
+            prometheus_client::registry::Unit::Seconds,
+            registry_latency.clone(),
+        );
+        registry.register(
+            "registry_cache_entries",
+            "Entries in the registry adapter's caches",
+            registry_cache_entries.clone(),
+        );
         Metrics {
             registry,
             admissions,
             decisions,
             violations,
             break_glass,
+            pods_mutated,
             latency,
             admission_series: Default::default(),
             latency_series: Default::default(),
@@ -210,7 +385,92 @@ impl Metrics {
             policy_errors,
             snapshot_created,
             cert_not_after,
+            audit_violating,
+            audit_pods,
+            audit_passes,
+            audit_last_pass,
+            signature_verifications,
+            registry_latency,
+            registry_labels: Mutex::new(HashSet::new()),
+            registry_cache_entries,
         }
+    }
+
+    /// Sets how many running Pods violate `policy` (in `mode`).
+    pub fn set_audit_violating_pods(&self, policy: &str, mode: Mode, pods: u64) {
+        self.audit_violating
+            .get_or_create(&AuditLabels {
+                policy: policy.to_owned(),
+                mode: mode.as_str(),
+            })
+            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// Removes the series of `policy` in `mode` (the policy is gone, or its mode changed).
+    pub fn remove_audit_violating_pods(&self, policy: &str, mode: Mode) {
+        self.audit_violating.remove(&AuditLabels {
+            policy: policy.to_owned(),
+            mode: mode.as_str(),
+        });
+    }
+
+    /// Records an audit pass at `at` that decided `pods` Pods.
+    pub fn set_audit_pass(&self, pods: u64, at: jiff::Timestamp) {
+        self.audit_pods.set(i64::try_from(pods).unwrap_or(i64::MAX));
+        self.audit_passes.inc();
+        self.audit_last_pass.set(seconds(at));
+    }
+
+    /// Counts the outcome of one signature entry for one image (skipped ones are not counted:
+    /// no registry was asked).
+    pub fn record_signature_verification(&self, outcome: &Outcome, source: Source) {
+        let result = match outcome {
+            Outcome::Verified { .. } => VerificationResult::verified,
+            Outcome::NotVerified { .. } => VerificationResult::not_verified,
+            Outcome::Unavailable { .. } => VerificationResult::unavailable,
+            Outcome::Skipped { .. } => return,
+        };
+        let source = match source {
+            Source::Fresh => VerificationSource::fresh,
+            Source::Cache => VerificationSource::cache,
+            Source::Stale => VerificationSource::stale,
+        };
+        self.signature_verifications
+            .get_or_create(&VerificationLabels { result, source })
+            .inc();
+    }
+
+    /// Records one registry request's latency and outcome.
+    pub fn record_registry_request(
+        &self,
+        registry: &str,
+        outcome: RegistryOutcome,
+        latency: std::time::Duration,
+    ) {
+        let registry = {
+            let mut seen = self
+                .registry_labels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if seen.contains(registry) {
+                registry.to_owned()
+            } else if seen.len() < MAX_REGISTRY_LABELS {
+                seen.insert(registry.to_owned());
+                registry.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
+        self.registry_latency
+            .get_or_create(&RegistryRequestLabels { registry, outcome })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// Sets the number of entries in one of the registry adapter's caches.
+    pub fn set_registry_cache_size(&self, cache: RegistryCache, entries: usize) {
+        self.registry_cache_entries
+            .get_or_create(&CacheLabel { cache })
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// Sets the number of policies in force.
@@ -301,6 +561,19 @@ impl Metrics {
         }
         for used in &decision.break_glass {
             self.record_break_glass(&used.policy);
+        }
+    }
+
+    /// Counts a Pod whose patch changes it, once per kind of change the patch makes.
+    pub fn record_mutation(&self, plan: &Plan) {
+        for change in Change::ALL {
+            if plan.applies(change) {
+                self.pods_mutated
+                    .get_or_create(&ChangeLabel {
+                        change: change.as_str(),
+                    })
+                    .inc();
+            }
         }
     }
 
@@ -400,6 +673,62 @@ mod tests {
     }
 
     #[test]
+    fn registry_metrics() {
+        let m = Metrics::new();
+        m.record_signature_verification(
+            &Outcome::NotVerified { reason: "x".into() },
+            Source::Cache,
+        );
+        m.record_signature_verification(&Outcome::Skipped { reason: "x".into() }, Source::Fresh);
+        m.set_registry_cache_size(RegistryCache::signatures, 7);
+        for i in 0..MAX_REGISTRY_LABELS + 2 {
+            m.record_registry_request(
+                &format!("r{i}.example"),
+                RegistryOutcome::of_status(503),
+                std::time::Duration::from_millis(3),
+            );
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "imagegate_signature_verifications_total{result=\"not_verified\",source=\"cache\"} 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("imagegate_signature_verifications_total{")
+                .count(),
+            1
+        );
+        assert!(
+            text.contains("imagegate_registry_cache_entries{cache=\"signatures\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "imagegate_registry_request_duration_seconds_count{registry=\"r0.example\",outcome=\"server_error\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "imagegate_registry_request_duration_seconds_count{registry=\"other\",outcome=\"server_error\"} 2"
+            ),
+            "{text}"
+        );
+        assert_eq!(RegistryOutcome::of_status(200), RegistryOutcome::ok);
+        assert_eq!(
+            RegistryOutcome::of_status(401),
+            RegistryOutcome::unauthorized
+        );
+        assert_eq!(RegistryOutcome::of_status(404), RegistryOutcome::not_found);
+        assert_eq!(
+            RegistryOutcome::of_status(429),
+            RegistryOutcome::client_error
+        );
+    }
+
+    #[test]
     fn request_series_appear_when_first_used_and_keep_counting() {
         let m = Metrics::new();
         assert!(!m.encode().contains("imagegate_admissions_total{"));
@@ -424,6 +753,50 @@ mod tests {
         );
         assert!(
             text.contains("imagegate_request_duration_seconds_count{endpoint=\"validate\"} 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn pods_mutated_count_each_change_a_patch_makes() {
+        use crate::mutation::{Mutation, Plan};
+        use crate::workload::ContainerType;
+        let change = |change, applied| Mutation {
+            change,
+            container_type: ContainerType::Containers,
+            container: "app".into(),
+            image: "nginx".into(),
+            from: None,
+            to: Some("x".into()),
+            policy: "p".into(),
+            mode: if applied { Mode::Enforce } else { Mode::Warn },
+            applied,
+            path: String::new(),
+            image_index: 0,
+        };
+        let m = Metrics::new();
+        let both = Plan {
+            mutations: vec![
+                change(Change::PullPolicy, true),
+                change(Change::PullPolicy, true),
+                change(Change::Digest, true),
+            ],
+            ..Plan::default()
+        };
+        let reported = Plan {
+            mutations: vec![change(Change::Digest, false)],
+            ..Plan::default()
+        };
+        m.record_mutation(&both);
+        m.record_mutation(&reported);
+        m.record_mutation(&Plan::default());
+        let text = m.encode();
+        assert!(
+            text.contains("imagegate_pods_mutated_total{change=\"pullPolicy\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imagegate_pods_mutated_total{change=\"digest\"} 1"),
             "{text}"
         );
     }

@@ -125,6 +125,26 @@ pub struct ImageUse {
     pub field_path: String,
 }
 
+impl ImageUse {
+    /// Whether the image is in a workload's pod template (a Deployment's, a CronJob's, …)
+    /// rather than in a Pod: the Pods made from it are what the mutating webhook changes.
+    pub fn in_pod_template(&self) -> bool {
+        self.field_path
+            .starts_with(WorkloadKind::Deployment.pod_spec_path())
+            || self
+                .field_path
+                .starts_with(WorkloadKind::CronJob.pod_spec_path())
+    }
+
+    /// The image's index in its list (`spec.containers[3].image` → 3), read back from
+    /// [`ImageUse::field_path`], which this module writes.
+    pub fn position(&self) -> Option<usize> {
+        let open = self.field_path.rfind('[')?;
+        let close = open + self.field_path[open..].find(']')?;
+        self.field_path[open + 1..close].parse().ok()
+    }
+}
+
 /// What a decision needs of an object.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Workload {
@@ -443,7 +463,7 @@ pub const ANNOTATION_PREFIX: &str = "imagegate.image-policy.k8s.io/";
 
 /// Reads an annotation map keeping only imagegate's keys; other values are skipped unread
 /// (`kubectl.kubernetes.io/last-applied-configuration` alone can be most of an object).
-fn imagegate_annotations<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
+pub fn imagegate_annotations<'de, D>(de: D) -> Result<BTreeMap<String, String>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
@@ -559,7 +579,7 @@ struct ImageVolumeSource {
     pull_policy: Option<String>,
 }
 
-fn null_default<'de, D, T>(de: D) -> Result<T, D::Error>
+pub(crate) fn null_default<'de, D, T>(de: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de> + Default,
@@ -582,6 +602,16 @@ fn field_path(spec: &str, list: &str, index: usize, leaf: &str) -> String {
     out.push_str("].");
     out.push_str(leaf);
     out
+}
+
+/// Reads a Pod's `spec` (or `null`) into its images, with field paths under `spec`: for readers
+/// of whole Pods other than the webhook's (the audit's Pod index).
+pub fn pod_spec_images<'de, D>(de: D) -> Result<Vec<ImageUse>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let spec: PodSpec = null_default(de)?;
+    Ok(spec.images(WorkloadKind::Pod.pod_spec_path()))
 }
 
 impl PodSpec {
@@ -690,6 +720,16 @@ mod tests {
                 paths[14],
                 ("data:1", &*format!("{prefix}.volumes[1].image.reference"))
             );
+            assert!(
+                read.images
+                    .iter()
+                    .all(|i| i.in_pod_template() == (kind != WorkloadKind::Pod))
+            );
+            let positions: Vec<_> = read.images.iter().map(ImageUse::position).collect();
+            let mut want = vec![Some(0)];
+            want.extend((0..12).map(Some));
+            want.extend([Some(0), Some(1)]);
+            assert_eq!(positions, want);
         }
     }
 }

@@ -123,6 +123,18 @@ struct Expect<'a> {
     replicas: i32,
     image: &'a str,
     priority_class: Option<&'a str>,
+    verify_timeout: &'a str,
+    /// `signatures.cacheTTL`, `staleTTL`, `tagCacheTTL`.
+    signature_ttls: [&'a str; 3],
+    /// `signatures.keySecrets`.
+    key_secrets: &'a [&'a str],
+    /// `registries.credentialsSecrets`.
+    credentials_secrets: &'a [&'a str],
+    /// `--registry-ca-file` and `--insecure-registry`, when set.
+    registry_ca_files: Option<&'a str>,
+    insecure_registries: Option<&'a str>,
+    audit_interval: &'a str,
+    policy_reports: &'a str,
 }
 
 const DEFAULTS: Expect<'static> = Expect {
@@ -139,6 +151,14 @@ const DEFAULTS: Expect<'static> = Expect {
     replicas: 3,
     image: "ghcr.io/imagegate/imagegate:0.1.0",
     priority_class: Some("system-cluster-critical"),
+    verify_timeout: "8s",
+    signature_ttls: ["10m", "24h", "30s"],
+    key_secrets: &[],
+    credentials_secrets: &[],
+    registry_ca_files: None,
+    insecure_registries: None,
+    audit_interval: "10m",
+    policy_reports: "false",
 };
 
 const PRODUCTION: Expect<'static> = Expect {
@@ -155,27 +175,29 @@ const PRODUCTION: Expect<'static> = Expect {
     replicas: 5,
     image: "registry.corp.example/platform/imagegate:0.1.0@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
     priority_class: None,
+    verify_timeout: "4s",
+    signature_ttls: ["5m", "4h", "10s"],
+    key_secrets: &["cosign-release", "cosign-vendor"],
+    credentials_secrets: &["registry-pull"],
+    registry_ca_files: Some(
+        "/etc/imagegate/registry-ca/0/ca.crt,/etc/imagegate/registry-ca/1/mirror-ca.pem",
+    ),
+    insecure_registries: Some("mirror.lan:5000"),
+    audit_interval: "30m",
+    policy_reports: "true",
 };
 
-/// The flags `imagegate run` accepts; anything else in the chart's args would stop the Pod.
-const RUN_FLAGS: &[&str] = &[
-    "--namespace",
-    "--service",
-    "--webhook-url",
-    "--addr",
-    "--metrics-addr",
-    "--failure-policy",
-    "--timeout-seconds",
-    "--excluded-namespaces",
-    "--unmatched-images",
-    "--trusted-controller-namespaces",
-    "--cert-validity",
-    "--ca-validity",
-    "--secret-name",
-    "--webhook-config-name",
-    "--owner-cluster-role",
-    "--log-format",
-];
+/// The flags `imagegate run` accepts (from its own definition); anything else in the chart's
+/// args would stop the Pod.
+fn run_flags() -> BTreeSet<String> {
+    use clap::CommandFactory as _;
+    let cli = imagegate::cli::Cli::command();
+    let run = cli.find_subcommand("run").expect("a run command");
+    run.get_arguments()
+        .filter_map(|a| a.get_long())
+        .map(|long| format!("--{long}"))
+        .collect()
+}
 
 fn check_rendering(r: &Rendered, want: &Expect) {
     check_no_webhook_configuration(r);
@@ -408,9 +430,10 @@ fn check_deployment(r: &Rendered, d: &Deployment, want: &Expect) {
         .iter()
         .map(|a| a.split_once('=').unwrap_or((a, "")))
         .collect();
+    let known = run_flags();
     for flag in flags.keys() {
         assert!(
-            RUN_FLAGS.contains(flag),
+            known.contains(*flag),
             "{flag} is not a flag of imagegate run"
         );
     }
@@ -431,10 +454,64 @@ fn check_deployment(r: &Rendered, d: &Deployment, want: &Expect) {
         ("--secret-name", want.secret_name),
         ("--webhook-config-name", want.webhook_config_name),
         ("--owner-cluster-role", RELEASE),
+        ("--audit-interval", want.audit_interval),
+        ("--policy-reports", want.policy_reports),
         ("--log-format", want.log_format),
+        ("--verify-timeout", want.verify_timeout),
+        ("--signature-cache-ttl", want.signature_ttls[0]),
+        ("--signature-stale-ttl", want.signature_ttls[1]),
+        ("--tag-cache-ttl", want.signature_ttls[2]),
     ];
     for (flag, value) in expected {
         assert_eq!(flags.get(flag), Some(&value), "[{}] {flag}", r.helm);
+    }
+    let key_secrets = want.key_secrets.join(",");
+    let credentials = want.credentials_secrets.join(",");
+    for (flag, value) in [
+        ("--key-secrets", Some(key_secrets.as_str())),
+        ("--registry-credentials-secret", Some(credentials.as_str())),
+        ("--registry-ca-file", want.registry_ca_files),
+        ("--insecure-registry", want.insecure_registries),
+    ] {
+        assert_eq!(
+            flags.get(flag).copied(),
+            value.filter(|v| !v.is_empty()),
+            "[{}] {flag}",
+            r.helm
+        );
+    }
+    // Each registry CA file is a key of a ConfigMap or Secret, mounted read-only where the flag
+    // says.
+    let mounts: BTreeMap<String, (String, bool)> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| {
+            (
+                m.name.clone(),
+                (m.mount_path.clone(), m.read_only.unwrap_or(false)),
+            )
+        })
+        .collect();
+    for file in want.registry_ca_files.iter().flat_map(|f| f.split(',')) {
+        let (dir, key) = file.rsplit_once('/').expect("a path");
+        let index = dir.rsplit('/').next().expect("an index");
+        let name = format!("registry-ca-{index}");
+        assert_eq!(mounts.get(&name), Some(&(dir.to_owned(), true)), "{name}");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no volume {name}"));
+        let items = volume
+            .config_map
+            .as_ref()
+            .and_then(|c| c.items.clone())
+            .or_else(|| volume.secret.as_ref().and_then(|s| s.items.clone()))
+            .unwrap_or_default();
+        assert_eq!(items.len(), 1, "{name}");
+        assert_eq!((items[0].key.as_str(), items[0].path.as_str()), (key, key));
     }
 }
 
@@ -461,7 +538,7 @@ fn check_service(r: &Rendered, d: &Deployment) {
 type Grant = (&'static str, &'static str, &'static str);
 
 /// Everything `imagegate run` may do, and where a name limits it (`None`: no name can, as for
-/// `create`, or the resource is read as a whole).
+/// `create`, or the resource is read as a whole). A permission may be listed once per name.
 fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
     let vwc = Some(want.webhook_config_name.to_owned());
     let mut grants = vec![];
@@ -477,6 +554,25 @@ fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
             vwc.clone(),
         ));
     }
+    // The MutatingWebhookConfiguration, same name: also deleted while no policy mutates.
+    for verb in ["get", "list", "watch", "patch", "delete"] {
+        grants.push((
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                verb,
+            ),
+            vwc.clone(),
+        ));
+    }
+    grants.push((
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "create",
+        ),
+        None,
+    ));
     // Server-side apply is a patch, both for the status and the webhook configuration.
     grants.push((("imagegate.dev", "imagepolicies/status", "patch"), None));
     grants.push((
@@ -503,6 +599,17 @@ fn operator_cluster_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
     for verb in ["create", "patch"] {
         grants.push((("events.k8s.io", "events", verb), None));
     }
+    // The audit reads Pods, and writes PolicyReports when asked to.
+    if want.audit_interval != "off" {
+        for verb in ["list", "watch"] {
+            grants.push((("", "pods", verb), None));
+        }
+        if want.policy_reports == "true" {
+            for verb in ["list", "create", "patch"] {
+                grants.push((("wgpolicyk8s.io", "policyreports", verb), None));
+            }
+        }
+    }
     grants
 }
 
@@ -513,19 +620,36 @@ fn operator_namespace_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
     for verb in ["get", "list", "watch", "update"] {
         grants.push((("", "secrets", verb), secret.clone()));
     }
+    // The key Secrets of verifySignatures (secretRef): read and watched by name, never written.
+    for name in want.key_secrets {
+        for verb in ["get", "list", "watch"] {
+            grants.push((("", "secrets", verb), Some((*name).to_owned())));
+        }
+    }
+    // Registry logins: read by name (every minute), never watched or written.
+    for name in want.credentials_secrets {
+        grants.push((("", "secrets", "get"), Some((*name).to_owned())));
+    }
     grants
 }
 
-/// The (group, resource, verb) → resourceNames a set of rules grants; no wildcard allowed.
-fn granted(rules: &[PolicyRule], what: &str) -> BTreeMap<(String, String, String), Option<String>> {
-    let mut out = BTreeMap::new();
+/// A permission and the name it is limited to (`None`: not limited by name).
+type Granted = BTreeSet<((String, String, String), Option<String>)>;
+
+/// The permissions a set of rules grants, each with the name it is limited to; no wildcard, and
+/// nothing granted twice (a permission granted without a name and with one would hide the
+/// name's limit).
+fn granted(rules: &[PolicyRule], what: &str) -> Granted {
+    let mut out = Granted::new();
     for rule in rules {
         assert!(
             rule.non_resource_urls.is_none(),
             "{what}: non-resource URLs"
         );
-        let names = rule.resource_names.clone().unwrap_or_default();
-        assert!(names.len() <= 1, "{what}: one name per rule: {rule:?}");
+        let names: Vec<Option<String>> = match rule.resource_names.as_deref() {
+            None | Some([]) => vec![None],
+            Some(names) => names.iter().cloned().map(Some).collect(),
+        };
         for group in rule.api_groups.iter().flatten() {
             for resource in rule.resources.iter().flatten() {
                 for verb in &rule.verbs {
@@ -533,18 +657,26 @@ fn granted(rules: &[PolicyRule], what: &str) -> BTreeMap<(String, String, String
                         assert!(!part.contains('*'), "{what}: wildcard in {rule:?}");
                     }
                     let key = (group.clone(), resource.clone(), verb.clone());
-                    let previous = out.insert(key.clone(), names.first().cloned());
-                    assert!(previous.is_none(), "{what}: {key:?} granted twice");
+                    for name in &names {
+                        assert!(
+                            out.insert((key.clone(), name.clone())),
+                            "{what}: {key:?} granted twice for {name:?}"
+                        );
+                    }
                 }
             }
         }
     }
+    for (key, _) in out.iter().filter(|(_, n)| n.is_none()) {
+        assert!(
+            !out.iter().any(|(k, n)| k == key && n.is_some()),
+            "{what}: {key:?} granted for every name and for some"
+        );
+    }
     out
 }
 
-fn as_map(
-    grants: Vec<(Grant, Option<String>)>,
-) -> BTreeMap<(String, String, String), Option<String>> {
+fn as_map(grants: Vec<(Grant, Option<String>)>) -> Granted {
     grants
         .into_iter()
         .map(|((g, r, v), n)| ((g.to_owned(), r.to_owned(), v.to_owned()), n))
@@ -564,7 +696,7 @@ fn check_rbac(r: &Rendered, want: &Expect) {
         "ClusterRole grants"
     );
     assert!(
-        !cluster.keys().any(|(_, res, _)| res == "secrets"),
+        !cluster.iter().any(|((_, res, _), _)| res == "secrets"),
         "no Secret access at cluster scope"
     );
     let role: Role = r.one("Role", RELEASE);
@@ -658,6 +790,23 @@ fn check_cleanup_hook(r: &Rendered, want: &Expect, kubectl_image: &str) {
         "the last step deletes the webhook configuration"
     );
     assert!(last.iter().any(|a| a == "--ignore-not-found"));
+    // Before it, once imagegate is stopped, the mutating one (which may not exist).
+    let mutating = steps[steps.len() - 2].args.clone().unwrap_or_default();
+    assert_eq!(
+        &mutating[..3],
+        [
+            "delete",
+            "mutatingwebhookconfiguration",
+            want.webhook_config_name
+        ],
+        "a step deletes the mutating webhook configuration"
+    );
+    assert!(mutating.iter().any(|a| a == "--ignore-not-found"));
+    assert_eq!(
+        steps[0].args.as_ref().map(|a| a[1].as_str()),
+        Some("deployment"),
+        "imagegate is stopped first"
+    );
 
     let cr: ClusterRole = r.one("ClusterRole", &name);
     let cluster = granted(
@@ -665,25 +814,31 @@ fn check_cleanup_hook(r: &Rendered, want: &Expect, kubectl_image: &str) {
         "cleanup ClusterRole",
     );
     let vwc = Some(want.webhook_config_name.to_owned());
-    let expected: BTreeMap<_, _> = ["get", "list", "watch", "delete"]
+    let expected: Granted = ["get", "list", "watch", "delete"]
         .into_iter()
-        .map(|v| {
-            (
+        .flat_map(|v| {
+            [
+                "validatingwebhookconfigurations",
+                "mutatingwebhookconfigurations",
+            ]
+            .map(|resource| {
                 (
-                    "admissionregistration.k8s.io".to_owned(),
-                    "validatingwebhookconfigurations".to_owned(),
-                    v.to_owned(),
-                ),
-                vwc.clone(),
-            )
+                    (
+                        "admissionregistration.k8s.io".to_owned(),
+                        resource.to_owned(),
+                        v.to_owned(),
+                    ),
+                    vwc.clone(),
+                )
+            })
         })
         .collect();
     assert_eq!(cluster, expected, "cleanup ClusterRole grants");
     let role: Role = r.one("Role", &name);
     let ns = granted(role.rules.as_deref().unwrap_or_default(), "cleanup Role");
-    for ((group, resource, _), names) in &ns {
+    for ((group, resource, _), name) in &ns {
         assert_eq!((group.as_str(), resource.as_str()), ("apps", "deployments"));
-        assert_eq!(names.as_deref(), Some(RELEASE), "by name only");
+        assert_eq!(name.as_deref(), Some(RELEASE), "by name only");
     }
     let crb: ClusterRoleBinding = r.one("ClusterRoleBinding", &name);
     check_subjects(crb.subjects.as_deref(), &name);
@@ -1013,6 +1168,30 @@ fn optional_parts_can_be_switched_off() {
 }
 
 #[test]
+fn audit_off_drops_pod_access() {
+    let Some(helms) = helms() else { return };
+    for bin in &helms {
+        let r = render(
+            bin,
+            &[
+                "--set",
+                "audit.interval=off",
+                "--set",
+                "audit.policyReports=true",
+            ],
+        );
+        let want = Expect {
+            audit_interval: "off",
+            policy_reports: "true",
+            ..DEFAULTS
+        };
+        check_rbac(&r, &want);
+        let deployment: Deployment = r.one("Deployment", RELEASE);
+        check_deployment(&r, &deployment, &want);
+    }
+}
+
+#[test]
 fn values_schema_rejects_bad_values() {
     let Some(helms) = helms() else { return };
     let bad = [
@@ -1026,6 +1205,8 @@ fn values_schema_rejects_bad_values() {
         ("certificates.validity=90d", "validity"),
         ("excludedNamespaces[0]=Kube_System", "excludedNamespaces"),
         ("failurPolicy=Ignore", "failurPolicy"),
+        ("audit.interval=weekly", "interval"),
+        ("audit.policyReports=sometimes", "policyReports"),
         (
             "metrics.prometheusRule.disabledAlerts[0]=ImagegateNoSuchAlert",
             "disabledAlerts",
@@ -1048,6 +1229,16 @@ fn values_schema_rejects_bad_values() {
             "metrics.grafanaDashboard.labelValue=not a label",
             "labelValue",
         ),
+        ("signatures.keySecrets[0]=Cosign_Key", "keySecrets"),
+        ("signatures.verifyTimeout=8", "verifyTimeout"),
+        ("signatures.staleTTL=1d", "staleTTL"),
+        ("registries.insecure[0]=http://mirror.lan", "insecure"),
+        (
+            "registries.credentialsSecrets[0]=Pull Secret",
+            "credentialsSecrets",
+        ),
+        ("registries.caCertificates[0].key=ca.crt", "caCertificates"),
+        ("registries.caCertificates[0].file=ca.crt", "caCertificates"),
     ];
     let chart = chart_dir();
     let chart = chart.to_str().expect("UTF-8 path");
@@ -1067,6 +1258,8 @@ fn values_schema_rejects_bad_values() {
             "timeoutSeconds=1",
             "timeoutSeconds=30",
             "failurePolicy=Ignore",
+            "audit.interval=off",
+            "audit.interval=1h30m",
         ] {
             let out = helm(bin, &["template", RELEASE, chart, "--set", set]);
             assert!(

@@ -1,31 +1,20 @@
 //! `imagegate check` as a CI job runs it: exit codes, text and JSON output, bad input.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod cli;
+
+use std::path::Path;
+use std::process::Output;
+
+use cli::{stderr, stdout};
 
 fn check(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-        .arg("check")
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("imagegate runs");
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    cli::imagegate(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &all,
+        stdin.unwrap_or_default(),
+    )
 }
 
 #[test]
@@ -116,14 +105,18 @@ fn json_output_follows_the_contract() {
     assert_eq!(canary["allowed"], false);
     let v = &canary["violations"][0];
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    // The contract's fields, and where the image is written (`file`, `line`, `column`).
     assert_eq!(
         keys,
         [
             "canonical",
+            "column",
             "container",
             "containerType",
             "excused",
+            "file",
             "image",
+            "line",
             "message",
             "mode",
             "policy",
@@ -138,6 +131,14 @@ fn json_output_follows_the_contract() {
     assert_eq!(v["image"], "nginx");
     assert_eq!(v["canonical"], "docker.io/library/nginx:latest");
     assert_eq!(v["excused"], false);
+    assert_eq!(
+        v["file"],
+        "examples/manifests/denied/shop-web-from-docker-hub.yaml"
+    );
+    assert_eq!(
+        (v["line"].as_u64(), v["column"].as_u64()),
+        (Some(16), Some(18))
+    );
     let sandbox = &results[0];
     assert_eq!(sandbox["allowed"], true);
     assert_eq!(sandbox["warnings"].as_array().unwrap().len(), 1);
@@ -273,7 +274,8 @@ fn bad_input_is_exit_two() {
                 bad_yaml.display().to_string(),
                 "examples/manifests".into(),
             ],
-            "bad.yaml: invalid YAML",
+            // The file, line and column of the syntax error.
+            "bad.yaml:2:11: invalid YAML",
         ),
         (
             vec![
@@ -303,4 +305,99 @@ fn bad_input_is_exit_two() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn mutations_are_shown_and_pods_are_judged_on_their_mutated_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("pull.yaml");
+    std::fs::write(
+        &policies,
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: pull}\n\
+         spec: {images: ['quay.io/**'], setPullPolicyAlways: true, requirePullPolicyAlways: true}\n\
+         ---\n\
+         apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: soon}\n\
+         spec: {mode: Audit, images: ['ghcr.io/**'], setPullPolicyAlways: true}\n",
+    )
+    .unwrap();
+    let manifests = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\n\
+        spec:\n  containers:\n  - {name: app, image: quay.io/a/app:1.0, imagePullPolicy: IfNotPresent}\n  - {name: side, image: ghcr.io/a/side:2}\n\
+        ---\n\
+        apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api, namespace: shop}\n\
+        spec:\n  template:\n    spec:\n      containers:\n      - {name: api, image: quay.io/a/api:3, imagePullPolicy: IfNotPresent}\n";
+    let policies = policies.display().to_string();
+    // Both are admitted: the Pod as the mutating webhook leaves it, the Deployment because its
+    // Pods will be mutated.
+    let out = check(&["--policies", &policies, "-"], Some(manifests));
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(
+            "  Mutated: [pull/setPullPolicyAlways] containers/app imagePullPolicy=Always"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  Would mutate: [soon/setPullPolicyAlways] containers/side imagePullPolicy=Always"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("  Mutated (in its Pods): [pull/setPullPolicyAlways] containers/api imagePullPolicy=Always"),
+        "{text}"
+    );
+
+    let out = check(
+        &["--policies", &policies, "--output", "json", "-"],
+        Some(manifests),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pod = &report["results"][0];
+    assert_eq!(pod["allowed"], true);
+    assert_eq!(
+        pod["mutations"][0],
+        serde_json::json!({"change": "pullPolicy", "containerType": "containers",
+            "container": "app", "image": "quay.io/a/app:1.0", "from": "IfNotPresent",
+            "to": "Always", "policy": "pull", "mode": "Enforce", "applied": true,
+            "path": "/spec/containers/0/imagePullPolicy"})
+    );
+    assert_eq!(pod["mutations"][1]["applied"], false);
+    assert_eq!(pod["mutations"][1]["mode"], "Audit");
+    let deployment = &report["results"][1];
+    assert_eq!(deployment["allowed"], true);
+    assert_eq!(deployment["mutations"][0]["container"], "api");
+    // The report with mutations follows the published schema.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/check-report.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::draft202012::options()
+        .build(&schema)
+        .expect("the schema compiles");
+    let errors = validator.iter_errors(&report).into_errors();
+    assert!(errors.is_empty(), "{errors}");
+    assert!(
+        report["results"][0]["mutations"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2),
+        "{report}"
+    );
+
+    // Without the mutation the same Pod is denied by requirePullPolicyAlways.
+    let strict = dir.path().join("strict.yaml");
+    std::fs::write(
+        &strict,
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: pull}\n\
+         spec: {images: ['quay.io/**'], requirePullPolicyAlways: true}\n",
+    )
+    .unwrap();
+    let out = check(
+        &["--policies", &strict.display().to_string(), "-"],
+        Some(manifests),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
 }

@@ -53,7 +53,17 @@ fn crd_describes_the_api() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Mode", "Ready", "Age"]);
+    assert_eq!(columns, ["Mode", "Ready", "Violations", "Age"]);
+    let violations = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .find(|c| c.name == "Violations")
+        .unwrap();
+    assert_eq!(
+        (violations.json_path.as_str(), violations.type_.as_str()),
+        (".status.audit.violatingPods", "integer")
+    );
 
     // Every field of the spec is documented, so `kubectl explain imagepolicy.spec` explains it.
     let schema = serde_json::to_value(version.schema.as_ref().unwrap()).unwrap();
@@ -73,7 +83,10 @@ fn crd_describes_the_api() {
         "requireDigest",
         "deniedTags",
         "requirePullPolicyAlways",
+        "setPullPolicyAlways",
+        "pinDigests",
         "breakGlass",
+        "verifySignatures",
     ] {
         assert!(
             spec["properties"].get(field).is_some(),
@@ -89,6 +102,55 @@ fn crd_describes_the_api() {
         spec["x-kubernetes-validations"].is_array(),
         "the spec carries a CEL rule"
     );
+    assert!(
+        spec["x-kubernetes-validations"][0]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("self.verifySignatures"),
+        "a policy with only signature entries sets a rule"
+    );
+
+    // verifySignatures: unique names, one of key/keyless, one of publicKey/secretRef.
+    let signatures = &spec["properties"]["verifySignatures"];
+    let rules = |schema: &serde_json::Value| -> Vec<String> {
+        schema["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["rule"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        rules(signatures),
+        ["self.all(a, self.exists_one(b, b.name == a.name))"]
+    );
+    let entry = &signatures["items"];
+    assert_eq!(rules(entry), ["has(self.key) != has(self.keyless)"]);
+    assert_eq!(entry["required"], serde_json::json!(["name"]));
+    assert_eq!(entry["properties"]["name"]["pattern"], "^[a-z0-9-]{1,63}$");
+    assert_eq!(
+        rules(&entry["properties"]["key"]),
+        ["has(self.publicKey) != has(self.secretRef)"]
+    );
+    assert_eq!(
+        rules(&entry["properties"]["keyless"]),
+        [
+            "has(self.issuer) != has(self.issuerRegExp)",
+            "has(self.subject) != has(self.subjectRegExp)"
+        ]
+    );
+    assert_eq!(
+        entry["properties"]["transparencyLog"]["enum"],
+        serde_json::json!(["Skip", "Require"])
+    );
+    // A mutation field alone is a rule: the "set at least one rule" check names both.
+    let rules = spec["x-kubernetes-validations"].to_string();
+    for field in ["setPullPolicyAlways", "pinDigests"] {
+        assert!(
+            rules.contains(&format!("has(self.{field})")),
+            "{field} missing from {rules}"
+        );
+    }
 }
 
 fn collect_undocumented(path: &str, schema: &serde_json::Value, out: &mut Vec<String>) {

@@ -295,6 +295,8 @@ async fn shutdown_turns_not_ready_finishes_in_flight_requests_and_exits() {
         tls,
         readiness: Arc::clone(&readiness),
         metrics: Arc::new(Metrics::new()),
+        evidence: Arc::new(imagegate::gather::NoRegistry),
+        verify_timeout: Duration::from_secs(8),
     };
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), None);
     config.workers = Some(1);

@@ -3,12 +3,15 @@
 # (examples/bare_server.rs) that answers every request with a fixed body: the very bytes
 # imagegate answers for the same request, so both send the same response and the difference
 # is imagegate's own work (reading the AdmissionReview, deciding, writing the answer, the
-# decision record and metrics). Same machine, same load, same client, two scenarios:
+# decision record and metrics). Same machine, same load, same client, three scenarios:
 #
 #   admitted  tests/data/pod-create.json as captured (namespace wh-test: only the Warn-mode
-#             example policy applies, and it has nothing to say)
+#             example policy applies, and it has nothing to say), to POST /validate
 #   denied    the same Pod in namespace shop-prod (env=prod): the production policy denies it
 #             with four violations
+#   mutated   the captured Pod to POST /mutate of a second imagegate, which has the example
+#             policies and one more with setPullPolicyAlways: the answer is a JSONPatch of four
+#             operations (the first imagegate, measured by the other two, has no such policy)
 #
 # Each scenario runs ROUNDS rounds, the bare server then imagegate in each, so that a slow spell
 # of the machine touches both. Prints, per round, requests/s, p50/p99 latency and the server's
@@ -28,6 +31,8 @@ THREADS=${THREADS:-2}              # load generator threads (wrk)
 ROUNDS=${ROUNDS:-3}                # alternating rounds per scenario; the median is reported
 IMAGEGATE_PORT=${IMAGEGATE_PORT:-18443}
 BARE_PORT=${BARE_PORT:-18444}
+MUTATE_PORT=${MUTATE_PORT:-18445}
+SCENARIOS=${SCENARIOS:-admitted denied mutated}
 FIXTURE=tests/data/pod-create.json
 
 cd "$(dirname "$0")/../.."
@@ -57,12 +62,31 @@ bin=$root/target/release
     --metrics-addr off --cert-dir "$work/certs" --namespace-labels shop-prod=env=prod \
     --log-format json >"$work/imagegate.out" 2>>"$work/imagegate.log" &
 pids+=($!)
-for _ in $(seq 100); do
-    curl -sf -o /dev/null --cacert "$work/certs/ca.crt" "https://127.0.0.1:$IMAGEGATE_PORT/readyz" && break
-    sleep 0.1
-done
+ready() {
+    for _ in $(seq 100); do
+        curl -sf -o /dev/null --cacert "$work/certs/ca.crt" "https://127.0.0.1:$1/readyz" && return
+        sleep 0.1
+    done
+}
+ready "$IMAGEGATE_PORT"
+# The second one reuses the first one's certificates.
+mkdir "$work/mutate-policies"
+cat >"$work/mutate-policies/always-pull.yaml" <<'YAML'
+apiVersion: imagegate.dev/v1alpha1
+kind: ImagePolicy
+metadata:
+  name: always-pull
+spec:
+  setPullPolicyAlways: true
+YAML
+"$bin/imagegate" serve --policies examples/policies --policies "$work/mutate-policies" \
+    --addr "127.0.0.1:$MUTATE_PORT" --metrics-addr off --cert-dir "$work/certs" \
+    --log-format json >"$work/imagegate-mutate.out" 2>>"$work/imagegate.log" &
+pids+=($!)
+ready "$MUTATE_PORT"
 
 cp "$FIXTURE" "$work/admitted.json"
+cp "$FIXTURE" "$work/mutated.json"
 sed 's/"namespace": *"wh-test"/"namespace":"shop-prod"/g' "$FIXTURE" >"$work/denied.json"
 
 # The CPU time (ns) the process has used, all threads; 0 where schedstat is not available.
@@ -115,12 +139,18 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR
 
 echo "tool: $tool, $ROUNDS rounds of $DURATION per server, $CONNECTIONS connections, body $FIXTURE ($(wc -c <"$FIXTURE") bytes)"
 printf '%-10s %5s %-10s %12s %10s %10s %14s %8s\n' scenario round server 'requests/s' 'p50 ms' 'p99 ms' 'CPU µs/req' 'answer'
-for scenario in admitted denied; do
+for scenario in $SCENARIOS; do
     export BODY=$work/$scenario.json
     answer=$work/$scenario.answer
+    case $scenario in
+    admitted) url=https://127.0.0.1:$IMAGEGATE_PORT/validate pid=${pids[0]} expect='"allowed":true' ;;
+    denied) url=https://127.0.0.1:$IMAGEGATE_PORT/validate pid=${pids[0]} expect='"allowed":false' ;;
+    mutated) url=https://127.0.0.1:$MUTATE_PORT/mutate pid=${pids[1]} expect='"patchType":"JSONPatch"' ;;
+    *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+    esac
     curl -sf --cacert "$work/certs/ca.crt" -H 'Content-Type: application/json' \
-        --data-binary "@$BODY" "https://127.0.0.1:$IMAGEGATE_PORT/validate" >"$answer"
-    grep -q '"allowed":'"$([[ $scenario == admitted ]] && echo true || echo false)" "$answer" \
+        --data-binary "@$BODY" "$url" >"$answer"
+    grep -q "$expect" "$answer" \
         || { echo "unexpected answer for $scenario: $(cat "$answer")" >&2; exit 1; }
     "$bin/examples/bare_server" "127.0.0.1:$BARE_PORT" "$work/certs/tls.crt" "$work/certs/tls.key" "$answer" &
     bare_pid=$!
@@ -132,7 +162,7 @@ for scenario in admitted denied; do
     shares=() bare_cpus=() ig_cpus=()
     for round in $(seq "$ROUNDS"); do
         read -r bare_rps bare_p50 bare_p99 bare_cpu < <(measure "https://127.0.0.1:$BARE_PORT/validate" "$bare_pid")
-        read -r ig_rps ig_p50 ig_p99 ig_cpu < <(measure "https://127.0.0.1:$IMAGEGATE_PORT/validate" "${pids[0]}")
+        read -r ig_rps ig_p50 ig_p99 ig_cpu < <(measure "$url" "$pid")
         # The records of a run are gigabytes: count them, then empty the file (opened for
         # appending, so imagegate goes on writing at its new end).
         records=$((records + $(grep -c imagegate::decision "$work/imagegate.log" || true)))
@@ -148,4 +178,4 @@ for scenario in admitted denied; do
         echo "$scenario: server CPU per request, median: bare $(median "${bare_cpus[@]}") µs, imagegate $(median "${ig_cpus[@]}") µs"
     fi
 done
-echo "decision records written: $((records + $(grep -c imagegate::decision "$work/imagegate.log" || true)))"
+echo "decision and mutation records written: $((records + $(grep -c imagegate::decision "$work/imagegate.log" || true)))"

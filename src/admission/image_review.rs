@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::review::audit_annotations;
 use super::{BadRequest, MAX_MESSAGE_CHARS, truncate};
 use crate::decision::{Decision, Input, decide};
+use crate::evidence::{Evidence, EvidenceRequest};
 use crate::metrics::decision_label;
 use crate::namespaces::Labels;
 use crate::policy::Snapshot;
+use crate::verification;
 use crate::workload::{ContainerType, ImageUse, Workload};
 
 /// The only ImageReview version.
@@ -106,8 +108,25 @@ pub fn parse_image_review(body: &[u8]) -> Result<ImageReviewRequest, BadRequest>
 }
 
 impl ImageReviewRequest {
-    /// Decides the review; there is no requester.
+    /// Decides the review without registry evidence (see [`decide_with`](Self::decide_with)).
     pub fn decide(&self, snapshot: &Snapshot, labels: &Labels, now: jiff::Timestamp) -> Decision {
+        self.decide_with(snapshot, labels, now, None)
+    }
+
+    /// What the registry adapter must gather before [`decide_with`](Self::decide_with).
+    pub fn evidence_requests(&self, snapshot: &Snapshot, labels: &Labels) -> Vec<EvidenceRequest> {
+        verification::requests(snapshot, &self.workload, None, labels)
+    }
+
+    /// Decides the review with what was gathered for
+    /// [`evidence_requests`](Self::evidence_requests); there is no requester.
+    pub fn decide_with(
+        &self,
+        snapshot: &Snapshot,
+        labels: &Labels,
+        now: jiff::Timestamp,
+        evidence: Option<&Evidence>,
+    ) -> Decision {
         decide(
             snapshot,
             &Input {
@@ -116,6 +135,7 @@ impl ImageReviewRequest {
                 namespace_labels: labels,
                 requester: None,
                 now,
+                evidence,
             },
         )
     }

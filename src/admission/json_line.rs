@@ -199,6 +199,19 @@ impl JsonLine {
         self.end_array();
     }
 
+    /// `key: value`, the value written by `serde_json` (for the rare, nested parts of a record
+    /// whose shape is serde's to keep, such as the evidence read back by `check --evidence`).
+    pub fn serialized_field(&mut self, key: &str, value: &impl serde::Serialize) {
+        self.key(key);
+        let mark = self.out.len();
+        if serde_json::to_writer(&mut self.out, value).is_err() {
+            // Derived serialisations of plain data do not fail; should one, the record still
+            // parses.
+            self.out.truncate(mark);
+            self.null();
+        }
+    }
+
     /// `key: {name: value, …}`.
     pub fn map_field<'s>(
         &mut self,

@@ -1,6 +1,7 @@
 //! The protocol adapters between the API server and the decision engine, free of any HTTP
-//! framework: `AdmissionReview v1` ([`review`]) and the legacy plugin's `ImageReview v1alpha1`
-//! ([`image_review`]), plus the decision record ([`record`]).
+//! framework: `AdmissionReview v1` for validation ([`review`]) and for mutation ([`mutate`]),
+//! the legacy plugin's `ImageReview v1alpha1` ([`image_review`]), plus the decision record
+//! ([`record`]).
 //!
 //! Each adapter reads a request body into a typed request (or a [`BadRequest`], answered with
 //! HTTP 4xx), decides, and writes the answer. A request that parses but whose object cannot be
@@ -8,10 +9,12 @@
 
 pub mod image_review;
 mod json_line;
+pub mod mutate;
 pub mod record;
 pub mod review;
 
 pub use image_review::{ImageReviewRequest, parse_image_review};
+pub use mutate::MutateOutcome;
 pub use review::{
     AdmissionRequest, Outcome, Target, parse_admission_review, parse_admission_review_carefully,
 };

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use super::json_line::JsonLine;
 use crate::decision::{AppliedPolicy, BreakGlassUse, Decision, ImageVerdict, Requester, Violation};
+use crate::evidence::Evidence;
+use crate::mutation::{Mutation, Plan};
 use crate::namespaces::Labels;
 use crate::telemetry;
 
@@ -20,7 +22,7 @@ pub const TARGET: &str = "imagegate::decision";
 /// What a record says about the request besides the decision.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordContext<'a> {
-    /// `validate` or `imagereview`.
+    /// `validate`, `mutate` or `imagereview`.
     pub endpoint: &'a str,
     /// Request uid (empty for ImageReview, which has none).
     pub uid: &'a str,
@@ -37,6 +39,9 @@ pub struct RecordContext<'a> {
     /// The moment the decision used as "now" (replay with `--now`).
     pub now: jiff::Timestamp,
     pub latency: Duration,
+    /// What the registry adapter found for the images signature entries govern (replay with
+    /// `--evidence`); `None` when nothing was gathered.
+    pub evidence: Option<&'a Evidence>,
 }
 
 /// One decision record, as written.
@@ -63,6 +68,8 @@ struct Record<'a> {
     break_glass_ticket: Option<String>,
     break_glass: &'a [BreakGlassUse],
     violations: Option<&'a [Violation]>,
+    evidence: Option<&'a Evidence>,
+    mutations: Option<&'a [Mutation]>,
     reason: Option<&'a str>,
     latency_us: u64,
 }
@@ -92,14 +99,16 @@ impl<'a> Record<'a> {
             break_glass_ticket: None,
             break_glass: &[],
             violations: None,
+            evidence: ctx.evidence.filter(|e| !e.images.is_empty()),
+            mutations: None,
             reason: None,
             latency_us: u64::try_from(ctx.latency.as_micros()).unwrap_or(u64::MAX),
         }
     }
 
     /// The record as one JSON line, newline included. Absent parts are left out: no
-    /// requester, labels, images, policies, ticket or reason; no imagegate annotations and no
-    /// break-glass use.
+    /// requester, labels, images, policies, ticket or reason; no imagegate annotations, no
+    /// break-glass use and no evidence.
     fn line(&self) -> Vec<u8> {
         let mut line = Vec::with_capacity(LINE_CAPACITY);
         self.write_line(&mut line);
@@ -214,6 +223,29 @@ impl<'a> Record<'a> {
             }
             w.end_array();
         }
+        if let Some(evidence) = self.evidence {
+            w.serialized_field("evidence", evidence);
+        }
+        if let Some(mutations) = self.mutations {
+            w.key("mutations");
+            w.begin_array();
+            for m in mutations {
+                w.begin_object();
+                w.string_field("change", m.change.as_str());
+                w.string_field("containerType", m.container_type.as_str());
+                w.string_field("container", &m.container);
+                w.string_field("image", &m.image);
+                w.optional_string_field("from", m.from.as_deref());
+                w.optional_string_field("to", m.to.as_deref());
+                w.string_field("policy", &m.policy);
+                w.string_field("mode", m.mode.as_str());
+                w.key("applied");
+                w.bool(m.applied);
+                w.string_field("path", &m.path);
+                w.end_object();
+            }
+            w.end_array();
+        }
         if let Some(reason) = self.reason {
             w.string_field("reason", reason);
         }
@@ -294,6 +326,25 @@ pub fn decision_line(ctx: &RecordContext<'_>, decision: &Decision, label: &str) 
     record_of(ctx, decision, label).line()
 }
 
+/// Writes the record of a mutation (endpoint `mutate`): the applying policies that ask for
+/// changes, and every change made or only reported. Mutation never denies: `allowed` is true.
+pub fn mutation(ctx: &RecordContext<'_>, plan: &Plan, label: &str) {
+    mutation_record(ctx, plan, label).emit();
+}
+
+/// The JSON line [`mutation`] writes (for benchmarks and tests).
+pub fn mutation_line(ctx: &RecordContext<'_>, plan: &Plan, label: &str) -> Vec<u8> {
+    mutation_record(ctx, plan, label).line()
+}
+
+fn mutation_record<'a>(ctx: &RecordContext<'a>, plan: &'a Plan, label: &'a str) -> Record<'a> {
+    Record {
+        policies: Some(&plan.policies),
+        mutations: Some(&plan.mutations),
+        ..Record::new(ctx, true, label)
+    }
+}
+
 /// Writes the record of a request denied without a decision (unreadable object or namespace)
 /// or of a validated ImagePolicy.
 pub fn verdict(ctx: &RecordContext<'_>, allowed: bool, label: &str, reason: &str) {
@@ -335,6 +386,7 @@ mod tests {
                 namespace_labels: &labels,
                 requester: Some(&requester),
                 now,
+                evidence: None,
             },
         );
         let ctx = RecordContext {
@@ -350,6 +402,7 @@ mod tests {
             annotations: Some(&object.annotations),
             now,
             latency: Duration::from_micros(42),
+            evidence: None,
         };
         let line: serde_json::Value =
             serde_json::from_slice(&record_of(&ctx, &d, "denied").line()).unwrap();
@@ -378,6 +431,10 @@ mod tests {
             "no imagegate annotations, no field"
         );
         assert!(line.get("reason").is_none() && line.get("break_glass").is_none());
+        assert!(
+            line.get("evidence").is_none(),
+            "no signature rule, no evidence"
+        );
     }
 
     #[test]
@@ -443,6 +500,7 @@ mod tests {
                     mode: Mode::Warn,
                 },
             ],
+            unverified: vec![],
         };
         let requester = Requester {
             username: odd.into(),
@@ -455,6 +513,18 @@ mod tests {
         )]
         .into();
         let now: jiff::Timestamp = "2026-11-22T12:00:00.123456789Z".parse().unwrap();
+        let evidence: Evidence = serde_json::from_value(serde_json::json!({"images": {
+            "registry.corp.example/app:1": {
+                "digest": "sha256:3f4ac9e1d2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b77e1",
+                "digestError": null,
+                "digestSource": "stale",
+                "entries": {
+                    "p/release": {"outcome": {"result": "verified", "digest": "sha256:3f4ac9e1d2b3a4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b77e1", "format": "cosignTag", "signer": "sha256:ab"}, "source": "stale"},
+                    "p/other": {"outcome": {"result": "notVerified", "reason": odd}, "source": "fresh"},
+                },
+            },
+        }}))
+        .unwrap();
         let ctx = RecordContext {
             endpoint: "validate",
             uid: "u",
@@ -468,6 +538,7 @@ mod tests {
             annotations: Some(&annotations),
             now,
             latency: Duration::from_secs(u64::MAX),
+            evidence: Some(&evidence),
         };
         let bytes = record_of(&ctx, &d, "excused").line();
         assert_eq!(bytes.last(), Some(&b'\n'));
@@ -490,6 +561,12 @@ mod tests {
             }])
         );
         assert_eq!(line["namespace_labels"], serde_json::json!({"a\"b": odd}));
+        assert_eq!(line["evidence"], serde(&evidence));
+        assert_eq!(
+            serde_json::from_value::<Evidence>(line["evidence"].clone()).unwrap(),
+            evidence,
+            "the evidence reads back as it was"
+        );
         assert_eq!(line["annotations"], serde(&annotations));
         assert_eq!(line["user"], odd);
         assert_eq!(line["groups"], serde_json::json!([]));
@@ -498,5 +575,68 @@ mod tests {
         assert_eq!(line["dry_run"], true);
         assert_eq!(line["latency_us"], u64::MAX);
         assert!(jiff::Timestamp::from_str(line["timestamp"].as_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_mutation_record_lists_every_change_as_serde_writes_it() {
+        use crate::mutation::Change;
+        use crate::policy::Mode;
+        use crate::workload::ContainerType;
+
+        let change = |applied, to: Option<&str>| Mutation {
+            change: Change::Digest,
+            container_type: ContainerType::ImageVolumes,
+            container: "data \"x\"".into(),
+            image: "quay.io/data/set:v1".into(),
+            from: Some("quay.io/data/set:v1".into()),
+            to: to.map(str::to_owned),
+            policy: "pin".into(),
+            mode: if applied { Mode::Enforce } else { Mode::Audit },
+            applied,
+            path: "/spec/volumes/0/image/reference".into(),
+            image_index: 0,
+        };
+        let plan = Plan {
+            mutations: vec![
+                change(true, Some("quay.io/data/set:v1@sha256:00")),
+                change(false, None),
+            ],
+            policies: vec![AppliedPolicy {
+                name: "pin".into(),
+                generation: Some(4),
+                mode: Mode::Enforce,
+            }],
+            ..Plan::default()
+        };
+        let ctx = RecordContext {
+            endpoint: "mutate",
+            uid: "u",
+            kind: "Pod",
+            namespace: "shop",
+            name: "web",
+            operation: "CREATE",
+            requester: None,
+            dry_run: false,
+            namespace_labels: None,
+            annotations: None,
+            evidence: None,
+            now: jiff::Timestamp::UNIX_EPOCH,
+            latency: Duration::from_micros(3),
+        };
+        let line: serde_json::Value =
+            serde_json::from_slice(&mutation_line(&ctx, &plan, "mutated")).unwrap();
+        assert_eq!(line["endpoint"], "mutate");
+        assert_eq!(line["decision"], "mutated");
+        assert_eq!(line["allowed"], true);
+        assert_eq!(line["message"], "CREATE Pod shop/web: mutated");
+        assert_eq!(
+            line["mutations"],
+            serde_json::to_value(&plan.mutations).unwrap()
+        );
+        assert_eq!(
+            line["policies"],
+            serde_json::to_value(&plan.policies).unwrap()
+        );
+        assert!(line.get("violations").is_none() && line.get("images").is_none());
     }
 }

@@ -12,12 +12,14 @@ use super::{
     BadRequest, MAX_AUDIT_ANNOTATION_CHARS, MAX_CAUSES, MAX_MESSAGE_CHARS, client_warnings,
     truncate,
 };
-use crate::decision::{Decision, Input, Requester, decide};
+use crate::decision::{AppliedPolicy, Decision, Input, Requester, decide};
+use crate::evidence::{Evidence, EvidenceRequest};
 use crate::metrics::{AdmissionResult, decision_label};
 use crate::namespaces::Labels;
 use crate::policy::crd::GROUP as POLICY_GROUP;
-use crate::policy::{ImagePolicy, Snapshot, compile};
+use crate::policy::{ImagePolicy, Snapshot, validate};
 use crate::skim::{Skim, Skimmed};
+use crate::verification;
 use crate::workload::{Workload, WorkloadKind, WorkloadObject};
 
 /// The only AdmissionReview version imagegate speaks.
@@ -488,6 +490,7 @@ impl AdmissionRequest {
             annotations: self.annotations(),
             now,
             latency,
+            evidence: None,
         }
     }
 
@@ -496,18 +499,41 @@ impl AdmissionRequest {
         matches!(self.target, Target::Workload { .. })
     }
 
-    /// Decides the request. `labels` is the namespace's labels, or why they are unknown (which
-    /// denies a workload: labels are never assumed).
+    /// Decides the request without registry evidence (see [`decide_with`](Self::decide_with)).
     pub fn decide(
         &self,
         snapshot: &Snapshot,
         labels: Result<&Labels, &str>,
         now: jiff::Timestamp,
     ) -> Outcome {
+        self.decide_with(snapshot, labels, now, None)
+    }
+
+    /// What the registry adapter must gather before [`decide_with`](Self::decide_with): empty
+    /// for everything but a Pod or workload with images that signature entries govern.
+    pub fn evidence_requests(&self, snapshot: &Snapshot, labels: &Labels) -> Vec<EvidenceRequest> {
+        match &self.target {
+            Target::Workload { object, old, .. } => {
+                verification::requests(snapshot, object, old.as_ref(), labels)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Decides the request. `labels` is the namespace's labels, or why they are unknown (which
+    /// denies a workload: labels are never assumed); `evidence` what was gathered for
+    /// [`evidence_requests`](Self::evidence_requests).
+    pub fn decide_with(
+        &self,
+        snapshot: &Snapshot,
+        labels: Result<&Labels, &str>,
+        now: jiff::Timestamp,
+        evidence: Option<&Evidence>,
+    ) -> Outcome {
         match &self.target {
             Target::Skip(why) => Outcome::Skipped(why),
             Target::Unreadable(why) => Outcome::Refused(why.clone()),
-            Target::Policy(p) => Outcome::Policy(compile(p).map(|_| ())),
+            Target::Policy(p) => Outcome::Policy(validate(p)),
             Target::Workload { object, old, .. } => match labels {
                 Err(why) => Outcome::Refused(format!(
                     "the labels of namespace {:?} cannot be read, so the policies that apply are unknown: {why}",
@@ -521,6 +547,7 @@ impl AdmissionRequest {
                         namespace_labels: labels,
                         requester: Some(&self.requester),
                         now,
+                        evidence,
                     },
                 )),
             },
@@ -533,6 +560,8 @@ impl AdmissionRequest {
             uid: self.uid.clone(),
             allowed: outcome.allowed(),
             status: None,
+            patch: None,
+            patch_type: None,
             warnings: Vec::new(),
             audit_annotations: BTreeMap::new(),
         };
@@ -614,9 +643,26 @@ impl AdmissionRequest {
 pub fn audit_annotations(d: &Decision, label: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     out.insert("decision".to_owned(), label.to_owned());
-    // `NAME@GENERATION:MODE,…`, written in one string: it is part of every answer.
+    out.insert("policies".to_owned(), policies_annotation(&d.policies));
+    if !d.break_glass.is_empty() {
+        let uses: Vec<String> = d
+            .break_glass
+            .iter()
+            .map(|b| format!("ticket={} policy={} until={}", b.ticket, b.policy, b.until))
+            .collect();
+        out.insert(
+            "break-glass".to_owned(),
+            truncate(&uses.join("; "), MAX_AUDIT_ANNOTATION_CHARS),
+        );
+    }
+    out
+}
+
+/// The `policies` audit annotation: `NAME@GENERATION:MODE,…`, written in one string (it is
+/// part of every answer), cut to [`MAX_AUDIT_ANNOTATION_CHARS`].
+pub fn policies_annotation(applied: &[AppliedPolicy]) -> String {
     let mut policies = String::new();
-    for p in &d.policies {
+    for p in applied {
         if !policies.is_empty() {
             policies.push(',');
         }
@@ -631,19 +677,7 @@ pub fn audit_annotations(d: &Decision, label: &str) -> BTreeMap<String, String> 
     if policies.len() > MAX_AUDIT_ANNOTATION_CHARS {
         policies = truncate(&policies, MAX_AUDIT_ANNOTATION_CHARS);
     }
-    out.insert("policies".to_owned(), policies);
-    if !d.break_glass.is_empty() {
-        let uses: Vec<String> = d
-            .break_glass
-            .iter()
-            .map(|b| format!("ticket={} policy={} until={}", b.ticket, b.policy, b.until))
-            .collect();
-        out.insert(
-            "break-glass".to_owned(),
-            truncate(&uses.join("; "), MAX_AUDIT_ANNOTATION_CHARS),
-        );
-    }
-    out
+    policies
 }
 
 /// An AdmissionReview answer.
@@ -672,7 +706,8 @@ impl ReviewOut {
             + causes
                 .map(|c| c.field.len() + c.reason.len() + c.message.len() + 50)
                 .sum::<usize>()
-            + r.warnings.iter().map(|w| w.len() + 3).sum::<usize>();
+            + r.warnings.iter().map(|w| w.len() + 3).sum::<usize>()
+            + r.patch.as_ref().map_or(0, String::len);
         let mut out = JsonLine::with_capacity(400 + texts + texts / 8);
         out.begin_object();
         out.string_field("apiVersion", self.api_version);
@@ -707,6 +742,13 @@ impl ReviewOut {
             }
             out.end_object();
         }
+        if let Some(patch) = &r.patch {
+            // Base64: nothing in it needs escaping.
+            out.string_field("patch", patch);
+        }
+        if let Some(patch_type) = r.patch_type {
+            out.string_field("patchType", patch_type);
+        }
         if !r.warnings.is_empty() {
             out.strings_field("warnings", r.warnings.iter().map(String::as_str));
         }
@@ -727,6 +769,12 @@ pub struct ResponseOut {
     pub allowed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusOut>,
+    /// A JSONPatch, base64-encoded (the mutating webhook's answer only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// `JSONPatch` when `patch` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -1081,17 +1129,20 @@ mod tests {
             text(),
             any::<bool>(),
             proptest::option::of(status),
+            proptest::option::of("[A-Za-z0-9+/]{0,40}={0,2}"),
             proptest::collection::vec(text(), 0..3),
             proptest::collection::btree_map(text(), text(), 0..3),
         )
             .prop_map(
-                |(uid, allowed, status, warnings, audit_annotations)| ReviewOut {
+                |(uid, allowed, status, patch, warnings, audit_annotations)| ReviewOut {
                     api_version: API_VERSION,
                     kind: KIND,
                     response: ResponseOut {
                         uid,
                         allowed,
                         status,
+                        patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                        patch,
                         warnings,
                         audit_annotations,
                     },

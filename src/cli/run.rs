@@ -9,9 +9,11 @@ use anyhow::Context;
 use crate::cli::{EngineArgs, LogFormat};
 use crate::http::{AppState, ServerConfig, run_server};
 use crate::metrics::Metrics;
+use crate::operator::audit::{AuditConfig, MIN_AUDIT_INTERVAL};
 use crate::operator::certificates::{CertParams, service_sans};
 use crate::operator::webhook_config::{Endpoint, FailurePolicy, WebhookParams};
 use crate::operator::{self, OperatorConfig};
+use crate::registry::{Credentials, Registry, RegistryArgs, RegistryCredentialSecretArgs};
 use crate::tls::CertResolver;
 
 /// Where Kubernetes mounts the Pod's namespace.
@@ -98,12 +100,45 @@ pub struct RunArgs {
     #[arg(long, env = "IMAGEGATE_OWNER_CLUSTER_ROLE")]
     pub owner_cluster_role: Option<String>,
 
+    /// Secrets in --namespace that verifySignatures keys may name (secretRef), comma-separated;
+    /// the operator reads and watches exactly these, by name.
+    #[arg(
+        long,
+        env = "IMAGEGATE_KEY_SECRETS",
+        value_delimiter = ',',
+        value_name = "NAME,…"
+    )]
+    pub key_secrets: Vec<String>,
+    /// How often the audit re-decides every running Pod even when no policy or namespace
+    /// changed (h/m/s, at least 30s), or `off` for no audit (no Pod watch).
+    #[arg(long, env = "IMAGEGATE_AUDIT_INTERVAL", default_value = "10m", value_parser = parse_audit_interval)]
+    pub audit_interval: AuditInterval,
+
+    /// Write a wgpolicyk8s.io/v1alpha2 PolicyReport named imagegate per namespace with the
+    /// audit's results (needs the PolicyReport CRD; nothing is written without it).
+    #[arg(
+        long,
+        env = "IMAGEGATE_POLICY_REPORTS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub policy_reports: bool,
+
     /// Log format.
     #[arg(long, env = "IMAGEGATE_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub registry_credentials: RegistryCredentialSecretArgs,
 }
 
 /// A `--webhook-url`: the base URL and its host.
@@ -165,6 +200,24 @@ fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
         .map_err(|_| format!("{text:?} is not HOST:PORT or off"))
 }
 
+/// `--audit-interval`: an interval, or `None` for `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditInterval(pub Option<Duration>);
+
+fn parse_audit_interval(text: &str) -> Result<AuditInterval, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(AuditInterval(None));
+    }
+    let d = crate::policy::parse_duration(text)?;
+    if d < MIN_AUDIT_INTERVAL {
+        return Err(format!(
+            "{text:?} is too short; use at least {}s, or off",
+            MIN_AUDIT_INTERVAL.as_secs()
+        ));
+    }
+    Ok(AuditInterval(Some(d)))
+}
+
 fn parse_validity(text: &str) -> Result<Duration, String> {
     let d = crate::policy::parse_duration(text)?;
     if d < MIN_VALIDITY {
@@ -221,6 +274,16 @@ impl RunArgs {
             secret_name: self.secret_name.clone(),
             owner_cluster_role: self.owner_cluster_role.clone(),
             settings: self.engine.settings(),
+            key_secrets: self
+                .key_secrets
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            audit: self.audit_interval.0.map(|interval| AuditConfig {
+                interval,
+                policy_reports: self.policy_reports,
+            }),
         })
     }
 }
@@ -240,7 +303,32 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
     );
     let tls = CertResolver::new();
     let metrics = Arc::new(Metrics::new());
-    let running = operator::start(client, config, Arc::clone(&tls), Arc::clone(&metrics));
+    // Logins come from the credential Secrets, read at once and every minute by the task below.
+    let registry = Registry::new(
+        args.registry.config(Credentials::anonymous())?,
+        Some(Arc::clone(&metrics)),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up the registry client: {e}"))?;
+    let credential_secrets = args
+        .registry_credentials
+        .registry_credentials_secrets
+        .clone();
+    let namespace = config.namespace.clone();
+    let mut running = operator::start(
+        client.clone(),
+        config,
+        Arc::clone(&tls),
+        Arc::clone(&metrics),
+    );
+    if !credential_secrets.is_empty() {
+        running
+            .tasks
+            .push(tokio::spawn(registry.clone().refresh_credentials(
+                client,
+                namespace,
+                credential_secrets,
+            )));
+    }
     let state = AppState {
         snapshot: Arc::clone(&running.snapshot),
         namespaces: running.namespaces.clone(),
@@ -248,6 +336,8 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
         tls,
         readiness: Arc::clone(&running.readiness),
         metrics,
+        evidence: Arc::new(registry),
+        verify_timeout: args.registry.verify_timeout,
     };
     let mut server = ServerConfig::new(args.addr, args.metrics_addr.0);
     server.drain_delay = DRAIN_DELAY;
@@ -283,6 +373,34 @@ mod tests {
         assert_eq!(parse_metrics_addr("off").unwrap(), MetricsAddr(None));
         assert!(parse_metrics_addr("0.0.0.0:9090").unwrap().0.is_some());
         assert!(parse_metrics_addr("nope").is_err());
+    }
+
+    #[test]
+    fn audit_flags() {
+        use clap::Parser;
+        let config = |args: &[&str]| {
+            let cli =
+                crate::cli::Cli::try_parse_from(["imagegate", "run"].iter().chain(args).copied())?;
+            let crate::cli::Command::Run(args) = cli.command else {
+                panic!("not run");
+            };
+            Ok::<_, clap::Error>(args.operator_config().unwrap().audit)
+        };
+        let on = |minutes: u64, reports| {
+            Some(AuditConfig {
+                interval: Duration::from_secs(minutes * 60),
+                policy_reports: reports,
+            })
+        };
+        assert_eq!(config(&["--audit-interval", "off"]).unwrap(), None);
+        assert_eq!(
+            config(&["--audit-interval", "1h", "--policy-reports"]).unwrap(),
+            on(60, true)
+        );
+        assert_eq!(config(&["--policy-reports=false"]).unwrap(), on(10, false));
+        assert_eq!(config(&["--policy-reports", "true"]).unwrap(), on(10, true));
+        assert!(config(&["--audit-interval", "10s"]).is_err());
+        assert!(config(&["--audit-interval", "soon"]).is_err());
     }
 
     #[test]
@@ -322,6 +440,13 @@ mod tests {
         );
         assert_eq!(config.certs.sans[3], "imagegate.gate.svc.cluster.local");
         assert_eq!(args.metrics_addr.0.map(|a| a.port()), Some(9090));
+        assert_eq!(
+            config.audit,
+            Some(AuditConfig {
+                interval: Duration::from_secs(600),
+                policy_reports: false,
+            })
+        );
 
         let cli = crate::cli::Cli::try_parse_from([
             "imagegate",

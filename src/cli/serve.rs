@@ -13,13 +13,14 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher as _};
 
-use super::{EngineArgs, LogFormat};
+use super::{EngineArgs, KeySecretDirArgs, LogFormat};
 use crate::certs::{self, CertPair};
 use crate::events::NoEvents;
 use crate::http::{AppState, Listeners, ServerConfig};
 use crate::metrics::Metrics;
 use crate::namespaces::{FixedNamespaces, Labels, parse_namespace_labels};
 use crate::policy::{Settings, Snapshot};
+use crate::registry::{DockerConfigArgs, Registry, RegistryArgs};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::CertResolver;
 
@@ -113,6 +114,15 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub docker: DockerConfigArgs,
+
+    #[command(flatten)]
+    pub keys: KeySecretDirArgs,
 }
 
 /// A server ready to run: policies loaded, certificate in place, sockets bound.
@@ -140,6 +150,7 @@ impl std::fmt::Debug for Prepared {
 #[derive(Clone)]
 struct Reloader {
     policies: Vec<PathBuf>,
+    keys: KeySecretDirArgs,
     settings: Settings,
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
@@ -150,9 +161,10 @@ struct Reloader {
 impl Reloader {
     /// Loads and compiles every policy; the snapshot, or why not (naming file and field).
     fn load(&self) -> anyhow::Result<Snapshot> {
-        let loaded = crate::manifests::load_policies(&self.policies)?;
+        let secrets = self.keys.secret_keys()?;
+        let loaded = crate::manifests::load_policies_with(&self.policies, &secrets)?;
         let policies: Vec<_> = loaded.into_iter().map(|l| l.policy).collect();
-        let (snapshot, errors) = Snapshot::compile(&policies, self.settings.clone());
+        let (snapshot, errors) = Snapshot::compile_with(&policies, self.settings.clone(), &secrets);
         if let Some(e) = errors.first() {
             anyhow::bail!("policy {:?}: {e}", e.policy);
         }
@@ -298,6 +310,7 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     let tls_files = args.tls_cert.clone().zip(args.tls_key.clone());
     let reload = Reloader {
         policies: args.policies.clone(),
+        keys: args.keys.clone(),
         settings,
         snapshot: Arc::clone(&snapshot),
         metrics: Arc::clone(&metrics),
@@ -321,6 +334,17 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     };
     metrics.set_cert_not_after(tls.not_after());
 
+    // Lookups run on the runtime `prepare` is called in, so they can outlive a request.
+    let credentials = args
+        .docker
+        .credentials()
+        .context("cannot read the registry logins")?;
+    let registry = Registry::new(
+        args.registry.config(credentials)?,
+        Some(Arc::clone(&metrics)),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up the registry client: {e}"))?;
+
     let namespaces: HashMap<String, Labels> = args.namespace_labels.iter().cloned().collect();
     let state = AppState {
         snapshot,
@@ -329,6 +353,8 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
         tls,
         readiness,
         metrics,
+        evidence: Arc::new(registry),
+        verify_timeout: args.registry.verify_timeout,
     };
     let mut config = ServerConfig::new(
         args.addr,
@@ -342,6 +368,7 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
 
     let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let mut watched: Vec<PathBuf> = args.policies.clone();
+    watched.extend(args.keys.key_secret_dir.clone());
     if let Some((cert, key)) = &tls_files {
         watched.push(cert.clone());
         watched.push(key.clone());
@@ -424,6 +451,13 @@ impl Prepared {
         &self.state
     }
 
+    /// Gathers signature evidence from `evidence` instead of the registry client built from
+    /// the flags (for tests and embedding).
+    pub fn with_evidence(mut self, evidence: Arc<dyn crate::evidence::Gather>) -> Prepared {
+        self.state.evidence = evidence;
+        self
+    }
+
     /// Serves until `shutdown` completes, reloading on file changes; returns after draining.
     pub async fn run(
         self,
@@ -472,6 +506,10 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
         IpAddr::V4(ip) => ip.to_string(),
     };
     println!("imagegate serve: https://{host}:{}/validate", addr.port());
+    println!(
+        "imagegate serve: mutating webhook https://{host}:{}/mutate",
+        addr.port()
+    );
     if let Some(ca) = &prepared.ca_path {
         println!("imagegate serve: CA certificate {}", ca.display());
     }

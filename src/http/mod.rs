@@ -1,4 +1,4 @@
-//! The HTTPS server (actix-web + rustls): `/validate`, `/imagereview`, `/healthz`, `/readyz`,
+//! The HTTPS server (actix-web + rustls): `/validate`, `/mutate`, `/imagereview`, `/healthz`, `/readyz`,
 //! `/metrics`, and `/metrics` again on an optional plain-HTTP port. Handlers only move bytes
 //! and call [`crate::admission`]; the certificate comes from [`CertResolver`], so it can be
 //! replaced while the server runs.
@@ -15,10 +15,13 @@ use futures::StreamExt;
 
 use crate::admission::{self, BadRequest, record};
 use crate::events::{EventSink, ObjectRef};
+use crate::evidence::{Evidence, EvidenceRequest, Gather};
 use crate::metrics::{AdmissionResult, Endpoint, Metrics};
 use crate::namespaces::{Labels, NamespaceLabels};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::{CertResolver, server_config};
+
+pub mod deadline;
 
 /// The largest request body: an UPDATE carries two objects of up to 3 MiB each (etcd's default
 /// object limit is 1.5 MiB, raised to 3 MiB on some clusters), plus the envelope.
@@ -59,6 +62,10 @@ pub struct AppState {
     pub tls: Arc<CertResolver>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    /// Where evidence for signature entries comes from (the registry adapter).
+    pub evidence: Arc<dyn Gather>,
+    /// How long registry work may take for a request that does not say (`--verify-timeout`).
+    pub verify_timeout: Duration,
 }
 
 /// Where and how to listen.
@@ -233,6 +240,7 @@ pub async fn run_server(
 
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/validate", web::post().to(validate))
+        .route("/mutate", web::post().to(mutate))
         .route("/imagereview", web::post().to(image_review))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
@@ -362,21 +370,43 @@ async fn namespace_labels(state: &AppState, namespace: &str) -> Result<Labels, S
     }
 }
 
+/// Gathers the evidence `requests` ask for, within the request's deadline (see [`deadline`]).
+async fn gather(
+    state: &AppState,
+    req: &actix_web::HttpRequest,
+    arrived: Instant,
+    requests: &[EvidenceRequest],
+) -> Evidence {
+    let deadline = deadline::deadline(req.query_string(), arrived, state.verify_timeout);
+    state.evidence.gather(requests, deadline).await
+}
+
+/// Reads an AdmissionReview for `endpoint`: the request and when its body was in (what
+/// latencies count from), or the answer to a body that is not one.
+async fn admission_request(
+    req: &actix_web::HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    endpoint: Endpoint,
+) -> Result<(admission::AdmissionRequest, Instant), HttpResponse> {
+    let body = read_body(req, payload, state, endpoint).await?;
+    let started = Instant::now();
+    admission::parse_admission_review(&body)
+        .map(|request| (request, started))
+        .map_err(|e| bad_request(state, endpoint, started, &e))
+}
+
 async fn validate(
     req: actix_web::HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let body = match read_body(&req, payload, &state, Endpoint::validate).await {
-        Ok(b) => b,
-        Err(res) => return res,
-    };
-    let started = Instant::now();
-    let request = match admission::parse_admission_review(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(&state, Endpoint::validate, started, &e),
-    };
-    drop(body);
+    let arrived = Instant::now();
+    let (request, started) =
+        match admission_request(&req, payload, &state, Endpoint::validate).await {
+            Ok(read) => read,
+            Err(res) => return res,
+        };
     let labels = if request.needs_namespace_labels() {
         Some(namespace_labels(&state, &request.namespace).await)
     } else {
@@ -390,12 +420,33 @@ async fn validate(
         Some(Err(e)) => Err(e.as_str()),
         None => Ok(&empty),
     };
-    let outcome = request.decide(&snapshot, labels_ref, now);
-    drop(snapshot);
+    // Registry evidence only when a signature entry governs an image of the object: otherwise
+    // this is one test of the snapshot.
+    let requests = match labels_ref {
+        Ok(labels) if snapshot.has_signature_rules() => {
+            request.evidence_requests(&snapshot, labels)
+        }
+        _ => Vec::new(),
+    };
+    let mut evidence = None;
+    let outcome = if requests.is_empty() {
+        let outcome = request.decide(&snapshot, labels_ref, now);
+        drop(snapshot);
+        outcome
+    } else {
+        // Held as an `Arc` across the wait, not as a guard: the decision uses the snapshot the
+        // requests came from.
+        let snapshot = arc_swap::Guard::into_inner(snapshot);
+        let gathered = evidence.insert(gather(&state, &req, arrived, &requests).await);
+        request.decide_with(&snapshot, labels_ref, now, Some(gathered))
+    };
     let response = request.response(&outcome);
     let latency = started.elapsed();
 
-    let ctx = request.record_context(labels_ref.ok(), now, latency);
+    let ctx = record::RecordContext {
+        evidence: evidence.as_ref(),
+        ..request.record_context(labels_ref.ok(), now, latency)
+    };
     match &outcome {
         admission::Outcome::Skipped(_) => {}
         admission::Outcome::Decided(d) => {
@@ -430,11 +481,69 @@ async fn validate(
         .body(response.to_json())
 }
 
+async fn mutate(
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (request, started) = match admission_request(&req, payload, &state, Endpoint::mutate).await
+    {
+        Ok(read) => read,
+        Err(res) => return res,
+    };
+    let labels = if request.needs_mutation() {
+        Some(namespace_labels(&state, &request.namespace).await)
+    } else {
+        None
+    };
+    let now = jiff::Timestamp::now();
+    let empty = Labels::new();
+    let labels_ref = match &labels {
+        Some(Ok(l)) => Ok(l),
+        Some(Err(e)) => Err(e.as_str()),
+        None => Ok(&empty),
+    };
+    let outcome = request.plan_mutation(
+        &state.snapshot.load(),
+        labels_ref,
+        &crate::mutation::Digests::new(),
+    );
+    let response = request.mutate_response(&outcome);
+    let latency = started.elapsed();
+
+    let ctx = record::RecordContext {
+        endpoint: "mutate",
+        ..request.record_context(labels_ref.ok(), now, latency)
+    };
+    let result = match &outcome {
+        admission::MutateOutcome::Skipped(_) => AdmissionResult::skipped,
+        admission::MutateOutcome::Planned(plan) => {
+            // A Pod that no policy asks to change is not worth a record.
+            if !plan.policies.is_empty() {
+                record::mutation(&ctx, plan, outcome.label());
+            }
+            state.metrics.record_mutation(plan);
+            AdmissionResult::allowed
+        }
+        admission::MutateOutcome::Unread(why) => {
+            record::verdict(&ctx, true, outcome.label(), why);
+            AdmissionResult::allowed
+        }
+    };
+    state
+        .metrics
+        .record_admission(Endpoint::mutate, result, latency);
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(response.to_json())
+}
+
 async fn image_review(
     req: actix_web::HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let arrived = Instant::now();
     let body = match read_body(&req, payload, &state, Endpoint::imagereview).await {
         Ok(b) => b,
         Err(res) => return res,
@@ -447,6 +556,25 @@ async fn image_review(
     drop(body);
     let labels = namespace_labels(&state, &request.namespace).await;
     let now = jiff::Timestamp::now();
+    let mut evidence = None;
+    let decided = match &labels {
+        Ok(labels) => {
+            let snapshot = state.snapshot.load();
+            let requests = if snapshot.has_signature_rules() {
+                request.evidence_requests(&snapshot, labels)
+            } else {
+                Vec::new()
+            };
+            if requests.is_empty() {
+                Ok(request.decide(&snapshot, labels, now))
+            } else {
+                let snapshot = arc_swap::Guard::into_inner(snapshot);
+                let gathered = evidence.insert(gather(&state, &req, arrived, &requests).await);
+                Ok(request.decide_with(&snapshot, labels, now, Some(gathered)))
+            }
+        }
+        Err(why) => Err(why),
+    };
     let ctx = |latency| record::RecordContext {
         endpoint: "imagereview",
         uid: "",
@@ -460,10 +588,10 @@ async fn image_review(
         annotations: Some(&request.workload.annotations),
         now,
         latency,
+        evidence: evidence.as_ref(),
     };
-    let (response, result) = match &labels {
-        Ok(labels) => {
-            let decision = request.decide(&state.snapshot.load(), labels, now);
+    let (response, result) = match decided {
+        Ok(decision) => {
             let latency = started.elapsed();
             let label = crate::metrics::decision_label(&decision);
             record::decision(&ctx(latency), &decision, label);

@@ -9,7 +9,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::policy::{CompileError, ImagePolicy, ImagePolicySpec, Settings, Snapshot};
+use arc_swap::ArcSwap;
+
+use crate::policy::{CompileError, ImagePolicy, ImagePolicySpec, SecretKeys, Settings, Snapshot};
 use crate::state::{Readiness, SharedSnapshot};
 
 /// Holds the store of ImagePolicies and keeps the shared snapshot in step with it.
@@ -23,6 +25,13 @@ pub struct PolicyIndex {
     /// The name, generation and spec of every policy in the snapshot in force: an event that
     /// changes none of them (a status write, a label edit) needs no rebuild.
     built: HashMap<String, (Option<i64>, ImagePolicySpec)>,
+    /// The key Secrets' contents that policies compile with (shared with the status writer);
+    /// `waiting` until they have been read once.
+    secrets: Arc<ArcSwap<SecretKeys>>,
+    waiting_for_secrets: bool,
+    secret_updates: Option<watch::Receiver<Option<SecretKeys>>>,
+    /// Whether the first full list of policies is in.
+    listed: bool,
 }
 
 /// What the last rebuild produced.
@@ -49,7 +58,50 @@ impl PolicyIndex {
             settings,
             changed,
             built: HashMap::new(),
+            secrets: Arc::new(ArcSwap::from_pointee(SecretKeys::none(
+                "imagegate reads no key Secrets here",
+            ))),
+            waiting_for_secrets: false,
+            secret_updates: None,
+            listed: false,
         }
+    }
+
+    /// Takes the key Secrets' contents from `updates` (see
+    /// [`run_policy_index`](super::run_policy_index)), and holds back the first snapshot until
+    /// they have been read: a policy must not be left out only because its key was not read
+    /// yet.
+    pub fn follow_secrets(&mut self, updates: watch::Receiver<Option<SecretKeys>>) {
+        self.waiting_for_secrets = true;
+        self.secret_updates = Some(updates);
+    }
+
+    /// The receiver given to [`follow_secrets`](Self::follow_secrets), for the task that feeds
+    /// the index.
+    pub fn take_secret_updates(&mut self) -> Option<watch::Receiver<Option<SecretKeys>>> {
+        self.secret_updates.take()
+    }
+
+    /// The key Secrets' contents policies compile with (the status writer compiles with them
+    /// too).
+    pub fn secrets(&self) -> Arc<ArcSwap<SecretKeys>> {
+        Arc::clone(&self.secrets)
+    }
+
+    /// Uses new key Secrets' contents: rebuilds the snapshot when they differ and the policies
+    /// are listed; the errors of the policies left out are returned.
+    pub fn set_secrets(&mut self, secrets: SecretKeys) -> Option<Vec<CompileError>> {
+        let was_waiting = std::mem::take(&mut self.waiting_for_secrets);
+        if !was_waiting && **self.secrets.load() == secrets {
+            return None;
+        }
+        self.secrets.store(Arc::new(secrets));
+        if !self.listed {
+            return None;
+        }
+        let errors = self.rebuild();
+        self.readiness.set_policies_loaded();
+        Some(errors)
     }
 
     /// A read handle on the store of policies.
@@ -77,6 +129,12 @@ impl PolicyIndex {
             watcher::Event::Init | watcher::Event::InitApply(_) => None,
             watcher::Event::Apply(p) if self.is_built(p) => None,
             watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
+                if matches!(event, watcher::Event::InitDone) {
+                    self.listed = true;
+                }
+                if self.waiting_for_secrets {
+                    return None;
+                }
                 let errors = self.rebuild();
                 if matches!(event, watcher::Event::InitDone) {
                     self.readiness.set_policies_loaded();
@@ -106,7 +164,8 @@ impl PolicyIndex {
             .iter()
             .map(|p| (p.name_any(), (p.metadata.generation, p.spec.clone())))
             .collect();
-        let (snapshot, errors) = Snapshot::compile(&policies, self.settings.clone());
+        let (snapshot, errors) =
+            Snapshot::compile_with(&policies, self.settings.clone(), &self.secrets.load());
         self.snapshot.store(Arc::new(snapshot));
         self.changed.send_modify(|r| {
             r.count = r.count.wrapping_add(1);

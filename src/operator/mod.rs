@@ -1,5 +1,6 @@
 //! The operator half of `imagegate run`: watches ImagePolicies and Namespaces, writes policy
-//! status, keeps the TLS Secret and the ValidatingWebhookConfiguration in the desired state.
+//! status, keeps the TLS Secret and the Validating- and MutatingWebhookConfiguration in the
+//! desired state.
 //!
 //! Every write is idempotent (server-side apply with field manager `imagegate`, create-or-read,
 //! updates guarded by `resourceVersion`), so any number of replicas run side by side without a
@@ -13,8 +14,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use k8s_openapi::api::core::v1::Secret;
 
-use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::events::Recorder;
@@ -24,14 +27,17 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::policy::{ImagePolicy, Settings, Snapshot};
+use crate::policy::{ImagePolicy, SecretKeys, Settings, Snapshot};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::CertResolver;
 
+pub mod audit;
 pub mod certificates;
 pub mod events;
 pub mod index;
+pub mod key_secrets;
 pub mod namespaces;
+pub mod policy_reports;
 pub mod status;
 pub mod webhook_config;
 
@@ -71,27 +77,55 @@ pub enum Error {
 
 /// Feeds ImagePolicy watch events into `index` for as long as the process runs. Watch errors
 /// are logged and retried with kube-runtime's backoff; the snapshot in force stays meanwhile.
+///
+/// When the index follows key Secrets ([`PolicyIndex::follow_secrets`]), their contents are fed
+/// in as they change, and each change re-compiles the policies.
 pub async fn run_policy_index(client: Client, mut index: PolicyIndex) {
     let api: Api<ImagePolicy> = Api::all(client);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => {
-                if let Some(errors) = index.apply(&event) {
-                    tracing::debug!(
-                        policies = index.store().len(),
-                        left_out = errors.len(),
-                        "policy snapshot rebuilt"
-                    );
-                    for e in errors {
-                        tracing::warn!(policy = %e.policy, field = %e.field, message = %e.message,
-                            "policy does not compile and is left out");
-                    }
+    let mut secret_updates = index.take_secret_updates();
+    loop {
+        let errors = tokio::select! {
+            event = events.next() => match event {
+                None => return,
+                Some(Ok(event)) => index.apply(&event),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "ImagePolicy watch failed; retrying");
+                    None
                 }
+            },
+            keys = next_secret_keys(&mut secret_updates) => index.set_secrets(keys),
+        };
+        if let Some(errors) = errors {
+            tracing::debug!(
+                policies = index.store().len(),
+                left_out = errors.len(),
+                "policy snapshot rebuilt"
+            );
+            for e in errors {
+                tracing::warn!(policy = %e.policy, field = %e.field, message = %e.message,
+                    "policy does not compile and is left out");
             }
-            Err(e) => tracing::warn!(error = %e, "ImagePolicy watch failed; retrying"),
+        }
+    }
+}
+
+/// The key Secrets' contents from `updates` once they change (from nothing, the first time);
+/// never, when there are none to follow.
+async fn next_secret_keys(updates: &mut Option<watch::Receiver<Option<SecretKeys>>>) -> SecretKeys {
+    loop {
+        let Some(rx) = updates else {
+            return std::future::pending().await;
+        };
+        if rx.changed().await.is_err() {
+            // The sender is gone: the keys in use stay.
+            *updates = None;
+            continue;
+        }
+        if let Some(keys) = rx.borrow_and_update().clone() {
+            return keys;
         }
     }
 }
@@ -107,11 +141,18 @@ pub fn start_policies(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let store = index.store();
     let snapshot = index.snapshot();
+    let secrets = index.secrets();
     let status_changes = index.subscribe();
     let metric_changes = index.subscribe();
     vec![
         tokio::spawn(run_policy_index(client.clone(), index)),
-        tokio::spawn(run_status_writer(client, store, status_changes, recorder)),
+        tokio::spawn(run_status_writer(
+            client,
+            store,
+            secrets,
+            status_changes,
+            recorder,
+        )),
         tokio::spawn(run_policy_metrics(snapshot, metric_changes, metrics)),
     ]
 }
@@ -132,17 +173,19 @@ pub async fn run_policy_metrics(
     }
 }
 
-/// Writes each policy's status whenever the index changes, and retries failed writes.
+/// Writes each policy's status whenever the index changes, and retries failed writes. Policies
+/// compile with the key Secrets' contents the index uses.
 pub async fn run_status_writer(
     client: Client,
     store: Store<ImagePolicy>,
+    secrets: Arc<ArcSwap<SecretKeys>>,
     mut changed: watch::Receiver<index::Rebuilt>,
     recorder: Option<Recorder>,
 ) {
     loop {
         let mut failed = false;
         for policy in store.state() {
-            let compiled = crate::policy::compile(&policy);
+            let compiled = crate::policy::compile_with(&policy, &secrets.load());
             let result = compiled.as_ref().map(|_| ());
             match status::reconcile(client.clone(), &policy, result, recorder.as_ref()).await {
                 Ok(true) => tracing::info!(policy = %policy.name_any(), "status written"),
@@ -166,9 +209,29 @@ pub async fn run_status_writer(
 
 /// Keeps `writer` (the namespace store) in step with the cluster's Namespaces.
 pub async fn run_namespace_reflector(client: Client, writer: reflector::store::Writer<Namespace>) {
+    watch_namespaces(client, writer, watch::channel(0).0).await
+}
+
+/// Keeps `writer` (the namespace store) in step with the cluster's Namespaces, and bumps
+/// `label_changes` whenever a namespace already known changes its labels (a new namespace has
+/// no Pods yet; a deleted one takes its Pods with it).
+pub async fn watch_namespaces(
+    client: Client,
+    writer: reflector::store::Writer<Namespace>,
+    label_changes: watch::Sender<u64>,
+) {
+    let known = writer.as_reader();
     let api: Api<Namespace> = Api::all(client);
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) = event
+                && let Some(before) = known.get(&reflector::ObjectRef::from_obj(ns))
+                && before.metadata.labels != ns.metadata.labels
+            {
+                label_changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        })
         .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
@@ -185,10 +248,78 @@ pub async fn run_webhook_config(
     client: Client,
     params: webhook_config::WebhookParams,
     owner_cluster_role: Option<String>,
-    mut ca_bundle: watch::Receiver<Option<String>>,
+    ca_bundle: watch::Receiver<Option<String>>,
 ) {
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    let fields = format!("metadata.name={}", params.name);
+    let name = params.name.clone();
+    let api = client.clone();
+    let reconcile = move |ca: String| {
+        let (client, params, owner) = (client.clone(), params.clone(), owner_cluster_role.clone());
+        async move { webhook_config::reconcile(client, &params, &ca, owner.as_deref()).await }
+            .boxed()
+    };
+    keep_reconciled::<ValidatingWebhookConfiguration>(api, &name, ca_bundle, None, reconcile).await
+}
+
+/// Keeps the mutating webhook configuration in the desired state: present (and repaired)
+/// while some policy of the snapshot in force asks for mutation (`setPullPolicyAlways`,
+/// `pinDigests`), deleted while none does. It looks on every watch event of the object, every
+/// change of the CA bundle, every rebuild of the snapshot (`rebuilt`), and every
+/// [`WEBHOOK_RESYNC`]; nothing is written before the first CA bundle is known, nor before the
+/// first complete list of policies (an empty snapshot at start-up must not delete it).
+pub async fn run_mutating_webhook_config(
+    client: Client,
+    params: webhook_config::WebhookParams,
+    owner_cluster_role: Option<String>,
+    ca_bundle: watch::Receiver<Option<String>>,
+    snapshot: SharedSnapshot,
+    rebuilt: watch::Receiver<index::Rebuilt>,
+) {
+    let policies = rebuilt.clone();
+    let name = params.name.clone();
+    let api = client.clone();
+    let reconcile = move |ca: String| {
+        // Decided here, from the snapshot in force as the loop wakes up.
+        let loaded = policies.borrow().count > 0;
+        let wanted = snapshot.load().policies().iter().any(|p| p.mutates());
+        let (client, params, owner) = (client.clone(), params.clone(), owner_cluster_role.clone());
+        async move {
+            if !loaded {
+                return Ok(webhook_config::Outcome::UpToDate);
+            }
+            webhook_config::reconcile_mutating(client, &params, &ca, owner.as_deref(), wanted).await
+        }
+        .boxed()
+    };
+    keep_reconciled::<MutatingWebhookConfiguration>(api, &name, ca_bundle, Some(rebuilt), reconcile)
+        .await
+}
+
+/// The loop of [`run_webhook_config`] and [`run_mutating_webhook_config`]: calls `reconcile`
+/// with the CA bundle whenever there is a reason to look at the object of kind `K` named
+/// `name` (a watch event, a new CA bundle, a rebuilt snapshot, the resync period), and
+/// [`RETRY_DELAY`] after a failure.
+async fn keep_reconciled<K>(
+    client: Client,
+    name: &str,
+    mut ca_bundle: watch::Receiver<Option<String>>,
+    mut rebuilt: Option<watch::Receiver<index::Rebuilt>>,
+    mut reconcile: impl FnMut(
+        String,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<webhook_config::Outcome, Error>,
+    >,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    let kind = K::kind(&());
+    let api: Api<K> = Api::all(client);
+    let fields = format!("metadata.name={name}");
     let mut events = watcher(api, watcher::Config::default().fields(&fields))
         .default_backoff()
         .boxed();
@@ -198,40 +329,45 @@ pub async fn run_webhook_config(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let ca = ca_bundle.borrow_and_update().clone();
+        if let Some(r) = rebuilt.as_mut() {
+            r.borrow_and_update();
+        }
         let mut retry = false;
         if let Some(ca) = ca {
-            match webhook_config::reconcile(
-                client.clone(),
-                &params,
-                &ca,
-                owner_cluster_role.as_deref(),
-            )
-            .await
-            {
-                Ok(webhook_config::Outcome::Applied) => {
-                    tracing::info!(name = %params.name, "webhook configuration applied")
+            use webhook_config::Outcome;
+            match reconcile(ca).await {
+                Ok(Outcome::Applied) => {
+                    tracing::info!(%kind, %name, "webhook configuration applied")
                 }
-                Ok(webhook_config::Outcome::Unmanaged) => tracing::debug!(
-                    name = %params.name,
-                    "webhook configuration is marked {UNMANAGED_ANNOTATION}; left alone"
-                ),
-                Ok(webhook_config::Outcome::OwnerGone) => tracing::warn!(
-                    name = %params.name,
-                    "the owner ClusterRole is gone (uninstalling?); webhook configuration not written"
-                ),
-                Ok(webhook_config::Outcome::UpToDate) => {}
+                Ok(Outcome::Deleted) => tracing::info!(%kind, %name,
+                    "webhook configuration deleted: no policy asks for mutation"),
+                Ok(Outcome::Unmanaged) => tracing::debug!(%kind, %name,
+                    "webhook configuration is marked {UNMANAGED_ANNOTATION} or not imagegate's; left alone"),
+                Ok(Outcome::OwnerGone) => tracing::warn!(%kind, %name,
+                    "the owner ClusterRole is gone (uninstalling?); webhook configuration not written"),
+                Ok(Outcome::UpToDate | Outcome::Absent) => {}
                 Err(e) => {
                     retry = true;
-                    tracing::warn!(name = %params.name, error = %e,
+                    tracing::warn!(%kind, %name, error = %e,
                         "cannot reconcile the webhook configuration; retrying")
                 }
             }
         }
         // Wait for the next reason to look again.
         loop {
+            let policies_changed = async {
+                match rebuilt.as_mut() {
+                    Some(r) => r.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(RETRY_DELAY), if retry => break,
                 r = ca_bundle.changed() => {
+                    if r.is_err() { return }
+                    break;
+                }
+                r = policies_changed => {
                     if r.is_err() { return }
                     break;
                 }
@@ -241,7 +377,7 @@ pub async fn run_webhook_config(
                     Ok(Some(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                     Ok(Some(_)) => break,
                     Ok(None) => return,
-                    Err(e) => tracing::warn!(error = %e, "webhook configuration watch failed; retrying"),
+                    Err(e) => tracing::warn!(%kind, error = %e, "webhook configuration watch failed; retrying"),
                 },
             }
         }
@@ -345,6 +481,10 @@ pub struct OperatorConfig {
     pub owner_cluster_role: Option<String>,
     /// Engine settings for the snapshot.
     pub settings: Settings,
+    /// The Secrets in `namespace` that `secretRef` keys may name (`--key-secrets`).
+    pub key_secrets: Vec<String>,
+    /// The audit of running Pods; `None` with `--audit-interval off`.
+    pub audit: Option<audit::AuditConfig>,
 }
 
 /// What the webhook server reads, kept current by the operator's tasks.
@@ -372,21 +512,46 @@ pub fn start(
         config.settings.clone(),
     )));
     let readiness = Arc::new(Readiness::default());
-    let index = PolicyIndex::new(
+    let mut index = PolicyIndex::new(
         Arc::clone(&snapshot),
         Arc::clone(&readiness),
         config.settings.clone(),
     );
+    let (keys_tx, keys_rx) = watch::channel(None);
+    index.follow_secrets(keys_rx);
     let store = index.store();
+    let rebuilt = index.subscribe();
     let recorder = Recorder::new(client.clone(), FIELD_MANAGER.into());
     let (ns_store, ns_writer) = reflector::store();
-    let namespaces = Arc::new(NamespaceCache::new(ns_store, client.clone()));
+    let namespaces = Arc::new(NamespaceCache::new(ns_store.clone(), client.clone()));
     let (sink, queue) = events::KubeEventSink::new();
     let (ca_tx, ca_rx) = watch::channel(None);
+    let (label_changes, namespace_changes) = watch::channel(0);
+    let audit_state = audit::AuditState {
+        snapshot: index.snapshot(),
+        readiness: Arc::clone(&readiness),
+        policies: index.store(),
+        rebuilt: index.subscribe(),
+        namespaces: ns_store,
+        namespace_changes,
+    };
 
     let mut tasks = start_policies(client.clone(), index, Some(recorder), Arc::clone(&metrics));
+    if let Some(audit_config) = config.audit.clone() {
+        tasks.extend(audit::start(
+            client.clone(),
+            audit_config,
+            audit_state,
+            Arc::clone(&metrics),
+        ));
+    }
     tasks.extend([
-        tokio::spawn(run_namespace_reflector(client.clone(), ns_writer)),
+        tokio::spawn(key_secrets::run_key_secrets(
+            client.clone(),
+            key_secrets::KeySecrets::new(&config.namespace, &config.key_secrets),
+            keys_tx,
+        )),
+        tokio::spawn(watch_namespaces(client.clone(), ns_writer, label_changes)),
         tokio::spawn(events::run_event_publisher(
             client.clone(),
             FIELD_MANAGER.into(),
@@ -403,10 +568,18 @@ pub fn start(
             Some(metrics),
         )),
         tokio::spawn(run_webhook_config(
+            client.clone(),
+            config.webhook.clone(),
+            config.owner_cluster_role.clone(),
+            ca_rx.clone(),
+        )),
+        tokio::spawn(run_mutating_webhook_config(
             client,
             config.webhook.clone(),
             config.owner_cluster_role.clone(),
             ca_rx,
+            Arc::clone(&snapshot),
+            rebuilt,
         )),
     ]);
     Running {

@@ -54,9 +54,9 @@ impl NamespaceLabels for NamespaceCache {
     }
 }
 
-/// Why a request failed, for a denial message: the API server's own answer (code, reason and
+/// Why a request failed, for a message: the API server's own answer (code, reason and
 /// message) rather than kube's display of an API error, which appends a debug dump of it.
-fn reason(e: &kube::Error) -> String {
+pub fn reason(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(status) => format!(
             "it answered {} {}: {}",

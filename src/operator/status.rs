@@ -52,6 +52,9 @@ pub fn desired(
             observed_generation: generation,
             last_transition_time,
         }],
+        // Not this writer's: the audit applies `status.audit` with a field manager of its own,
+        // and an apply that leaves it out leaves it alone.
+        audit: None,
     }
 }
 

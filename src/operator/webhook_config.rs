@@ -1,20 +1,23 @@
-//! The `ValidatingWebhookConfiguration`: the desired object (a pure function of the flags, the
-//! CA bundle and the owner), whether an existing object has drifted from it, and the
-//! reconcile step that repairs it by server-side apply.
+//! The `ValidatingWebhookConfiguration` and the `MutatingWebhookConfiguration`: the desired
+//! objects (pure functions of the flags, the CA bundle and the owner), whether an existing
+//! object has drifted from them, and the reconcile steps that repair them by server-side apply
+//! (and delete the mutating one while no policy asks for mutation).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    RuleWithOperations, ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration,
-    WebhookClientConfig,
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{Error, FIELD_MANAGER, UNMANAGED_ANNOTATION};
@@ -26,8 +29,12 @@ pub const PODS_WEBHOOK: &str = "pods.imagegate.dev";
 pub const WORKLOADS_WEBHOOK: &str = "workloads.imagegate.dev";
 /// Name of the webhook that rejects ImagePolicies that do not compile.
 pub const POLICIES_WEBHOOK: &str = "policies.imagegate.dev";
+/// Name of the mutating webhook for Pods (`setPullPolicyAlways`, `pinDigests`).
+pub const MUTATE_WEBHOOK: &str = "mutate.imagegate.dev";
 /// The admission path of the webhook server.
 pub const VALIDATE_PATH: &str = "/validate";
+/// The mutating admission path of the webhook server.
+pub const MUTATE_PATH: &str = "/mutate";
 /// The Service port the API server calls (the Service maps it to the container's port).
 pub const SERVICE_PORT: i32 = 443;
 /// Label put on the objects the operator manages, so they can be found with a selector.
@@ -36,9 +43,11 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// What the webhook configuration calls: the in-cluster Service, or a URL (a workstation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `service {namespace, name, path: /validate, port: 443}`.
+    /// `service {namespace, name, path: /validate, port: 443}` (`/mutate` for the mutating
+    /// webhook).
     Service { namespace: String, name: String },
-    /// `url: <base>/validate`; `base` is an `https://HOST[:PORT]` URL without a trailing `/`.
+    /// `url: <base>/validate` (`<base>/mutate`); `base` is an `https://HOST[:PORT]` URL
+    /// without a trailing `/`.
     Url(String),
 }
 
@@ -98,13 +107,64 @@ impl WebhookParams {
 }
 
 fn rule(groups: &[&str], resources: &[&str]) -> RuleWithOperations {
+    rule_for(&["CREATE", "UPDATE"], groups, resources)
+}
+
+fn rule_for(operations: &[&str], groups: &[&str], resources: &[&str]) -> RuleWithOperations {
     let strings = |v: &[&str]| Some(v.iter().map(|s| (*s).to_owned()).collect());
     RuleWithOperations {
         api_groups: strings(groups),
         api_versions: strings(&["*"]),
-        operations: strings(&["CREATE", "UPDATE"]),
+        operations: strings(operations),
         resources: strings(resources),
         scope: Some("*".to_owned()),
+    }
+}
+
+/// How the API server reaches `path` of the webhook server, trusting `ca_bundle`.
+fn client_config(params: &WebhookParams, ca_bundle: &str, path: &str) -> WebhookClientConfig {
+    let ca_bundle = Some(ByteString(ca_bundle.as_bytes().to_vec()));
+    match &params.endpoint {
+        Endpoint::Service { namespace, name } => WebhookClientConfig {
+            ca_bundle,
+            service: Some(ServiceReference {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                path: Some(path.to_owned()),
+                port: Some(SERVICE_PORT),
+            }),
+            url: None,
+        },
+        Endpoint::Url(base) => WebhookClientConfig {
+            ca_bundle,
+            service: None,
+            url: Some(format!("{}{path}", base.trim_end_matches('/'))),
+        },
+    }
+}
+
+/// Every namespace but the excluded ones, so the webhooks can never lock imagegate out.
+fn namespace_selector(params: &WebhookParams) -> LabelSelector {
+    LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: NAME_LABEL.to_owned(),
+            operator: "NotIn".to_owned(),
+            values: Some(params.all_excluded()),
+        }]),
+        match_labels: None,
+    }
+}
+
+/// `metadata` of a managed configuration: its name, the managed-by label, the owner.
+fn metadata(params: &WebhookParams, owner: Option<OwnerReference>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(params.name.clone()),
+        labels: Some(BTreeMap::from([(
+            MANAGED_BY_LABEL.to_owned(),
+            "imagegate".to_owned(),
+        )])),
+        owner_references: owner.map(|o| vec![o]),
+        ..ObjectMeta::default()
     }
 }
 
@@ -129,31 +189,8 @@ pub fn desired(
     ca_bundle: &str,
     owner: Option<OwnerReference>,
 ) -> ValidatingWebhookConfiguration {
-    let client_config = match &params.endpoint {
-        Endpoint::Service { namespace, name } => WebhookClientConfig {
-            ca_bundle: Some(ByteString(ca_bundle.as_bytes().to_vec())),
-            service: Some(ServiceReference {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                path: Some(VALIDATE_PATH.to_owned()),
-                port: Some(SERVICE_PORT),
-            }),
-            url: None,
-        },
-        Endpoint::Url(base) => WebhookClientConfig {
-            ca_bundle: Some(ByteString(ca_bundle.as_bytes().to_vec())),
-            service: None,
-            url: Some(format!("{}{VALIDATE_PATH}", base.trim_end_matches('/'))),
-        },
-    };
-    let namespace_selector = LabelSelector {
-        match_expressions: Some(vec![LabelSelectorRequirement {
-            key: NAME_LABEL.to_owned(),
-            operator: "NotIn".to_owned(),
-            values: Some(params.all_excluded()),
-        }]),
-        match_labels: None,
-    };
+    let client_config = client_config(params, ca_bundle, VALIDATE_PATH);
+    let namespace_selector = namespace_selector(params);
     let webhook = |name: &str, rules: Vec<RuleWithOperations>| ValidatingWebhook {
         name: name.to_owned(),
         admission_review_versions: vec!["v1".to_owned()],
@@ -168,15 +205,7 @@ pub fn desired(
         match_conditions: None,
     };
     ValidatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(params.name.clone()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY_LABEL.to_owned(),
-                "imagegate".to_owned(),
-            )])),
-            owner_references: owner.map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
+        metadata: metadata(params, owner),
         webhooks: Some(vec![
             webhook(
                 PODS_WEBHOOK,
@@ -201,23 +230,60 @@ pub fn desired(
     }
 }
 
+/// The full desired mutating webhook configuration: named like the validating one, one
+/// webhook for Pod CREATE and `pods/ephemeralcontainers` UPDATE, with the same CA bundle,
+/// failure policy, timeout and excluded namespaces. `reinvocationPolicy: IfNeeded`: when a
+/// later mutating webhook (a sidecar injector) adds containers, the API server calls this one
+/// again, so they get the pull policy too.
+pub fn desired_mutating(
+    params: &WebhookParams,
+    ca_bundle: &str,
+    owner: Option<OwnerReference>,
+) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: metadata(params, owner),
+        webhooks: Some(vec![MutatingWebhook {
+            name: MUTATE_WEBHOOK.to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            client_config: client_config(params, ca_bundle, MUTATE_PATH),
+            failure_policy: Some(params.failure_policy.as_str().to_owned()),
+            match_policy: Some("Equivalent".to_owned()),
+            namespace_selector: Some(namespace_selector(params)),
+            object_selector: Some(LabelSelector::default()),
+            reinvocation_policy: Some("IfNeeded".to_owned()),
+            rules: Some(vec![
+                rule_for(&["CREATE"], &[""], &["pods"]),
+                rule_for(&["UPDATE"], &[""], &["pods/ephemeralcontainers"]),
+            ]),
+            side_effects: "None".to_owned(),
+            timeout_seconds: Some(params.timeout_seconds),
+            match_conditions: None,
+        }]),
+    }
+}
+
 /// Whether the object carries `imagegate.dev/unmanaged: "true"`: then it is left alone.
-pub fn is_unmanaged(vwc: &ValidatingWebhookConfiguration) -> bool {
-    vwc.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(UNMANAGED_ANNOTATION))
+pub fn is_unmanaged(object: &impl Resource) -> bool {
+    object
+        .annotations()
+        .get(UNMANAGED_ANNOTATION)
         .is_some_and(|v| v == "true")
+}
+
+/// Whether the object carries the label imagegate puts on what it manages: only such a
+/// configuration is ever deleted.
+pub fn is_ours(object: &impl Resource) -> bool {
+    object
+        .labels()
+        .get(MANAGED_BY_LABEL)
+        .is_some_and(|v| v == "imagegate")
 }
 
 /// Whether `actual` holds everything `desired` sets, with the same values. Fields the API
 /// server adds (defaults, managed fields) are ignored; a missing or changed webhook, rule,
 /// policy, selector, CA bundle, endpoint or owner reference is drift. Webhooks are compared by
 /// name, since server-side apply merges them by name.
-pub fn is_up_to_date(
-    actual: &ValidatingWebhookConfiguration,
-    desired: &ValidatingWebhookConfiguration,
-) -> bool {
+pub fn is_up_to_date<K: Serialize>(actual: &K, desired: &K) -> bool {
     let (Ok(a), Ok(d)) = (serde_json::to_value(actual), serde_json::to_value(desired)) else {
         return false;
     };
@@ -263,17 +329,68 @@ fn contains(have: &Value, want: &Value) -> bool {
     }
 }
 
-/// What one reconcile of the webhook configuration did.
+/// What one reconcile of a webhook configuration did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The object matched the desired state; nothing was written.
     UpToDate,
     /// The object was created or repaired by server-side apply.
     Applied,
-    /// The object carries the unmanaged annotation; nothing was written.
+    /// The object carries the unmanaged annotation (or, to be deleted, lacks imagegate's
+    /// managed-by label); nothing was written.
     Unmanaged,
     /// The owner ClusterRole is gone (the chart is being uninstalled); nothing was written.
     OwnerGone,
+    /// The mutating configuration is not needed and was deleted.
+    Deleted,
+    /// The mutating configuration is not needed and does not exist.
+    Absent,
+}
+
+/// The owner reference to `owner_cluster_role`: `Ok(None)` when none is configured,
+/// `Err(Outcome::OwnerGone)` when it is configured but gone.
+async fn owner(
+    client: &Client,
+    owner_cluster_role: Option<&str>,
+) -> Result<Result<Option<OwnerReference>, Outcome>, Error> {
+    let Some(role) = owner_cluster_role else {
+        return Ok(Ok(None));
+    };
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    match roles.get_opt(role).await? {
+        // Without its owner the object would outlive `helm uninstall`: never write it.
+        None => Ok(Err(Outcome::OwnerGone)),
+        Some(r) => owner_reference(&r)
+            .map(|o| Ok(Some(o)))
+            .ok_or_else(|| Error::Invalid(format!("ClusterRole {role} has no name or uid"))),
+    }
+}
+
+/// Applies `want` (named `name`) with field manager `imagegate` (forced) unless the object is
+/// up to date or marked unmanaged.
+async fn apply<K>(client: Client, name: &str, want: &K) -> Result<Outcome, Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client);
+    if let Some(have) = api.get_opt(name).await? {
+        if is_unmanaged(&have) {
+            return Ok(Outcome::Unmanaged);
+        }
+        if is_up_to_date(&have, want) {
+            return Ok(Outcome::UpToDate);
+        }
+    }
+    let mut body = serde_json::to_value(want).map_err(Error::Json)?;
+    body["apiVersion"] = Value::from(K::api_version(&()).into_owned());
+    body["kind"] = Value::from(K::kind(&()).into_owned());
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(Outcome::Applied)
 }
 
 /// Brings the webhook configuration to the desired state: reads the owner ClusterRole (when
@@ -285,39 +402,53 @@ pub async fn reconcile(
     ca_bundle: &str,
     owner_cluster_role: Option<&str>,
 ) -> Result<Outcome, Error> {
-    let owner = match owner_cluster_role {
-        None => None,
-        Some(role) => {
-            let roles: Api<ClusterRole> = Api::all(client.clone());
-            match roles.get_opt(role).await? {
-                // Without its owner the object would outlive `helm uninstall`: never write it.
-                None => return Ok(Outcome::OwnerGone),
-                Some(r) => Some(owner_reference(&r).ok_or_else(|| {
-                    Error::Invalid(format!("ClusterRole {role} has no name or uid"))
-                })?),
-            }
-        }
+    let owner = match owner(&client, owner_cluster_role).await? {
+        Ok(owner) => owner,
+        Err(gone) => return Ok(gone),
     };
-    let want = desired(params, ca_bundle, owner);
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(client);
-    if let Some(have) = api.get_opt(&params.name).await? {
-        if is_unmanaged(&have) {
-            return Ok(Outcome::Unmanaged);
-        }
-        if is_up_to_date(&have, &want) {
-            return Ok(Outcome::UpToDate);
-        }
+    apply(client, &params.name, &desired(params, ca_bundle, owner)).await
+}
+
+/// Brings the mutating webhook configuration to the desired state: while `wanted` (some
+/// policy in force asks for mutation) exactly as [`reconcile`] does the validating one;
+/// otherwise it deletes the object, unless it is marked unmanaged or is not imagegate's
+/// (no managed-by label). The delete is conditional on the object read, so a configuration
+/// another replica has just re-applied is not deleted on a stale view.
+pub async fn reconcile_mutating(
+    client: Client,
+    params: &WebhookParams,
+    ca_bundle: &str,
+    owner_cluster_role: Option<&str>,
+    wanted: bool,
+) -> Result<Outcome, Error> {
+    if wanted {
+        let owner = match owner(&client, owner_cluster_role).await? {
+            Ok(owner) => owner,
+            Err(gone) => return Ok(gone),
+        };
+        let want = desired_mutating(params, ca_bundle, owner);
+        return apply(client, &params.name, &want).await;
     }
-    let mut body = serde_json::to_value(&want).map_err(Error::Json)?;
-    body["apiVersion"] = Value::from("admissionregistration.k8s.io/v1");
-    body["kind"] = Value::from("ValidatingWebhookConfiguration");
-    api.patch(
-        &params.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
-    Ok(Outcome::Applied)
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let Some(have) = api.get_opt(&params.name).await? else {
+        return Ok(Outcome::Absent);
+    };
+    if is_unmanaged(&have) || !is_ours(&have) {
+        return Ok(Outcome::Unmanaged);
+    }
+    let preconditions = Preconditions {
+        resource_version: have.metadata.resource_version.clone(),
+        uid: have.metadata.uid.clone(),
+    };
+    let params = DeleteParams {
+        preconditions: Some(preconditions),
+        ..DeleteParams::default()
+    };
+    match api.delete(&have.name_any(), &params).await {
+        Ok(_) => Ok(Outcome::Deleted),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Outcome::Absent),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
@@ -385,6 +516,60 @@ mod tests {
             // base64 of "CA"
             assert_eq!(h["clientConfig"]["caBundle"], "Q0E=");
         }
+    }
+
+    #[test]
+    fn desired_mutating_has_one_pod_webhook_reinvoked_if_needed() {
+        let mwc = desired_mutating(&params(service()), "CA", None);
+        let v = serde_json::to_value(&mwc).unwrap();
+        assert_eq!(
+            v["metadata"]["name"], "imagegate",
+            "named like the validating one"
+        );
+        assert_eq!(v["metadata"]["labels"][MANAGED_BY_LABEL], "imagegate");
+        let hooks = v["webhooks"].as_array().unwrap();
+        assert_eq!(hooks.len(), 1);
+        let h = &hooks[0];
+        assert_eq!(h["name"], MUTATE_WEBHOOK);
+        assert_eq!(h["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(h["sideEffects"], "None");
+        assert_eq!(h["failurePolicy"], "Fail");
+        assert_eq!(h["timeoutSeconds"], 10);
+        assert_eq!(h["matchPolicy"], "Equivalent");
+        assert_eq!(h["admissionReviewVersions"], serde_json::json!(["v1"]));
+        assert_eq!(
+            h["rules"],
+            serde_json::json!([
+                {"apiGroups": [""], "apiVersions": ["*"], "operations": ["CREATE"],
+                 "resources": ["pods"], "scope": "*"},
+                {"apiGroups": [""], "apiVersions": ["*"], "operations": ["UPDATE"],
+                 "resources": ["pods/ephemeralcontainers"], "scope": "*"},
+            ])
+        );
+        assert_eq!(
+            h["namespaceSelector"]["matchExpressions"][0]["values"],
+            serde_json::json!(["imagegate-system", "kube-system"])
+        );
+        assert_eq!(
+            h["clientConfig"]["service"],
+            serde_json::json!({"namespace": "imagegate-system", "name": "imagegate",
+                "path": "/mutate", "port": 443})
+        );
+        assert_eq!(h["clientConfig"]["caBundle"], "Q0E=");
+
+        let by_url = desired_mutating(
+            &params(Endpoint::Url("https://10.0.0.1:8443".into())),
+            "CA",
+            None,
+        );
+        let cc = &by_url.webhooks.unwrap()[0].client_config;
+        assert_eq!(cc.url.as_deref(), Some("https://10.0.0.1:8443/mutate"));
+
+        // Drift in the mutating webhook is found as in the validating one.
+        let mut drifted = mwc.clone();
+        drifted.webhooks.as_mut().unwrap()[0].reinvocation_policy = Some("Never".into());
+        assert!(!is_up_to_date(&drifted, &mwc));
+        assert!(is_up_to_date(&mwc.clone(), &mwc));
     }
 
     #[test]
@@ -474,6 +659,10 @@ mod tests {
     fn unmanaged_annotation() {
         let mut vwc = desired(&params(service()), "CA", None);
         assert!(!is_unmanaged(&vwc));
+        assert!(is_ours(&vwc));
+        let mut foreign = vwc.clone();
+        foreign.metadata.labels = None;
+        assert!(!is_ours(&foreign));
         vwc.metadata.annotations = Some(BTreeMap::from([(
             UNMANAGED_ANNOTATION.into(),
             "true".into(),

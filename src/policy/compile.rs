@@ -10,12 +10,20 @@ use regex::Regex;
 use super::crd::{ImagePolicy, Mode};
 use super::pattern::{PATTERN_HELP, Pattern, tag_glob};
 use super::selector::Selector;
+use super::signatures::{Resolve, SecretKeys, SignatureRule, compile_entries};
 
 /// The default for `breakGlass.maxDuration`.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// The largest compiled ticket regex, so a policy cannot make every admission slow.
 const TICKET_REGEX_SIZE_LIMIT: usize = 64 * 1024;
+
+/// Whether `pinDigests: true` is in force. Pinning needs a digest per tag from the registry
+/// adapter, which this version does not have yet; until it does, a policy asking for it is
+/// refused with a message (`Ready=False`, and the `policies.imagegate.dev` webhook rejects it)
+/// rather than silently pinning nothing. The mutation planner already pins from the digests
+/// it is given (see `crate::mutation`).
+pub const PIN_DIGESTS_SUPPORTED: bool = false;
 
 /// Why a policy does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,8 +105,14 @@ pub struct CompiledPolicy {
     pub denied_tag_set: GlobSet,
     /// `spec.requirePullPolicyAlways`.
     pub require_pull_policy_always: bool,
+    /// `spec.setPullPolicyAlways`: the mutating webhook sets `imagePullPolicy: Always`.
+    pub set_pull_policy_always: bool,
+    /// `spec.pinDigests`: the mutating webhook pins tags to digests.
+    pub pin_digests: bool,
     /// `spec.breakGlass`.
     pub break_glass: Option<BreakGlassRule>,
+    /// `spec.verifySignatures` (empty when unset).
+    pub signatures: Vec<SignatureRule>,
 }
 
 impl CompiledPolicy {
@@ -106,10 +120,36 @@ impl CompiledPolicy {
     pub fn governs_all(&self) -> bool {
         self.images.patterns.is_empty() || self.images.matches_all()
     }
+
+    /// Whether this policy asks the mutating webhook to change Pods (`setPullPolicyAlways` or
+    /// `pinDigests`), in any mode: Warn and Audit policies report what they would change.
+    pub fn mutates(&self) -> bool {
+        self.set_pull_policy_always || self.pin_digests
+    }
 }
 
-/// Compiles a policy, or says which field is wrong and why.
+/// Compiles a policy, or says which field is wrong and why. A `secretRef` key cannot be read
+/// here: use [`compile_with`] and the Secrets the caller has read.
 pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
+    compile_with(policy, &SecretKeys::default())
+}
+
+/// Compiles a policy with `secretRef` keys read from `secrets`.
+pub fn compile_with(
+    policy: &ImagePolicy,
+    secrets: &SecretKeys,
+) -> Result<CompiledPolicy, CompileError> {
+    compile_as(policy, Resolve::Fully(secrets))
+}
+
+/// Checks what a policy says by itself, as the admission webhook does when it is applied: every
+/// field is valid. Whether its `secretRef` Secrets can be read, and whether this version
+/// supports all it asks for, is judged when it is put in force (its `Ready` condition).
+pub fn validate(policy: &ImagePolicy) -> Result<(), CompileError> {
+    compile_as(policy, Resolve::Shape).map(|_| ())
+}
+
+fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPolicy, CompileError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let err = |field: String, message: String| CompileError {
         policy: name.clone(),
@@ -136,11 +176,23 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         || spec.denied_images.as_ref().is_some_and(|l| !l.is_empty())
         || spec.require_digest.is_some()
         || spec.denied_tags.as_ref().is_some_and(|l| !l.is_empty())
-        || spec.require_pull_policy_always.is_some();
+        || spec.require_pull_policy_always.is_some()
+        || spec
+            .verify_signatures
+            .as_ref()
+            .is_some_and(|l| !l.is_empty())
+        || spec.set_pull_policy_always.is_some()
+        || spec.pin_digests.is_some();
     if !has_rule {
         return Err(err(
             "spec".into(),
-            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags or requirePullPolicyAlways".into(),
+            "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways, verifySignatures, setPullPolicyAlways or pinDigests".into(),
+        ));
+    }
+    if spec.pin_digests == Some(true) && !PIN_DIGESTS_SUPPORTED {
+        return Err(err(
+            "spec.pinDigests".into(),
+            "pinDigests is not supported by this version of imagegate yet: pinning needs the registry lookups of signature verification, which it does not have; remove pinDigests (requireDigest denies unpinned images meanwhile)".into(),
         ));
     }
 
@@ -207,6 +259,13 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         }
     };
 
+    let signatures = compile_entries(
+        &name,
+        spec.verify_signatures.as_deref().unwrap_or_default(),
+        resolve,
+    )
+    .map_err(|(field, message)| err(field, message))?;
+
     Ok(CompiledPolicy {
         name: name.clone(),
         generation: policy.metadata.generation,
@@ -219,7 +278,10 @@ pub fn compile(policy: &ImagePolicy) -> Result<CompiledPolicy, CompileError> {
         denied_tags: spec.denied_tags.clone().unwrap_or_default(),
         denied_tag_set,
         require_pull_policy_always: spec.require_pull_policy_always.unwrap_or(false),
+        set_pull_policy_always: spec.set_pull_policy_always.unwrap_or(false),
+        pin_digests: spec.pin_digests.unwrap_or(false),
         break_glass,
+        signatures,
     })
 }
 
@@ -283,6 +345,34 @@ mod tests {
         let e = compile(&policy).unwrap_err();
         assert_eq!(e.field, "spec");
         assert!(e.message.contains("sets no rule"), "{e}");
+    }
+
+    #[test]
+    fn a_mutation_rule_alone_is_a_rule() {
+        let policy: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {setPullPolicyAlways: true}")
+                .unwrap();
+        let compiled = compile(&policy).unwrap();
+        assert!(compiled.set_pull_policy_always && !compiled.pin_digests);
+        assert!(compiled.mutates());
+        let off: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {setPullPolicyAlways: false}")
+                .unwrap();
+        assert!(!compile(&off).unwrap().mutates());
+    }
+
+    #[test]
+    fn pin_digests_is_refused_until_digests_can_be_had() {
+        let policy: ImagePolicy = serde_saphyr::from_str(
+            "metadata: {name: p}\nspec: {setPullPolicyAlways: true, pinDigests: true}",
+        )
+        .unwrap();
+        let e = compile(&policy).unwrap_err();
+        assert_eq!(e.field, "spec.pinDigests");
+        assert!(e.message.contains("not supported"), "{e}");
+        let off: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {pinDigests: false}").unwrap();
+        assert!(!compile(&off).unwrap().pin_digests);
     }
 
     #[test]

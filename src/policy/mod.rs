@@ -5,11 +5,20 @@ mod compile;
 pub mod crd;
 pub mod pattern;
 mod selector;
+mod signatures;
 mod snapshot;
 
 pub use compile::{
-    BreakGlassRule, CompileError, CompiledPolicy, PatternList, compile, parse_duration,
+    BreakGlassRule, CompileError, CompiledPolicy, PIN_DIGESTS_SUPPORTED, PatternList, compile,
+    compile_with, parse_duration, validate,
 };
-pub use crd::{BreakGlass, ImagePolicy, ImagePolicySpec, ImagePolicyStatus, Mode};
+pub use crd::{
+    AUDIT_VIOLATIONS_LIMIT, AuditStatus, AuditViolation, BreakGlass, ImagePolicy, ImagePolicySpec,
+    ImagePolicyStatus, KeyVerifier, KeylessVerifier, Mode, SecretKeyRef, SignatureEntry,
+    TransparencyLog,
+};
 pub use selector::Selector;
+#[cfg(test)]
+pub(crate) use signatures::test_keys;
+pub use signatures::{SecretKeys, SignatureRule};
 pub use snapshot::{ImageMatches, ResolvedImage, Settings, Snapshot, UnmatchedImages};

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::{GlobSet, GlobSetBuilder};
 
-use super::compile::{CompileError, CompiledPolicy, PatternList, compile};
+use super::compile::{CompileError, CompiledPolicy, PatternList, compile_with};
 use super::crd::ImagePolicy;
 use super::selector::{Selector, SelectorSet};
+use super::signatures::SecretKeys;
 use crate::reference::{Reference, ReferenceError};
 
 /// What happens to an image that no applying policy governs.
@@ -80,6 +81,8 @@ pub struct Snapshot {
     selectors: SelectorSet,
     /// Per policy, its index in `selectors` (`None`: every namespace).
     selector_of: Vec<Option<usize>>,
+    /// Whether some policy has `verifySignatures` entries.
+    signing: bool,
     created: jiff::Timestamp,
     /// Unique to this snapshot, so that what a thread remembers of images (see
     /// [`Snapshot::resolve`]) is never used with another one.
@@ -153,10 +156,19 @@ impl Snapshot {
 
     /// Compiles every policy; the ones that fail are left out and their errors returned.
     pub fn compile(policies: &[ImagePolicy], settings: Settings) -> (Snapshot, Vec<CompileError>) {
+        Snapshot::compile_with(policies, settings, &SecretKeys::default())
+    }
+
+    /// As [`compile`](Self::compile), with `secretRef` keys read from `secrets`.
+    pub fn compile_with(
+        policies: &[ImagePolicy],
+        settings: Settings,
+        secrets: &SecretKeys,
+    ) -> (Snapshot, Vec<CompileError>) {
         let mut compiled = Vec::with_capacity(policies.len());
         let mut errors = Vec::new();
         for p in policies {
-            match compile(p) {
+            match compile_with(p, secrets) {
                 Ok(c) => compiled.push(c),
                 Err(e) => errors.push(e),
             }
@@ -218,7 +230,9 @@ impl Snapshot {
                 }))
             })
             .collect();
+        let signing = policies.iter().any(|p| !p.signatures.is_empty());
         Snapshot {
+            signing,
             policies,
             settings,
             names,
@@ -241,6 +255,12 @@ impl Snapshot {
     /// remembers about one can be told apart from what it remembers about another.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether some policy has signature entries: when not, no request needs evidence, and
+    /// deciding costs this one test more than before signatures existed.
+    pub fn has_signature_rules(&self) -> bool {
+        self.signing
     }
 
     /// The engine settings.

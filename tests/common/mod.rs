@@ -48,9 +48,8 @@ pub fn policy(name: &str, spec: &str) -> String {
 
 pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .tls_backend_rustls()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
         .timeout(WAIT)
         .build()
         .unwrap()
@@ -59,6 +58,16 @@ pub fn client_trusting(ca_pem: &str) -> reqwest::Client {
 impl TestServer {
     /// Starts a server with `policies` (YAML) in one file, plus extra `serve` flags.
     pub async fn start(policies: &str, extra: &[&str]) -> TestServer {
+        Self::start_with(policies, extra, None).await
+    }
+
+    /// As [`start`](Self::start), with signature evidence from `evidence` instead of a
+    /// registry.
+    pub async fn start_with(
+        policies: &str,
+        extra: &[&str],
+        evidence: Option<std::sync::Arc<dyn imagegate::evidence::Gather>>,
+    ) -> TestServer {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policies.yaml");
@@ -80,7 +89,10 @@ impl TestServer {
         }
         argv.extend(extra.iter().map(|s| s.to_string()));
         let args = Args::try_parse_from(argv).unwrap().serve;
-        let prepared = prepare(&args).unwrap();
+        let mut prepared = prepare(&args).unwrap();
+        if let Some(evidence) = evidence {
+            prepared = prepared.with_evidence(evidence);
+        }
         let addr = prepared.local_addr();
         let metrics_addr = prepared.metrics_addr();
         let state = prepared.state().clone();
@@ -125,11 +137,15 @@ impl TestServer {
         (status, value)
     }
 
-    /// POSTs an AdmissionReview; asserts HTTP 200 and returns `response`.
+    /// POSTs an AdmissionReview to `/validate`; asserts HTTP 200 and returns `response`.
     pub async fn review(&self, body: &Value) -> Value {
-        let (status, out) = self
-            .post("/validate", serde_json::to_vec(body).unwrap())
-            .await;
+        self.review_at("/validate", body).await
+    }
+
+    /// POSTs an AdmissionReview to `path`; asserts HTTP 200, the envelope and the echoed uid,
+    /// and returns `response`.
+    pub async fn review_at(&self, path: &str, body: &Value) -> Value {
+        let (status, out) = self.post(path, serde_json::to_vec(body).unwrap()).await;
         assert_eq!(status, 200, "{out}");
         assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(out["kind"], "AdmissionReview");

@@ -16,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
 use imagegate::policy::ImagePolicy;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -615,6 +617,8 @@ impl E2e {
             namespace: self.namespace().to_owned(),
         });
         self.register_delete::<ValidatingWebhookConfiguration>(None, self.webhook_config_name());
+        // The mutating one exists while a policy asks for mutation, under the same name.
+        self.register_delete::<MutatingWebhookConfiguration>(None, self.webhook_config_name());
         let index = self.0.operators.lock().expect("the operators lock").len();
         let log_path = self.dir().join(format!("operator-{index}.log"));
         let log = std::fs::File::create(&log_path).expect("the operator's log file");

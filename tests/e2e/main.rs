@@ -19,7 +19,9 @@ use harness::{
 use imagegate::decision::{BREAK_GLASS_ANNOTATION, BREAK_GLASS_UNTIL_ANNOTATION};
 use imagegate::operator::webhook_config::{PODS_WEBHOOK, POLICIES_WEBHOOK, WORKLOADS_WEBHOOK};
 use imagegate::policy::ImagePolicy;
-use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -379,6 +381,70 @@ fn webhooks(vwc: &ValidatingWebhookConfiguration) -> std::collections::BTreeMap<
         .collect()
 }
 
+/// `setPullPolicyAlways`: while a policy asks for it, the operator registers its mutating
+/// webhook and a new Pod is stored with `imagePullPolicy: Always` on the container the policy
+/// governs (the API server had defaulted it to `IfNotPresent` for a version tag); once the last
+/// such policy is gone, the MutatingWebhookConfiguration is deleted.
+#[tokio::test]
+async fn pull_policy_always_by_policy() {
+    run("mutate", async |e2e| {
+        let deny = e2e.named("deny");
+        e2e.apply_policy(&deny, deny_busybox()).await;
+        e2e.start_operator(OperatorRun::default());
+        until_enforced(&e2e, &deny).await;
+
+        let always = e2e.named("always");
+        e2e.apply_policy(
+            &always,
+            json!({"images": ["registry.k8s.io/**"], "setPullPolicyAlways": true}),
+        )
+        .await;
+        let pods: Api<Pod> = e2e.api();
+        e2e.eventually(
+            "a new Pod to be stored with imagePullPolicy Always",
+            CONVERGE,
+            async || {
+                let stored =
+                    admitted(pods.create(&dry_run(), &pod("pulled", ALLOWED_IMAGE)).await)?;
+                let policy = stored
+                    .spec
+                    .and_then(|s| s.containers.into_iter().next())
+                    .and_then(|c| c.image_pull_policy);
+                (policy.as_deref() == Some("Always"))
+                    .then_some(())
+                    .ok_or_else(|| format!("stored with imagePullPolicy {policy:?}"))
+            },
+        )
+        .await;
+
+        let mwcs: Api<MutatingWebhookConfiguration> = Api::all(e2e.client());
+        let name = e2e.webhook_config_name();
+        let mwc = mwcs
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("the mutating webhook configuration {name}: {e}"));
+        let hooks = mwc.webhooks.unwrap_or_default();
+        assert_eq!(hooks.len(), 1, "one mutating webhook");
+        assert_eq!(hooks[0].reinvocation_policy.as_deref(), Some("IfNeeded"));
+
+        Api::<ImagePolicy>::all(e2e.client())
+            .delete(&always, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("cannot delete the policy {always}: {e}"));
+        e2e.eventually(
+            "the mutating webhook configuration to be deleted with the last mutating policy",
+            CONVERGE,
+            async || match mwcs.get_opt(name).await {
+                Ok(None) => Ok(()),
+                Ok(Some(_)) => Err("it is still there".to_owned()),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
 /// A deleted TLS Secret is recreated with a new CA, the webhook configuration gets the new
 /// `caBundle`, and the API server calls the operator again.
 #[tokio::test]
@@ -566,15 +632,108 @@ async fn least_privilege_with_the_charts_rbac() {
         )
         .await;
 
-        // Nothing it tried was forbidden (the API server's RBAC refusal reads "… is forbidden:
-        // User … cannot …").
-        let log = operator.log();
-        let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("is forbidden")).collect();
-        assert!(
-            forbidden.is_empty(),
-            "the chart's RBAC lacks permissions the operator uses:\n{}",
-            forbidden.join("\n")
-        );
+        assert_nothing_forbidden(&operator);
     })
     .await;
 }
+
+/// `verifySignatures` keys kept in Secrets (`secretRef`): with the chart's RBAC, the operator
+/// reads the Secrets listed in `signatures.keySecrets` by name, compiles the policies that use
+/// them, re-compiles them when a key changes, and reports a policy naming any other Secret.
+#[tokio::test]
+async fn signature_keys_are_read_from_the_secrets_the_chart_lists() {
+    run("keys", async |e2e| {
+        let release = e2e.name().to_owned();
+        let key_secret = e2e.named("cosign");
+        let objects = chart::render(
+            &e2e,
+            &release,
+            &[
+                ("webhookConfigurationName", e2e.webhook_config_name()),
+                ("signatures.keySecrets", &format!("{{{key_secret}}}")),
+            ],
+        );
+        chart::apply_identity(&e2e, &objects).await;
+        let account = chart::the(&objects, "ServiceAccount")["metadata"]["name"]
+            .as_str()
+            .expect("the ServiceAccount's name")
+            .to_owned();
+        let namespace = e2e.operator_namespace();
+        let kubeconfig = chart::service_account_kubeconfig(&e2e, &namespace, &account).await;
+
+        let secrets: Api<Secret> = Api::namespaced(e2e.client(), &namespace);
+        let key_body = |pem: &str| {
+            json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": key_secret, "namespace": namespace},
+                "stringData": {"cosign.pub": pem}})
+        };
+        e2e.apply(&secrets, &key_body(SIGNING_KEY)).await;
+        // The entries govern a registry no Pod of the test uses, so no registry is asked; the
+        // policy's deniedImages shows when it is in force.
+        let entry = |secret: &str| {
+            json!([{"name": "release", "images": ["registry.invalid/**"],
+                "key": {"secretRef": {"name": secret, "key": "cosign.pub"}}}])
+        };
+        let signed = e2e.named("signed");
+        let mut spec = deny_busybox();
+        spec["verifySignatures"] = entry(&key_secret);
+        e2e.apply_policy(&signed, spec).await;
+        let elsewhere = e2e.named("elsewhere");
+        e2e.apply_policy(&elsewhere, json!({"verifySignatures": entry("not-listed")}))
+            .await;
+
+        let operator = e2e.start_operator(OperatorRun {
+            args: Some(chart::operator_args(&objects)),
+            kubeconfig: Some(kubeconfig),
+        });
+        until_enforced(&e2e, &signed).await;
+
+        let policies: Api<ImagePolicy> = Api::all(e2e.client());
+        let status_of = async |name: &str, want: &str, says: &str| {
+            e2e.eventually(
+                &format!("ImagePolicy {name} Ready={want} saying {says:?}"),
+                CONVERGE,
+                async || {
+                    let (status, _, message) =
+                        ready_condition(&policies.get(name).await.map_err(|e| e.to_string())?)?;
+                    (status == want && message.contains(says))
+                        .then_some(())
+                        .ok_or_else(|| format!("Ready={status}: {message}"))
+                },
+            )
+            .await
+        };
+        status_of(&signed, "True", "").await;
+        status_of(
+            &elsewhere,
+            "False",
+            "may read only the Secrets named in --key-secrets",
+        )
+        .await;
+
+        // A key that stops parsing takes the policy out of force; the good one brings it back.
+        e2e.apply(&secrets, &key_body("not a key")).await;
+        status_of(&signed, "False", "not a usable public key").await;
+        e2e.apply(&secrets, &key_body(SIGNING_KEY)).await;
+        status_of(&signed, "True", "").await;
+        until_enforced(&e2e, &signed).await;
+
+        assert_nothing_forbidden(&operator);
+    })
+    .await;
+}
+
+/// Asserts that nothing the operator tried was forbidden (the API server's RBAC refusal reads
+/// "… is forbidden: User … cannot …").
+fn assert_nothing_forbidden(operator: &harness::Operator) {
+    let log = operator.log();
+    let forbidden: Vec<&str> = log.lines().filter(|l| l.contains("is forbidden")).collect();
+    assert!(
+        forbidden.is_empty(),
+        "the chart's RBAC lacks permissions the operator uses:\n{}",
+        forbidden.join("\n")
+    );
+}
+
+/// A public key for `secretRef` entries (its private half was not kept).
+const SIGNING_KEY: &str = include_str!("../data/keys/p256.pub");

@@ -177,6 +177,38 @@ groups:
             {{`{{ $labels.namespace }}`}}). `kubectl describe
             imagepolicy {{`{{ $labels.policy }}`}}` lists the BreakGlass Events with ticket,
             object, requester and expiry.
+
+      - alert: ImagegateRegistryUnavailable
+        expr: |-
+          60 * sum by (namespace) (rate(imagegate_signature_verifications_total{ {{- $s -}} ,result="unavailable"}[10m])) > 0
+        for: 10m
+        labels:
+          severity: warning
+        annotations:
+          summary: "Signature checks cannot get answers from a registry ({{`{{ $value | humanize }}`}} a minute)"
+          description: >-
+            For 10 minutes imagegate in namespace {{`{{ $labels.namespace }}`}} has found
+            {{`{{ $value | humanize }}`}} signature checks a minute unavailable: a registry is
+            unreachable, refuses imagegate's login, answers with errors or too slowly. Images
+            whose digest was not verified before are refused where a policy enforces
+            verifySignatures (fail closed). The denial messages, and
+            imagegate_registry_request_duration_seconds by registry and outcome, say which
+            registry and what fails.
+
+      - alert: ImagegateSignaturesStale
+        expr: |-
+          60 * sum by (namespace) (rate(imagegate_signature_verifications_total{ {{- $s -}} ,source="stale"}[10m])) > 0
+        for: 30m
+        labels:
+          severity: warning
+        annotations:
+          summary: "Images are admitted on signature checks made before a registry became unavailable ({{`{{ $value | humanize }}`}} a minute)"
+          description: >-
+            For 30 minutes imagegate in namespace {{`{{ $labels.namespace }}`}} has admitted
+            {{`{{ $value | humanize }}`}} signature checks a minute on verifications it made
+            before their registry became unavailable (source stale). Known digests keep running
+            until --signature-stale-ttl after their last verification, then are refused too:
+            bring the registry back before then.
 {{- if .Values.metrics.prometheusRule.apiServerAlerts }}
 
   # These read the API server's metrics: what happens to the calls imagegate never sees, and

@@ -44,7 +44,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-tls" (include "imagegate.fullname" .)) .Values.certificates.secretName }}
 {{- end }}
 
-{{/* The ClusterRole of the operator; it also owns the ValidatingWebhookConfiguration. */}}
+{{/* The ClusterRole of the operator; it also owns the webhook configurations. */}}
 {{- define "imagegate.clusterRoleName" -}}
 {{- include "imagegate.fullname" . }}
 {{- end }}
