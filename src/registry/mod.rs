@@ -30,7 +30,7 @@ use crate::evidence::{
     Source,
 };
 use crate::metrics::Metrics;
-use crate::signature::{TransparencyLog, Verifier};
+use crate::signature::Verifier;
 
 mod args;
 pub mod cache;
@@ -61,9 +61,6 @@ pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The reason of an entry whose lookup ended without an answer (a bug, not a registry fault).
 const LOOKUP_LOST: &str = "the registry lookup ended without an answer";
-/// The reason of an entry that asks for a transparency-log entry under a key: not verified
-/// until transparency-log verification lands (fail closed, never a silent pass).
-const TLOG_UNSUPPORTED: &str = "this entry requires a transparency-log entry (transparencyLog: Require), which imagegate cannot verify yet";
 
 /// How the adapter behaves.
 #[derive(Debug, Clone)]
@@ -278,20 +275,15 @@ impl Inner {
             }
         };
         for check in &request.checks {
-            let outcome = match fixed_outcome(check) {
-                Some(o) => o,
-                None => {
-                    let key = outcome_key(
-                        reference.registry(),
-                        reference.repository(),
-                        &digest,
-                        check.verifier.id(),
-                    );
-                    match self.caches.outcome(&key, now)? {
-                        Cached::Fresh(o) => o,
-                        Cached::Stale(_) => return None,
-                    }
-                }
+            let key = outcome_key(
+                reference.registry(),
+                reference.repository(),
+                &digest,
+                check.verifier.id(),
+            );
+            let outcome = match self.caches.outcome(&key, now)? {
+                Cached::Fresh(o) => o,
+                Cached::Stale(_) => return None,
             };
             found.entries.insert(
                 check.entry.clone(),
@@ -337,23 +329,18 @@ impl Inner {
         let now = Instant::now();
         let mut missing: Vec<&EntryCheck> = Vec::new();
         for check in &request.checks {
-            let known = match fixed_outcome(check) {
-                Some(o) => Some((o, Source::Fresh)),
-                None => {
-                    let key = outcome_key(registry, repository, &digest, check.verifier.id());
-                    match self.caches.outcome(&key, now) {
-                        Some(Cached::Fresh(o)) => Some((o, Source::Cache)),
-                        _ => None,
-                    }
+            let key = outcome_key(registry, repository, &digest, check.verifier.id());
+            match self.caches.outcome(&key, now) {
+                Some(Cached::Fresh(outcome)) => {
+                    lock(&progress).entries.insert(
+                        check.entry.clone(),
+                        EntryEvidence {
+                            outcome,
+                            source: Source::Cache,
+                        },
+                    );
                 }
-            };
-            match known {
-                Some((outcome, source)) => {
-                    lock(&progress)
-                        .entries
-                        .insert(check.entry.clone(), EntryEvidence { outcome, source });
-                }
-                None => missing.push(check),
+                _ => missing.push(check),
             }
         }
         if missing.is_empty() {
@@ -592,14 +579,4 @@ fn unavailable(reason: &str) -> EntryEvidence {
 /// The tag a reference without a digest is resolved by (`latest` when none is written).
 fn tag_of(request: &EvidenceRequest) -> &str {
     request.reference.effective_tag().unwrap_or("latest")
-}
-
-/// The outcome of an entry that needs no lookup: one asking for a transparency-log entry.
-fn fixed_outcome(check: &EntryCheck) -> Option<Outcome> {
-    match check.transparency_log {
-        TransparencyLog::Skip => None,
-        TransparencyLog::Require => Some(Outcome::NotVerified {
-            reason: TLOG_UNSUPPORTED.to_owned(),
-        }),
-    }
 }
