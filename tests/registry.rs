@@ -697,9 +697,10 @@ async fn server_errors_and_the_deadline() {
         "verification did not finish within 300ms",
     );
     assert_eq!(evidence.images[&image].digest, None);
-    // The lookup finishes in the background (three requests, each delayed) and fills the cache.
+    // The lookup finishes in the background (five requests, each delayed: the tag, the `.sig`
+    // manifest and its layer, the referrers API and the referrers tag) and fills the cache.
     let until = Instant::now() + GENEROUS;
-    while proxy.requests() < 3 && Instant::now() < until {
+    while proxy.requests() < 5 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -849,6 +850,20 @@ async fn concurrent_requests_share_one_lookup() {
             assert_not_verified(entry(evidence, &image, "p/ci"), "does not verify");
         }
     }
-    // The tag's manifest, the signature manifest, and its one layer.
-    assert_eq!(proxy.requests(), 3, "{:#?}", proxy.paths());
+    // The tag's manifest, the signature manifest and its one layer, and the referrers: the API
+    // (404 on distribution 2.8), then the referrers tag (404: none).
+    let paths = proxy.paths();
+    assert_eq!(paths.len(), 5, "{paths:#?}");
+    let hex = digest.trim_start_matches("sha256:");
+    for wanted in [
+        "/v2/team/app/manifests/1.0".to_owned(),
+        format!("/v2/team/app/manifests/sha256-{hex}.sig"),
+        format!("/v2/team/app/referrers/{digest}"),
+        format!("/v2/team/app/manifests/sha256-{hex}"),
+    ] {
+        assert!(
+            paths.iter().any(|p| p.ends_with(&wanted)),
+            "{wanted}: {paths:#?}"
+        );
+    }
 }

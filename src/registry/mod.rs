@@ -2,9 +2,11 @@
 //! before the pure decision.
 //!
 //! [`Registry`] implements [`Gather`]: for each image it resolves a tag to the digest the
-//! registry serves now (or takes the reference's own digest), reads the cosign signatures
-//! stored for that digest (`sha256-<hex>.sig` in the image's repository), and judges them for
-//! each signature entry. Around that:
+//! registry serves now (or takes the reference's own digest), reads the signatures stored for
+//! that digest — the cosign signature tag `sha256-<hex>.sig` in the image's repository
+//! ([`cosign`]) and the Sigstore bundles attached to it as OCI referrers ([`referrers`]), side
+//! by side — and judges them for each signature entry ([`judge`]): one signature verifying as a
+//! whole, in either place, verifies the entry. Around that:
 //!
 //! - **Cache**: tag resolutions for `--tag-cache-ttl`, verified outcomes for
 //!   `--signature-cache-ttl`, not-verified ones for 30 s (per repository, digest and verifier).
@@ -38,6 +40,8 @@ pub mod client;
 pub mod cosign;
 pub mod credentials;
 mod flight;
+pub mod judge;
+pub mod referrers;
 
 pub use args::{DockerConfigArgs, RegistryArgs, RegistryCredentialSecretArgs};
 pub use cache::NOT_VERIFIED_TTL;
@@ -533,7 +537,12 @@ impl Inner {
         repository: &str,
         digest: &str,
     ) {
-        let found = cosign::fetch(&self.client, registry, repository, digest).await;
+        let (cosign, bundles) = futures::join!(
+            cosign::fetch(&self.client, registry, repository, digest),
+            referrers::fetch(&self.client, registry, repository, digest),
+        );
+        let found = judge::Found { cosign, bundles };
+        let now = jiff::Timestamp::now().as_second();
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         let mut todo: Vec<Arc<Verifier>> = ticket.take().into_iter().flatten().collect();
         let mut cached = 0;
@@ -542,14 +551,7 @@ impl Inner {
                 if outcomes.contains_key(verifier.id()) {
                     continue;
                 }
-                let outcome = match &found {
-                    Ok(signatures) => {
-                        cosign::judge(signatures, &verifier, registry, repository, digest)
-                    }
-                    Err(fault) => Outcome::Unavailable {
-                        reason: fault.message().to_owned(),
-                    },
-                };
+                let outcome = judge::judge(&found, &verifier, registry, repository, digest, now);
                 let key = outcome_key(registry, repository, digest, verifier.id());
                 cached = self.caches.put_outcome(&key, &outcome, Instant::now());
                 outcomes.insert(verifier.id().to_owned(), outcome);
