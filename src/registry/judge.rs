@@ -96,8 +96,9 @@ pub fn judge(
                     Bundle::Unreadable(why) => unavailable.push(why),
                 }
             }
+            // Bundles left unread explain the outcome best: first.
             if let Some(why) = &bundles.unread {
-                unavailable.push(why);
+                unavailable.insert(0, why);
             }
         }
     }

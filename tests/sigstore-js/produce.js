@@ -9,7 +9,8 @@
 //
 // Usage:
 //   node produce.js --out DIR [--manifest FILE] [--image NAME] [--cases a,b,…]
-//                   [--attach HOST:PORT/REPOSITORY [--username U --password P]]
+//                   [--attach HOST:PORT/REPOSITORY] [--attach-plan FILE]
+//                   [--username U --password P]
 //
 // Writes into DIR:
 //   trusted_root.json      the test authorities as a dev.sigstore.trustedroot document
@@ -21,7 +22,9 @@
 //
 // With --attach, every bundle case produced is attached to the image (the manifest's digest)
 // in that repository through @sigstore/oci, which falls back to the referrers tag schema on a
-// registry without the referrers API.
+// registry without the referrers API. --attach-plan FILE names, instead, which bundle cases to
+// attach to the image in which repository: a JSON list of {"image": "HOST:PORT/REPOSITORY",
+// "cases": ["dsse-v03", …]} (the manifest must be in each repository already).
 'use strict';
 
 const crypto = require('node:crypto');
@@ -497,15 +500,16 @@ async function main() {
     }
     index.push(entry);
     if (opts.attach && entry.mediaType) {
-      // The annotations cosign writes on a bundle's referrer manifest.
-      const annotations =
-        c.kind === 'dsse'
-          ? {
-              'dev.sigstore.bundle.content': 'dsse-envelope',
-              'dev.sigstore.bundle.predicateType': entry.predicateType,
-            }
-          : { 'dev.sigstore.bundle.content': 'message-signature' };
-      await attach(opts, digest, entry.mediaType, annotations, path.join(opts.out, entry.file));
+      await attach(opts, opts.attach, digest, entry);
+    }
+  }
+  if (opts['attach-plan']) {
+    for (const { image: target, cases: names } of JSON.parse(fs.readFileSync(opts['attach-plan']))) {
+      for (const name of names) {
+        const entry = index.find((e) => e.name === name);
+        if (!entry || !entry.mediaType) throw new Error(`--attach-plan: ${name} is not a bundle case produced`);
+        await attach(opts, target, digest, entry);
+      }
     }
   }
   write(opts.out, 'cases.json', {
@@ -543,13 +547,21 @@ function write(dir, file, content) {
   return file;
 }
 
-/** Attaches a bundle to the image as a referrer, through @sigstore/oci. */
-async function attach(opts, digest, mediaType, annotations, file) {
+/** Attaches a case's bundle to the image `digest` in `target` as a referrer, through
+ * @sigstore/oci, with the annotations cosign writes on a bundle's referrer manifest. */
+async function attach(opts, target, digest, entry) {
+  const annotations =
+    entry.kind === 'dsse'
+      ? {
+          'dev.sigstore.bundle.content': 'dsse-envelope',
+          'dev.sigstore.bundle.predicateType': entry.predicateType,
+        }
+      : { 'dev.sigstore.bundle.content': 'message-signature' };
   await oci.attachArtifactToImage({
-    imageName: opts.attach,
+    imageName: target,
     imageDigest: digest,
-    artifact: fs.readFileSync(file),
-    mediaType,
+    artifact: fs.readFileSync(path.join(opts.out, entry.file)),
+    mediaType: entry.mediaType,
     annotations,
     // Basic credentials when the registry wants them (an open registry answers no challenge).
     credentials: opts.username ? { username: opts.username, password: opts.password } : undefined,
