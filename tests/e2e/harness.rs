@@ -7,7 +7,7 @@
 //! whatever it creates through the helpers here (policies, cluster-scoped objects, operators,
 //! Events about its policies) is removed when the body returns, panics or runs out of time.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -68,8 +68,6 @@ pub const RUN_LABEL: &str = "imagegate.dev/e2e";
 pub const NAME_PREFIX: &str = "imagegate-e2e";
 /// An image that exists and that no test policy denies unless a test says so.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
-/// The ImagePolicy CRD's name.
-pub const CRD_NAME: &str = "imagepolicies.imagegate.dev";
 
 /// One test at a time: each starts an operator whose webhook configuration covers every
 /// namespace but the excluded ones, so two at once would answer each other's requests, and
@@ -87,6 +85,9 @@ struct Settings {
     /// `IMAGEGATE_E2E_WEBHOOK_HOST`: the address of this machine that the API server calls; the
     /// operator listens there.
     webhook_host: IpAddr,
+    /// [`REGISTRY_HOST_VAR`]: the address of this machine where a test's registry
+    /// listens, and the registry part of its image references.
+    registry_host: Ipv4Addr,
 }
 
 /// The variable that opts in.
@@ -95,6 +96,11 @@ pub const KUBECONFIG_VAR: &str = "IMAGEGATE_E2E_KUBECONFIG";
 pub const WEBHOOK_HOST_VAR: &str = "IMAGEGATE_E2E_WEBHOOK_HOST";
 /// The webhook host when the variable is unset: an API server on this machine.
 const DEFAULT_WEBHOOK_HOST: &str = "127.0.0.1";
+/// The variable naming the address a test's registry listens on.
+pub const REGISTRY_HOST_VAR: &str = "IMAGEGATE_E2E_REGISTRY_HOST";
+/// The registry host when the variable is unset: the operator on this machine is the only
+/// client (a control plane without nodes never pulls).
+const DEFAULT_REGISTRY_HOST: &str = "127.0.0.1";
 
 impl Settings {
     /// The settings, or `None` (after saying why the test is skipped) without a kubeconfig.
@@ -119,9 +125,19 @@ impl Settings {
                  gateway for kind)"
             )
         });
+        let host =
+            std::env::var(REGISTRY_HOST_VAR).unwrap_or_else(|_| DEFAULT_REGISTRY_HOST.to_owned());
+        let registry_host = host.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "{REGISTRY_HOST_VAR}={host:?} is not an IPv4 address: a test's registry listens on \
+                 it and images are named HOST:PORT/…, so it must be an IPv4 address of this \
+                 machine that the operator (and, to pull, the cluster's nodes) reach"
+            )
+        });
         Some(Settings {
             kubeconfig,
             webhook_host,
+            registry_host,
         })
     }
 }
@@ -211,6 +227,7 @@ struct Inner {
     kubeconfig: Kubeconfig,
     kubeconfig_path: PathBuf,
     webhook_host: IpAddr,
+    registry_host: Ipv4Addr,
     /// `imagegate-e2e-<run>-<test>`: the test namespace, the webhook configuration, the base of
     /// every other name.
     name: String,
@@ -305,6 +322,7 @@ impl E2e {
             kubeconfig,
             kubeconfig_path: path.clone(),
             webhook_host: settings.webhook_host,
+            registry_host: settings.registry_host,
             name: format!("{NAME_PREFIX}-{}-{test}", run_id()),
             dir: Mutex::new(Some(dir)),
             cleanup: Mutex::new(Vec::new()),
@@ -326,23 +344,18 @@ impl E2e {
             version.git_version,
             run_id()
         );
-        self.ensure_crd().await;
-        for namespace in [self.namespace(), &self.operator_namespace()] {
-            self.create_namespace(namespace).await;
-        }
-        // Pods name the ServiceAccount `default`, and the API server refuses them while it is
-        // missing. kube-controller-manager creates it in every namespace; a bare control plane
-        // has none, so the suite creates it (an AlreadyExists from the controller is fine).
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client(), self.namespace());
-        let default: ServiceAccount = from_json(json!({"metadata": {"name": "default"}}));
-        match accounts.create(&PostParams::default(), &default).await {
-            Ok(_) => {}
-            Err(e) if api_code(&e) == Some(409) => {}
-            Err(e) => panic!(
-                "cannot create the ServiceAccount default in {}: {e}",
-                self.namespace()
-            ),
-        }
+        let yaml = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/imagepolicy.yaml"),
+        )
+        .expect("crds/imagepolicy.yaml (generate it with `imagegate crd`)");
+        let crd: Value = serde_saphyr::from_str(&yaml).expect("the CRD is YAML");
+        self.ensure_crd(
+            crd,
+            "if it is older than crds/imagepolicy.yaml, apply that first",
+        )
+        .await;
+        self.create_namespace(self.namespace()).await;
+        self.create_namespace(&self.operator_namespace()).await;
     }
 
     /// A client of the cluster as the kubeconfig's user.
@@ -407,6 +420,11 @@ impl E2e {
     /// The administrator's kubeconfig as read from [`KUBECONFIG_VAR`].
     pub fn kubeconfig(&self) -> &Kubeconfig {
         &self.0.kubeconfig
+    }
+
+    /// Where a test's registry listens ([`REGISTRY_HOST_VAR`]).
+    pub fn registry_host(&self) -> Ipv4Addr {
+        self.0.registry_host
     }
 
     // -----------------------------------------------------------------------------------------
@@ -484,6 +502,7 @@ impl E2e {
         }
     }
 
+    /// Creates the namespace `name` with its ServiceAccount `default`, registered for removal.
     async fn create_namespace(&self, name: &str) {
         self.register_delete::<Namespace>(None, name);
         let namespaces: Api<Namespace> = Api::all(self.client());
@@ -492,19 +511,43 @@ impl E2e {
             .create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|e| panic!("cannot create the namespace {name}: {e}"));
+        // Pods name the ServiceAccount `default`, and the API server refuses them while it is
+        // missing. kube-controller-manager creates it in every namespace; a bare control plane
+        // has none, so the suite creates it (an AlreadyExists from the controller is fine).
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client(), name);
+        let default: ServiceAccount = from_json(json!({"metadata": {"name": "default"}}));
+        match accounts.create(&PostParams::default(), &default).await {
+            Ok(_) => {}
+            Err(e) if api_code(&e) == Some(409) => {}
+            Err(e) => panic!("cannot create the ServiceAccount default in {name}: {e}"),
+        }
     }
 
-    /// Makes sure the ImagePolicy CRD is served: the cluster's own is used as it is (and kept);
-    /// otherwise `crds/imagepolicy.yaml` is created, and deleted at the end. Waits for
-    /// `Established`, then until the API server answers on the new API (discovery can lag a
-    /// moment behind `Established`).
-    async fn ensure_crd(&self) {
+    /// Another namespace for this test's objects, `<name>-<suffix>`, which no policy selects
+    /// unless a test says so (policies select the test namespace by name). Removed at the end.
+    pub async fn other_namespace(&self, suffix: &str) -> String {
+        let name = self.named(suffix);
+        self.create_namespace(&name).await;
+        name
+    }
+
+    /// Makes sure the CRD `crd` (a CustomResourceDefinition as JSON) is served: the cluster's
+    /// own is used as it is (and kept; `note` says what to do if it is outdated); otherwise
+    /// `crd` is created, and deleted at the end. Waits for `Established`, then until the API
+    /// server answers a list of the new resource (discovery can lag a moment behind
+    /// `Established`).
+    pub async fn ensure_crd(&self, crd: Value, note: &str) {
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .expect("a CRD has metadata.name")
+            .to_owned();
+        let resource = served_resource(&crd);
         let crds: Api<CustomResourceDefinition> = Api::all(self.client());
         // A CRD that an earlier test deleted finishes its deletion first.
         self.eventually(
-            "an earlier test's ImagePolicy CRD to finish its deletion",
+            &format!("an earlier test's CRD {name} to finish its deletion"),
             CRD_READY,
-            async || match crds.get_opt(CRD_NAME).await {
+            async || match crds.get_opt(&name).await {
                 Ok(Some(crd)) if crd.metadata.deletion_timestamp.is_some() => {
                     Err("the CRD is still being deleted".to_owned())
                 }
@@ -514,34 +557,26 @@ impl E2e {
         )
         .await;
         let existing = crds
-            .get_opt(CRD_NAME)
+            .get_opt(&name)
             .await
-            .unwrap_or_else(|e| panic!("cannot read the CRD {CRD_NAME}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot read the CRD {name}: {e}"));
         if existing.is_some() {
-            eprintln!(
-                "using the cluster's CRD {CRD_NAME} as it is (it stays); if it is older than \
-                 crds/imagepolicy.yaml, apply that first"
-            );
+            eprintln!("using the cluster's CRD {name} as it is (it stays); {note}");
         } else {
-            let yaml = std::fs::read_to_string(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/imagepolicy.yaml"),
-            )
-            .expect("crds/imagepolicy.yaml (generate it with `imagegate crd`)");
-            let crd: Value = serde_saphyr::from_str(&yaml).expect("the CRD is YAML");
-            let crd: CustomResourceDefinition = from_json(labelled(&crd));
-            match crds.create(&PostParams::default(), &crd).await {
-                Ok(_) => self.register_delete::<CustomResourceDefinition>(None, CRD_NAME),
+            let body: CustomResourceDefinition = from_json(labelled(&crd));
+            match crds.create(&PostParams::default(), &body).await {
+                Ok(_) => self.register_delete::<CustomResourceDefinition>(None, &name),
                 // Created meanwhile by someone else: theirs, so it stays.
                 Err(e) if api_code(&e) == Some(409) => {}
-                Err(e) => panic!("cannot create the CRD {CRD_NAME}: {e}"),
+                Err(e) => panic!("cannot create the CRD {name}: {e}"),
             }
         }
         self.eventually(
-            "the ImagePolicy CRD to be Established",
+            &format!("the CRD {name} to be Established"),
             CRD_READY,
             async || {
                 let crd = crds
-                    .get(CRD_NAME)
+                    .get(&name)
                     .await
                     .map_err(|e| format!("cannot read the CRD: {e}"))?;
                 let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
@@ -557,16 +592,19 @@ impl E2e {
             },
         )
         .await;
-        let policies: Api<ImagePolicy> = Api::all(self.client());
+        let objects = Api::<DynamicObject>::all_with(self.client(), &resource);
         self.eventually(
-            "the API server to serve imagegate.dev/v1alpha1 imagepolicies",
+            &format!(
+                "the API server to serve {} {}",
+                resource.api_version, resource.plural
+            ),
             CRD_READY,
             async || {
-                policies
+                objects
                     .list(&ListParams::default().limit(1))
                     .await
                     .map(drop)
-                    .map_err(|e| format!("listing ImagePolicies: {e}"))
+                    .map_err(|e| format!("listing {}: {e}", resource.plural))
             },
         )
         .await;
@@ -622,22 +660,12 @@ impl E2e {
         let index = self.0.operators.lock().expect("the operators lock").len();
         let log_path = self.dir().join(format!("operator-{index}.log"));
         let log = std::fs::File::create(&log_path).expect("the operator's log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_imagegate"));
+        let mut command =
+            imagegate_command(run.kubeconfig.as_deref().unwrap_or(&self.0.kubeconfig_path));
         command
             .args(&command_line)
-            .env(
-                "KUBECONFIG",
-                run.kubeconfig.as_deref().unwrap_or(&self.0.kubeconfig_path),
-            )
-            .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log file"))
             .stderr(log);
-        // Only the flags above configure it, not the caller's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("IMAGEGATE_") {
-                command.env_remove(key);
-            }
-        }
         let child = command.spawn().expect("imagegate run starts");
         let operator = Operator(Arc::new(OperatorInner {
             child: Mutex::new(child),
@@ -723,6 +751,24 @@ impl E2e {
             );
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Waits for an Event with `reason` about the ImagePolicy `policy`; returns its message.
+    pub async fn until_event(&self, policy: &str, reason: &str) -> String {
+        let client = self.client();
+        self.eventually(
+            &format!("a {reason} Event on ImagePolicy {policy}"),
+            CONVERGE,
+            async || {
+                policy_events(&client, policy, reason)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|e| e.message.unwrap_or_default())
+                    .ok_or_else(|| format!("no {reason} Event yet"))
+            },
+        )
+        .await
     }
 
     // -----------------------------------------------------------------------------------------
@@ -882,6 +928,34 @@ impl Drop for OperatorInner {
     }
 }
 
+/// The `imagegate` binary of this build, for the cluster of `kubeconfig`: configured only by
+/// the arguments the test gives (the caller's `IMAGEGATE_*` variables are removed), with no
+/// standard input.
+pub fn imagegate_command(kubeconfig: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imagegate"));
+    command.env("KUBECONFIG", kubeconfig).stdin(Stdio::null());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("IMAGEGATE_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// A client of the cluster as the current context of the kubeconfig at `path` says.
+pub async fn client_from(path: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("cannot read the kubeconfig {}: {e}", path.display()));
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{} is not a usable kubeconfig: {e}", path.display()));
+    config.connect_timeout = Some(REQUEST_TIMEOUT);
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    Client::try_from(config)
+        .unwrap_or_else(|e| panic!("cannot make a client from {}: {e}", path.display()))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reading the API server's answers
 
@@ -914,6 +988,23 @@ pub fn api_code(e: &kube::Error) -> Option<u16> {
     }
 }
 
+/// Creates `pod` through `pods` (admission webhooks included) and reads it back as the API
+/// server stored it; panics with what the API server answered when it was refused.
+pub async fn store(pods: &Api<Pod>, pod: &Pod) -> Pod {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let images: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .filter_map(|c| c.image.as_deref())
+        .collect();
+    admitted(pods.create(&PostParams::default(), pod).await)
+        .unwrap_or_else(|seen| panic!("the Pod {name} with {images:?} was not stored: {seen}"));
+    pods.get(name)
+        .await
+        .unwrap_or_else(|e| panic!("cannot read the stored Pod {name}: {e}"))
+}
+
 /// The Pod `name` with one container running `image`.
 pub fn pod(name: &str, image: &str) -> Pod {
     from_json(json!({
@@ -944,6 +1035,29 @@ fn labelled(body: &Value) -> Value {
     body
 }
 
+/// The resource a CRD serves, at its storage version.
+fn served_resource(crd: &Value) -> ApiResource {
+    let spec = &crd["spec"];
+    let text = |v: &Value, what: &str| -> String {
+        v.as_str()
+            .unwrap_or_else(|| panic!("the CRD has no {what}: {crd}"))
+            .to_owned()
+    };
+    let group = text(&spec["group"], "spec.group");
+    let version = spec["versions"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v["storage"] == true))
+        .map(|v| text(&v["name"], "storage version name"))
+        .unwrap_or_else(|| panic!("the CRD has no storage version: {crd}"));
+    ApiResource {
+        api_version: format!("{group}/{version}"),
+        group,
+        version,
+        kind: text(&spec["names"]["kind"], "spec.names.kind"),
+        plural: text(&spec["names"]["plural"], "spec.names.plural"),
+    }
+}
+
 fn kind_of(body: &Value) -> &str {
     body["kind"].as_str().unwrap_or("object")
 }
@@ -971,11 +1085,7 @@ pub fn ready_condition(policy: &ImagePolicy) -> Result<(String, String, String),
 }
 
 /// The Events (core/v1 view) about the ImagePolicy `policy` with `reason`.
-pub async fn policy_events(
-    client: &Client,
-    policy: &str,
-    reason: &str,
-) -> Result<Vec<Event>, String> {
+async fn policy_events(client: &Client, policy: &str, reason: &str) -> Result<Vec<Event>, String> {
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let list = events
         .list(&ListParams::default().fields(&format!(

@@ -1,8 +1,9 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (distribution 2.8) started on
-//! 127.0.0.1 on a free port with its own storage folder, over TLS with a CA made here, or over
-//! plain HTTP; anonymous, with htpasswd Basic authentication, or with distribution's `token`
-//! authentication (Bearer tokens issued by a small token service of the test's: the registry
-//! is real, the issuer is the test's). It stops with its [`TestRegistry`].
+//! 127.0.0.1 (or another address of this machine) on a free port with its own storage folder,
+//! over TLS with a CA made here, or over plain HTTP; anonymous, with htpasswd Basic
+//! authentication, or with distribution's `token` authentication (Bearer tokens issued by a
+//! small token service of the test's: the registry is real, the issuer is the test's). It
+//! stops with its [`TestRegistry`].
 //!
 //! Test images are pushed with `oci-client`, and signed with the `sigstore` crate's cosign
 //! signing: formats written by implementations imagegate did not write.
@@ -18,7 +19,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,8 +85,13 @@ pub fn registry_binary() -> Option<PathBuf> {
 /// A free port on 127.0.0.1 (the OS's choice; another process could take it before use, so
 /// starters retry).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+/// A free port on `ip`, an address of this machine.
+pub fn free_port_on(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap_or_else(|e| panic!("cannot listen on {ip}: {e}"))
         .local_addr()
         .unwrap()
         .port()
@@ -106,12 +112,16 @@ impl TestCa {
 
     /// A serving certificate for 127.0.0.1 and localhost.
     pub fn serving(&self) -> CertPair {
-        imagegate::certs::issue_serving(
-            &self.pair,
-            &["127.0.0.1".to_owned(), "localhost".to_owned()],
-            Duration::from_secs(86_400),
-        )
-        .unwrap()
+        self.serving_on(Ipv4Addr::LOCALHOST)
+    }
+
+    /// A serving certificate for `ip`, 127.0.0.1 and localhost.
+    pub fn serving_on(&self, ip: Ipv4Addr) -> CertPair {
+        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        if !ip.is_loopback() {
+            names.push(ip.to_string());
+        }
+        imagegate::certs::issue_serving(&self.pair, &names, Duration::from_secs(86_400)).unwrap()
     }
 
     pub fn der(&self) -> CertificateDer<'static> {
@@ -148,7 +158,7 @@ impl Auth {
 
 /// A running `docker-registry`.
 pub struct TestRegistry {
-    /// `127.0.0.1:PORT`: the registry part of image references.
+    /// `127.0.0.1:PORT` (`IP:PORT`): the registry part of image references.
     pub host: String,
     pub tls: bool,
     pub ca: Arc<TestCa>,
@@ -176,13 +186,19 @@ impl TestRegistry {
     }
 
     pub async fn start(tls: bool, auth: Auth) -> Option<TestRegistry> {
+        TestRegistry::start_on(Ipv4Addr::LOCALHOST, tls, auth).await
+    }
+
+    /// As [`TestRegistry::start`], but listening on `ip`, an address of this machine that
+    /// others reach it at (a cluster's nodes); image references then name `IP:PORT`.
+    pub async fn start_on(ip: Ipv4Addr, tls: bool, auth: Auth) -> Option<TestRegistry> {
         let binary = registry_binary()?;
         install_crypto();
         let mut dir = tempfile::tempdir().unwrap();
         let ca = Arc::new(TestCa::new());
         let mut tls_section = String::new();
         if tls {
-            let serving = ca.serving();
+            let serving = ca.serving_on(ip);
             write(dir.path(), "tls.crt", &serving.cert_pem);
             write(dir.path(), "tls.key", &serving.key_pem);
             tls_section = format!(
@@ -217,9 +233,9 @@ impl TestRegistry {
         // The port is free when chosen, but another process may take it before the registry
         // binds it: then the registry exits, and another port is tried.
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_port_on(ip);
             let config = format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: imagegate-test-secret\n{tls_section}{auth_section}",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n  secret: imagegate-test-secret\n{tls_section}{auth_section}",
                 d = dir.path().display()
             );
             write(dir.path(), "config.yml", &config);
@@ -237,7 +253,7 @@ impl TestRegistry {
             die_with_parent(&mut command);
             let child = command.spawn().expect("start docker-registry");
             let mut registry = TestRegistry {
-                host: format!("127.0.0.1:{port}"),
+                host: format!("{ip}:{port}"),
                 tls,
                 ca: ca.clone(),
                 auth: auth.clone(),
