@@ -11,6 +11,8 @@ mod cli;
 mod common;
 #[path = "support/registry.rs"]
 mod registry_support;
+#[path = "support/sigstore_js.rs"]
+mod sigstore_js;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use registry_support::{
     request, sha256, signature_tag,
 };
 use serde_json::{Value, json};
+use sigstore_js::produce;
 
 const ISSUER: &str = "https://token.actions.githubusercontent.com";
 const SUBJECT: &str = "https://github.com/corp/app/.github/workflows/release.yml@refs/tags/v1.2.3";
@@ -312,35 +315,6 @@ impl World {
     fn trusted_root(&self) -> Arc<TrustedRoot> {
         let bytes = std::fs::read(self.path("cases/trusted_root.json")).unwrap();
         Arc::new(TrustedRoot::from_json(&bytes).unwrap())
-    }
-}
-
-/// Runs the Sigstore JavaScript producer into `dir`. `false` (after printing `SKIPPED`) when
-/// Node or the packages are missing outside CI; in CI (`CI` set) their absence fails.
-fn produce(dir: &Path, extra: &[&str]) -> bool {
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sigstore-js");
-    let installed = project.join("node_modules/@sigstore/sign").is_dir();
-    let out = std::process::Command::new("node")
-        .arg(project.join("produce.js"))
-        .arg("--out")
-        .arg(dir)
-        .args(extra)
-        .output();
-    match out {
-        Ok(out) if out.status.success() => true,
-        Ok(out) if installed => panic!(
-            "the Sigstore JavaScript producer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "node and the packages of tests/sigstore-js are required in CI (`.ci/run` installs them with `npm ci`)"
-        ),
-        _ => {
-            eprintln!(
-                "SKIPPED: node or tests/sigstore-js/node_modules missing (run `npm ci` in tests/sigstore-js)"
-            );
-            false
-        }
     }
 }
 
