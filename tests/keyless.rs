@@ -82,6 +82,9 @@ const REPOSITORIES: &[(&str, &[&str], &[&str])] = &[
     ),
     ("keyless/attestation", &["dsse-attestation"], &[]),
     ("keyless/unsigned", &[], &[]),
+    // Attached by `TestRegistry::attach_bundle` (which the end-to-end suite uses), not by
+    // `@sigstore/oci`.
+    ("keyless/attached-by-rust", &[], &[]),
     ("keyless/crowded", &["dsse-v03"], &[]),
     ("keyless/crowded-bundles", &[], &[]),
     ("skip/expired-unlogged", &["dsse-expired-unlogged"], &[]),
@@ -254,6 +257,10 @@ impl World {
                 push_sig_layers(&push, repo, &digest, &cases, layers).await;
             }
         }
+        let bundle = std::fs::read(cases.join("dsse-v03.bundle.json")).unwrap();
+        registry
+            .attach_bundle("keyless/attached-by-rust", &digest, &bundle, BUNDLE_TYPE)
+            .await;
         // Referrer indexes with many entries.
         crowd(&push, "keyless/crowded", &digest).await;
         crowd_bundles(&push, "keyless/crowded-bundles", &digest, &cases).await;
@@ -495,6 +502,7 @@ fn expectations(host: &str, digest: &str) -> Vec<(&'static str, Result<(), Vec<S
         ("keyless/good-sig-bad-bundle", Ok(())),
         ("keyless/expired-logged", Ok(())),
         ("keyless/crowded", Ok(())),
+        ("keyless/attached-by-rust", Ok(())),
         ("skip/timestamp-only", Ok(())),
         (
             "keyless/other-subject",
