@@ -394,6 +394,39 @@ impl Client {
         }
     }
 
+    /// The blob a manifest's descriptor names (`digest`, and `size` as the manifest says), read
+    /// only when the digest is valid and the size within `max`, and then only if exactly that
+    /// many bytes come (their digest checked by [`Client::blob`]). `what` names the blob in the
+    /// reasons ("layer 2 of REPO:TAG"); a fault is the reason, for a layer or bundle that could
+    /// not be read while others may still verify.
+    pub async fn descriptor_blob(
+        &self,
+        (registry, repository): (&str, &str),
+        (digest, size): (&str, i64),
+        max: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, String> {
+        if crate::reference::validate_digest(digest).is_err() {
+            return Err(format!(
+                "{what} has an invalid digest {:?}",
+                printable(digest, 100)
+            ));
+        }
+        if size < 0 || size as u64 > max as u64 {
+            return Err(format!(
+                "{what} is {size} bytes, over the limit of {max} bytes per signature"
+            ));
+        }
+        match self.blob(registry, repository, digest, max).await {
+            Ok(bytes) if bytes.len() as i64 != size => Err(format!(
+                "{what} is {} bytes, not the {size} its manifest says",
+                bytes.len()
+            )),
+            Ok(bytes) => Ok(bytes),
+            Err(f) => Err(format!("{what}: {}", f.message())),
+        }
+    }
+
     /// One page of the referrers of `digest` in `registry/repository` through the referrers API
     /// (`GET /v2/<name>/referrers/<digest>`, or the `next` URL of the previous page), read up
     /// to [`MANIFEST_MAX_BYTES`]; `None` when the registry has no referrers API (it answers

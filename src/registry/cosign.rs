@@ -148,33 +148,22 @@ async fn read_layer(
             printable(&d.media_type, 100)
         ));
     }
-    if crate::reference::validate_digest(&d.digest).is_err() {
-        return Layer::Unreadable(format!(
-            "layer {n} of {repo}:{tag} has an invalid digest {:?}",
-            printable(&d.digest, 100)
-        ));
-    }
-    if d.size < 0 || d.size as u64 > MAX_SIGNATURE_BYTES as u64 {
-        return Layer::Unreadable(format!(
-            "layer {n} of {repo}:{tag} is {} bytes, over the limit of {MAX_SIGNATURE_BYTES} bytes per signature",
-            d.size
-        ));
-    }
+    let what = format!("layer {n} of {repo}:{tag}");
     match client
-        .blob(registry, repository, &d.digest, MAX_SIGNATURE_BYTES)
+        .descriptor_blob(
+            (registry, repository),
+            (&d.digest, d.size),
+            MAX_SIGNATURE_BYTES,
+            &what,
+        )
         .await
     {
-        Ok(payload) if payload.len() as i64 != d.size => Layer::Unreadable(format!(
-            "layer {n} of {repo}:{tag} is {} bytes, not the {} its manifest says",
-            payload.len(),
-            d.size
-        )),
         Ok(payload) => Layer::Payload {
             payload,
             annotations: Annotations::from_lookup(|name| {
                 d.annotations.get(name).map(String::as_str)
             }),
         },
-        Err(f) => Layer::Unreadable(format!("layer {n} of {repo}:{tag}: {}", f.message())),
+        Err(why) => Layer::Unreadable(why),
     }
 }

@@ -272,29 +272,20 @@ async fn read_bundle(
     else {
         return Bundle::Foreign(format!("{name} has no bundle layer"));
     };
-    if crate::reference::validate_digest(&layer.digest).is_err() {
-        return Bundle::Unreadable(format!("{name} names its bundle by an invalid digest"));
-    }
-    if layer.size < 0 || layer.size as u64 > BUNDLE_MAX_BYTES as u64 {
-        return Bundle::Unreadable(format!(
-            "the bundle of {name} is {} bytes, over the limit of {BUNDLE_MAX_BYTES} bytes per signature",
-            layer.size
-        ));
-    }
     match client
-        .blob(registry, repository, &layer.digest, BUNDLE_MAX_BYTES)
+        .descriptor_blob(
+            (registry, repository),
+            (&layer.digest, layer.size),
+            BUNDLE_MAX_BYTES,
+            &format!("the bundle of {name}"),
+        )
         .await
     {
-        Ok(bytes) if bytes.len() as i64 != layer.size => Bundle::Unreadable(format!(
-            "the bundle of {name} is {} bytes, not the {} its manifest says",
-            bytes.len(),
-            layer.size
-        )),
         Ok(bytes) => Bundle::Read {
             message: is_message_signature(&bytes),
             bytes,
         },
-        Err(f) => Bundle::Unreadable(format!("the bundle of {name}: {}", f.message())),
+        Err(why) => Bundle::Unreadable(why),
     }
 }
 
