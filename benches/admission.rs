@@ -8,9 +8,11 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine as _;
 use criterion::{Criterion, criterion_group, criterion_main};
 use imagegate::admission::{self, MutateOutcome, Outcome, record};
-use imagegate::mutation::Digests;
+use imagegate::evidence::{Evidence, ImageEvidence, Source};
+use imagegate::mutation::{self, Digests};
 use imagegate::policy::{ImagePolicy, Settings, Snapshot};
 
 // As in the binary: the allocator is part of what is measured.
@@ -116,20 +118,35 @@ fn bench_validate(c: &mut Criterion) {
 }
 
 /// One `/mutate` request, as the handler serves it: the answer's bytes and the record's bytes.
+/// With `pins`, the evidence the registry adapter's cache gives for the digests to pin (the
+/// adapter's own cost is `benches/registry.rs`'s "gather … all cached").
 fn serve_mutate(
     body: &[u8],
     snapshot: &Snapshot,
     labels: &BTreeMap<String, String>,
+    pins: Option<&Evidence>,
 ) -> (Vec<u8>, Vec<u8>) {
     let request = admission::parse_admission_review(body).expect("review");
     let now = jiff::Timestamp::now();
-    let outcome = request.plan_mutation(snapshot, Ok(labels), &Digests::new());
+    let requests = if snapshot.pins_digests() {
+        request.digest_requests(snapshot, labels)
+    } else {
+        Vec::new()
+    };
+    let (digests, evidence) = match pins {
+        Some(evidence) if !requests.is_empty() => {
+            (mutation::digests_from(evidence), Some(evidence))
+        }
+        _ => (Digests::new(), None),
+    };
+    let outcome = request.plan_mutation(snapshot, Ok(labels), &digests);
     let answer = request.mutate_response(&outcome).to_json();
     let MutateOutcome::Planned(plan) = &outcome else {
         panic!("a Pod CREATE is planned for")
     };
     let ctx = record::RecordContext {
         endpoint: "mutate",
+        evidence,
         ..request.record_context(Some(labels), now, Duration::from_micros(10))
     };
     (answer, record::mutation_line(&ctx, plan, outcome.label()))
@@ -153,15 +170,46 @@ fn bench_mutate(c: &mut Criterion) {
         .map(|i| serde_json::json!({"name": format!("c{i}"), "image": format!("reg.example/app:{i}"), "imagePullPolicy": "IfNotPresent"}))
         .collect();
     let large = serde_json::to_vec(&large).expect("JSON");
+    // The same policy pinning digests too, with the digests of the Pod's three tags as the
+    // adapter's cache has them.
+    let pinning: ImagePolicy = serde_saphyr::from_str(
+        "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {name: always-pull}\nspec: {setPullPolicyAlways: true, pinDigests: true}",
+    )
+    .expect("policy");
+    let pinning = snapshot_with(&[pinning]);
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let cached = Evidence {
+        images: [
+            "busybox:1.36",
+            "nginx:1.27",
+            "ghcr.io/example/sidecar:v2.3.1",
+        ]
+        .into_iter()
+        .map(|image| {
+            let found = ImageEvidence {
+                digest: Some(digest.clone()),
+                digest_source: Some(Source::Cache),
+                ..ImageEvidence::default()
+            };
+            (image.to_owned(), found)
+        })
+        .collect(),
+    };
     let mut group = c.benchmark_group("mutate");
-    for (name, body) in [("pod", &pod), ("5000-containers", &large)] {
-        let (answer, _) = serve_mutate(body, &snapshot, &labels);
-        assert!(
-            String::from_utf8_lossy(&answer).contains("\"patchType\":\"JSONPatch\""),
-            "{name}: a patch"
-        );
+    for (name, body, snapshot, pins, changes) in [
+        ("pod", &pod, &snapshot, None, 4),
+        ("5000-containers", &large, &snapshot, None, 5002),
+        ("pod-pinned", &pod, &pinning, Some(&cached), 7),
+    ] {
+        let (answer, _) = serve_mutate(body, snapshot, &labels, pins);
+        let answer: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(answer["response"]["patch"].as_str().expect("a patch"))
+            .expect("base64");
+        let patch: Vec<serde_json::Value> = serde_json::from_slice(&patch).expect("JSON");
+        assert_eq!(patch.len(), changes, "{name}");
         group.bench_function(name, |b| {
-            b.iter(|| black_box(serve_mutate(black_box(body), &snapshot, &labels)))
+            b.iter(|| black_box(serve_mutate(black_box(body), snapshot, &labels, pins)))
         });
     }
     group.finish();

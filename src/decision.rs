@@ -9,6 +9,7 @@ use std::hash::BuildHasher as _;
 use serde::Serialize;
 
 use crate::evidence::Evidence;
+use crate::mutation::Change;
 use crate::policy::{
     CompiledPolicy, ImageMatches, Mode, ResolvedImage, Settings, Snapshot, UnmatchedImages,
 };
@@ -614,7 +615,10 @@ impl Judged<'_> {
                     denied_message(&self.shown(), &runs.note(), p, ran)
                 });
             }
-            if p.require_digest && !reference.is_pinned() {
+            if p.require_digest
+                && !reference.is_pinned()
+                && !changed_once_mutated(snapshot, applying, matches, image, Change::Digest)
+            {
                 fail(Rule::RequireDigest, &|| {
                     format!(
                         "{} is not pinned by digest; refer to it as {}@sha256:<digest>",
@@ -642,7 +646,7 @@ impl Judged<'_> {
             if p.require_pull_policy_always && !reference.is_pinned() {
                 let (effective, defaulted) = effective_pull_policy(image, reference);
                 if effective != "Always"
-                    && !pulled_always_once_mutated(snapshot, applying, matches, image)
+                    && !changed_once_mutated(snapshot, applying, matches, image, Change::PullPolicy)
                 {
                     let how = if defaulted {
                         " (the default for this tag)"
@@ -664,11 +668,21 @@ impl Judged<'_> {
             }
             // An image an UPDATE leaves as it was is not looked up again (see
             // `verification::requests`): it is judged by what was admitted, and by the audit.
+            // A running image's signatures are judged on the digest that runs (the audit
+            // gathers its evidence for that digest); the entries are those of the image as
+            // written, as the requests for the evidence chose them.
             if !p.signatures.is_empty() && !target.unchanged {
                 let mut entries = verification::candidates(p, reference).peekable();
                 if entries.peek().is_some() {
                     let found = evidence.and_then(|e| e.images.get(&image.image));
-                    match verification::judge(entries, reference, found) {
+                    let (judged, runs_note) = match runs.running() {
+                        Some(ran) => (
+                            ran,
+                            format!(", which runs {},", ran.digest().unwrap_or_default()),
+                        ),
+                        None => (reference, String::new()),
+                    };
+                    match verification::judge(entries, judged, found) {
                         Judgement::Verified => {}
                         Judgement::Offline => unverified.push(format!(
                             "imagegate: [{}/{}] {}: {}",
@@ -682,7 +696,7 @@ impl Judged<'_> {
                             Some(pi),
                             Rule::VerifySignatures,
                             Some(canonical),
-                            format!("{} {why}", self.shown()),
+                            format!("{}{runs_note} {why}", self.shown()),
                         )),
                     }
                 }
@@ -712,6 +726,8 @@ trait WhatRuns {
     fn denied(&self, pi: usize) -> Option<&Reference>;
     /// The digest that runs instead of the pinned one.
     fn mismatch(&self) -> Option<&str>;
+    /// The image as it runs (`NAME@DIGEST`), when that is not the reference as written.
+    fn running(&self) -> Option<&Reference>;
     /// `, which runs sha256:…,` for messages about a tag.
     fn note(&self) -> String;
 }
@@ -732,6 +748,9 @@ impl WhatRuns for NotRunning {
         None
     }
     fn mismatch(&self) -> Option<&str> {
+        None
+    }
+    fn running(&self) -> Option<&Reference> {
         None
     }
     fn note(&self) -> String {
@@ -755,8 +774,11 @@ fn denied_message(shown: &str, note: &str, policy: &CompiledPolicy, judged: &Ref
 
 /// What a running Pod's image runs, compared with what it says.
 enum Running<'a> {
-    /// A digest-pinned reference runs another digest.
-    Mismatch { digest: &'a str },
+    /// A digest-pinned reference runs another digest; `reference` is the image's name at it.
+    Mismatch {
+        digest: &'a str,
+        reference: Reference,
+    },
     /// A tag runs `digest`: `reference` is the image's name at that digest, and `matches` what
     /// it matches (digest patterns are judged on it).
     Tag {
@@ -772,9 +794,12 @@ impl<'a> Running<'a> {
     fn of(snapshot: &Snapshot, written: &Reference, digest: &'a str) -> Option<Running<'a>> {
         match written.digest() {
             Some(pinned) if pinned == digest => None,
-            Some(_) => Some(Running::Mismatch { digest }),
+            Some(_) => Some(Running::Mismatch {
+                digest,
+                reference: running_reference(written, digest)?,
+            }),
             None => {
-                let reference = Reference::parse(&format!("{}@{digest}", written.name())).ok()?;
+                let reference = running_reference(written, digest)?;
                 let matches = snapshot.match_image(&reference);
                 Some(Running::Tag {
                     digest,
@@ -804,8 +829,13 @@ impl WhatRuns for Running<'_> {
     }
     fn mismatch(&self) -> Option<&str> {
         match self {
-            Running::Mismatch { digest } => Some(digest),
+            Running::Mismatch { digest, .. } => Some(digest),
             Running::Tag { .. } => None,
+        }
+    }
+    fn running(&self) -> Option<&Reference> {
+        match self {
+            Running::Mismatch { reference, .. } | Running::Tag { reference, .. } => Some(reference),
         }
     }
     fn note(&self) -> String {
@@ -813,6 +843,16 @@ impl WhatRuns for Running<'_> {
             Running::Tag { digest, .. } => format!(", which runs {digest},"),
             Running::Mismatch { .. } => String::new(),
         }
+    }
+}
+
+/// The image `written` names, at the digest that runs (`NAME@DIGEST`): what a running image is
+/// judged on when the kubelet reports a digest other than the one written (or a tag's). `None`
+/// when the two do not make a valid reference. The audit gathers signature evidence for it.
+pub fn running_reference(written: &Reference, digest: &str) -> Option<Reference> {
+    match written.digest() {
+        Some(pinned) if pinned == digest => None,
+        _ => Reference::parse(&format!("{}@{digest}", written.name())).ok(),
     }
 }
 
@@ -918,22 +958,29 @@ fn remembered_message(
     text
 }
 
-/// Whether the Pods made from a workload's template will get `imagePullPolicy: Always` from the
-/// mutating webhook anyway: the image is in a pod template (workload templates are never
-/// mutated, their Pods are) and an applying `Enforce` policy with `setPullPolicyAlways` governs
-/// it. `requirePullPolicyAlways` then has nothing to deny in the template; each Pod is judged
-/// on its mutated form, and one that reaches the API server unmutated is denied then. Only
-/// asked on the way to a violation, so it costs nothing on an admitted request.
-fn pulled_always_once_mutated(
+/// Whether the Pods made from a workload's template will get `change` from the mutating
+/// webhook anyway: the image is in a pod template (workload templates are never mutated, their
+/// Pods are) and an applying `Enforce` policy asking for it governs the image. The rule the
+/// change satisfies (`requirePullPolicyAlways` for `setPullPolicyAlways`, `requireDigest` for
+/// `pinDigests`) then has nothing to deny in the template; each Pod is judged on its mutated
+/// form, and one that reaches the API server unchanged (unmutated, or its digest not to be had
+/// while the registry is down) is denied then. Only asked on the way to a violation, so it
+/// costs nothing on an admitted request.
+fn changed_once_mutated(
     snapshot: &Snapshot,
     applying: &[usize],
     matches: &crate::policy::ImageMatches,
     image: &ImageUse,
+    change: Change,
 ) -> bool {
     image.in_pod_template()
         && applying.iter().any(|&q| {
             let p = &snapshot.policies()[q];
-            p.set_pull_policy_always && p.mode == Mode::Enforce && matches.governed(q)
+            let asks = match change {
+                Change::PullPolicy => p.set_pull_policy_always,
+                Change::Digest => p.pin_digests,
+            };
+            asks && p.mode == Mode::Enforce && matches.governed(q)
         })
 }
 
@@ -1789,6 +1836,36 @@ spec:
             "metadata: {name: set}\nspec: {mode: Warn, setPullPolicyAlways: true}",
         ];
         let s = snapshot(&warn_only, Settings::default());
+        assert!(!decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
+    }
+
+    #[test]
+    fn templates_whose_pods_will_be_pinned_meet_require_digest() {
+        let pinned = [
+            "metadata: {name: require}\nspec: {requireDigest: true}",
+            "metadata: {name: pin}\nspec: {images: ['quay.io/**'], pinDigests: true}",
+        ];
+        let s = snapshot(&pinned, Settings::default());
+        let deployment = |image: &str| {
+            let object = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": image}]}}}});
+            Workload::from_value(WorkloadKind::Deployment, &object).unwrap()
+        };
+        // The template: its Pods will be stored pinned.
+        assert!(decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
+        // An image the pinning policy does not govern: still denied.
+        let d = decide_with(&s, &deployment("ghcr.io/a/b:1.0"), None);
+        assert_eq!(rules(&d), ["requireDigest"]);
+        // A Pod is judged as it is: one that arrives unpinned (its digest not to be had) is
+        // denied.
+        let pod = pod(&[("containers", "app", "quay.io/a/b:1.0", None)], &[]);
+        assert_eq!(rules(&decide_with(&s, &pod, None)), ["requireDigest"]);
+        // A pinning policy in Audit mode pins nothing, so it excuses nothing.
+        let audit_only = [
+            pinned[0],
+            "metadata: {name: pin}\nspec: {mode: Audit, pinDigests: true}",
+        ];
+        let s = snapshot(&audit_only, Settings::default());
         assert!(!decide_with(&s, &deployment("quay.io/a/b:1.0"), None).allowed);
     }
 

@@ -1,12 +1,13 @@
 //! Evidence sources other than a registry, for `check` and for servers without a registry
 //! client (besides [`Offline`](crate::evidence::Offline)): [`Replay`] answers from evidence
 //! written down before (a decision record's), [`NoRegistry`] fails closed. Each answers every check it is asked,
-//! so a decision never has to guess what a missing outcome means.
+//! so a decision never has to guess what a missing outcome means. And [`gather_each`], which
+//! asks any source for many images a few at a time, as a background audit pass does.
 
 use std::collections::BTreeMap;
 
-use futures::FutureExt as _;
 use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt as _};
 
 use crate::evidence::{
     Deadline, EntryEvidence, Evidence, EvidenceRequest, Gather, ImageEvidence, Outcome, Source,
@@ -36,6 +37,46 @@ fn answer_all(requests: &[EvidenceRequest], outcome: &Outcome) -> Evidence {
         }
     }
     evidence
+}
+
+/// Gathers the evidence for `requests` from `source` one image at a time, at most `at_once`
+/// images in flight, until `deadline`: for the many images of an audit pass, so that they
+/// never crowd out the lookups of admission requests sharing the same registry client. Images
+/// not yet asked for when the deadline passes are not asked for at all (their lookups would
+/// all start at once): every check of theirs is unavailable with the deadline's reason.
+pub fn gather_each<'a>(
+    source: &'a dyn Gather,
+    requests: &'a [EvidenceRequest],
+    deadline: Deadline,
+    at_once: usize,
+) -> BoxFuture<'a, Evidence> {
+    // Made here and run as the stream polls them: each looks at the clock when it starts.
+    let asks: Vec<_> = requests
+        .chunks(1)
+        .map(|one| ask(source, one, deadline))
+        .collect();
+    let mut answers = futures::stream::iter(asks).buffer_unordered(at_once.max(1));
+    async move {
+        let mut out = Evidence::default();
+        while let Some(found) = answers.next().await {
+            out.images.extend(found.images);
+        }
+        out
+    }
+    .boxed()
+}
+
+/// One step of [`gather_each`]: `source`'s answer, or, past the deadline, unavailable without
+/// asking.
+async fn ask(source: &dyn Gather, requests: &[EvidenceRequest], deadline: Deadline) -> Evidence {
+    if std::time::Instant::now() >= deadline.at {
+        let missed = Outcome::Unavailable {
+            reason: deadline.missed(),
+        };
+        answer_all(requests, &missed)
+    } else {
+        source.gather(requests, deadline).await
+    }
 }
 
 /// A server or command built without a registry client: every check is unavailable, so every
@@ -233,6 +274,81 @@ mod tests {
 
     fn result(e: &Evidence, image: &str, entry: &str) -> serde_json::Value {
         serde_json::to_value(&e.images[image].entries[entry].outcome).unwrap()["result"].clone()
+    }
+
+    /// A source that answers every check verified after a moment, counting how many images
+    /// it is asked for at once.
+    #[derive(Default)]
+    struct Counting {
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Gather for Counting {
+        fn gather<'a>(
+            &'a self,
+            requests: &'a [EvidenceRequest],
+            _deadline: Deadline,
+        ) -> BoxFuture<'a, Evidence> {
+            use std::sync::atomic::Ordering::SeqCst;
+            Box::pin(async move {
+                let n = self.now.fetch_add(requests.len(), SeqCst) + requests.len();
+                self.most.fetch_max(n, SeqCst);
+                self.asked.fetch_add(requests.len(), SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.now.fetch_sub(requests.len(), SeqCst);
+                let verified = Outcome::Verified {
+                    digest: D.to_owned(),
+                    format: crate::evidence::SignatureFormat::CosignTag,
+                    signer: "k".to_owned(),
+                };
+                answer_all(requests, &verified)
+            })
+        }
+    }
+
+    #[test]
+    fn gather_each_asks_a_few_images_at_a_time_until_the_deadline() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let asked: Vec<EvidenceRequest> = (0..20)
+            .map(|i| request(&format!("quay.io/a/b:{i}"), &["p/x"]))
+            .collect();
+        let source = Counting::default();
+        let e = runtime.block_on(gather_each(
+            &source,
+            &asked,
+            Deadline::after(Duration::from_secs(60)),
+            4,
+        ));
+        assert_eq!(e.images.len(), 20);
+        assert!(
+            e.images
+                .values()
+                .all(|i| i.entries["p/x"].outcome.as_str() == "verified")
+        );
+        assert_eq!(
+            source.most.load(SeqCst),
+            4,
+            "at most four at once, and four"
+        );
+
+        // Past the deadline, nothing more is asked for: every check is unavailable.
+        let source = Counting::default();
+        let e = runtime.block_on(gather_each(&source, &asked, deadline(), 4));
+        assert_eq!(source.asked.load(SeqCst), 0);
+        assert_eq!(e.images.len(), 20);
+        let outcome = &e.images["quay.io/a/b:7"].entries["p/x"].outcome;
+        assert_eq!(
+            outcome,
+            &Outcome::Unavailable {
+                reason: "verification did not finish within 0s".to_owned()
+            }
+        );
     }
 
     #[test]

@@ -15,10 +15,11 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::decision::AppliedPolicy;
-use crate::evidence::{Evidence, EvidenceRequest, Outcome};
+use crate::evidence::{Evidence, EvidenceRequest, Outcome, Source};
 use crate::namespaces::Labels;
 use crate::policy::{CompiledPolicy, Mode, ResolvedImage, Snapshot};
 use crate::reference::{Reference, validate_digest};
+use crate::verification;
 use crate::workload::{ContainerType, ImageUse, Workload};
 
 /// The most operations one patch holds: the API server refuses a JSON patch of more
@@ -383,17 +384,19 @@ impl Target<'_> {
         self.record(pi, Change::PullPolicy, op, values, out);
     }
 
-    /// Pins the image (a tag reference) to the digest found for it.
+    /// Pins the image (a tag reference) to the digest found for it. An image whose digest was
+    /// not looked up (`check --offline`) is reported as a pin without its digest; one whose
+    /// digest could not be had is left as written, with a warning saying why.
     fn pin(&self, pi: usize, reference: &Reference, digests: &Digests, out: &mut Plan) {
         let policy = &self.snapshot.policies()[pi];
         let pinned = match digests.get(&self.image.image) {
-            Some(Ok(digest)) => pinned(&self.image.image, reference, digest),
+            Some(Ok(digest)) => pinned(&self.image.image, reference, digest).map(Some),
             Some(Err(why)) => Err(why.clone()),
-            None => Err("its digest was not looked up".to_owned()),
+            None => Ok(None),
         };
         match pinned {
             Ok(to) => {
-                let values = (Some(self.image.image.clone()), Some(to));
+                let values = (Some(self.image.image.clone()), to);
                 self.record(pi, Change::Digest, Op::Replace, values, out);
             }
             // Only an Enforce policy looks digests up; the others report the pin they would
@@ -445,10 +448,15 @@ pub fn json_pointer<'s>(segments: impl IntoIterator<Item = &'s str>) -> String {
 }
 
 /// What the evidence step must find for `pinDigests` before [`plan`]: the digest of each image
-/// (as written, once each, in Pod order) that an applying `Enforce` policy asks to pin. The
-/// requests carry no signature checks; where `verifySignatures` governs the same image, its
-/// requests ask for the digest too, and [`digests_from`] prefers the digest it verified.
+/// (as written, once each, in Pod order) that an applying `Enforce` policy asks to pin. Where
+/// `verifySignatures` entries govern the same image, the request carries their checks too, so
+/// that [`digests_from`] can pin to the digest a signature verified, and the validating call
+/// that follows finds those outcomes cached. Empty, without any work per image, when no
+/// applying policy pins.
 pub fn digests_needed(snapshot: &Snapshot, input: &Input<'_>) -> Vec<EvidenceRequest> {
+    if !snapshot.pins_digests() {
+        return Vec::new();
+    }
     let applying = applying(snapshot, input, |p| {
         p.pin_digests && p.mode == Mode::Enforce
     });
@@ -470,12 +478,27 @@ pub fn digests_needed(snapshot: &Snapshot, input: &Input<'_>) -> Vec<EvidenceReq
             });
         }
     }
+    if !out.is_empty() && snapshot.has_signature_rules() {
+        let signed = verification::requests(
+            snapshot,
+            input.object,
+            input.old_object,
+            input.namespace_labels,
+        );
+        for request in &mut out {
+            if let Some(found) = signed.iter().find(|s| s.image == request.image) {
+                request.checks.clone_from(&found.checks);
+            }
+        }
+    }
     out
 }
 
 /// The digests to pin to, from the evidence gathered: per image, the digest a signature entry
-/// verified (so the kubelet runs exactly what was verified), else the tag's resolution, else
-/// why there is none.
+/// verified (so the kubelet runs exactly what was verified), else the tag's resolution when it
+/// is current (fresh, or cached within `--tag-cache-ttl`), else why there is none. A
+/// resolution kept from before the registry became unavailable is not pinned to: the tag may
+/// have moved since, and a pin would hold the Pod to an image its tag no longer names.
 pub fn digests_from(evidence: &Evidence) -> Digests {
     evidence
         .images
@@ -485,12 +508,17 @@ pub fn digests_from(evidence: &Evidence) -> Digests {
                 Outcome::Verified { digest, .. } => Some(digest.clone()),
                 _ => None,
             });
-            let digest = verified.or_else(|| found.digest.clone()).ok_or_else(|| {
-                found
+            let digest = match (verified, &found.digest) {
+                (Some(verified), _) => Ok(verified),
+                (None, Some(_)) if found.digest_source == Some(Source::Stale) => Err(
+                    "the registry did not answer, and the digest it gave for this tag before may no longer be what the tag names".to_owned(),
+                ),
+                (None, Some(digest)) => Ok(digest.clone()),
+                (None, None) => Err(found
                     .digest_error
                     .clone()
-                    .unwrap_or_else(|| "the registry gave no digest for it".to_owned())
-            });
+                    .unwrap_or_else(|| "the registry gave no digest for it".to_owned())),
+            };
             (image.clone(), digest)
         })
         .collect()
@@ -547,19 +575,13 @@ mod tests {
 
     const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    /// A snapshot of policies written as `name: spec` YAML flow maps; a spec with
-    /// `pinDigests: true` is compiled without it and the flag set afterwards (this version
-    /// refuses it in policies until digests can be had).
+    /// A snapshot of policies written as `name: spec` YAML flow maps.
     fn snapshot(policies: &[(&str, &str)]) -> Snapshot {
         let compiled = policies
             .iter()
             .map(|(name, spec)| {
-                let pin = spec.contains("pinDigests: true");
-                let spec = spec.replace("pinDigests: true", "pinDigests: false");
                 let yaml = format!("metadata: {{name: {name}}}\nspec: {spec}");
-                let mut p = compile(&serde_saphyr::from_str(&yaml).unwrap()).unwrap();
-                p.pin_digests = pin;
-                p
+                compile(&serde_saphyr::from_str(&yaml).unwrap()).unwrap()
             })
             .collect();
         Snapshot::new(compiled, Settings::default())
@@ -882,12 +904,19 @@ mod tests {
         let warnings = plan.warnings.join("\n");
         for part in [
             "[pin/pinDigests] container \"down\": image \"ghcr.io/corp/down:1\" was left unpinned: registry ghcr.io did not answer within 9s",
-            "container \"unknown\": image \"ghcr.io/corp/unknown:1\" was left unpinned: its digest was not looked up",
             "container \"liar\": image \"ghcr.io/corp/liar:1\" was left unpinned: the registry gave \"sha256:BAD\", which is not a digest",
         ] {
             assert!(warnings.contains(part), "{part:?} missing from\n{warnings}");
         }
-        assert_eq!(plan.warnings.len(), 3);
+        assert_eq!(plan.warnings.len(), 2);
+        // An image whose digest was not looked up (`check --offline`) is reported as the pin it
+        // would get, without a digest, and not warned about.
+        let unknown: Vec<&Mutation> = plan.mutations.iter().filter(|m| !m.applied).collect();
+        assert_eq!(unknown.len(), 1, "{:?}", plan.mutations);
+        assert_eq!(
+            (unknown[0].container.as_str(), unknown[0].to.as_deref()),
+            ("unknown", None)
+        );
 
         // Reinvocation: the pinned Pod needs nothing more.
         let mutated = workload(&patched(&pod, &plan));
@@ -902,6 +931,62 @@ mod tests {
             },
         );
         assert!(again.patch.is_empty(), "{:?}", again.patch);
+    }
+
+    #[test]
+    fn pin_requests_carry_the_signature_checks_of_the_same_images() {
+        let key: String = crate::policy::test_keys::P256
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect();
+        let signing = format!(
+            "metadata: {{name: sig}}\nspec:\n  images: ['ghcr.io/corp/**']\n  verifySignatures:\n  - name: release\n    key:\n      publicKey: |\n{key}"
+        );
+        let compiled = vec![
+            compile(&serde_saphyr::from_str(&signing).unwrap()).unwrap(),
+            compile(
+                &serde_saphyr::from_str("metadata: {name: pin}\nspec: {pinDigests: true}").unwrap(),
+            )
+            .unwrap(),
+        ];
+        let s = Snapshot::new(compiled, Settings::default());
+        let pod = pod(json!({"containers": [
+            {"name": "app", "image": "ghcr.io/corp/app:1"},
+            {"name": "web", "image": "nginx:1.27"},
+            {"name": "pinned", "image": format!("ghcr.io/corp/app@{DIGEST}")},
+        ]}));
+        let object = workload(&pod);
+        let input = Input {
+            object: &object,
+            old_object: None,
+            namespace_labels: &labels("prod"),
+            digests: &Digests::new(),
+        };
+        let needed = digests_needed(&s, &input);
+        let asked: Vec<(&str, Vec<&str>)> = needed
+            .iter()
+            .map(|r| {
+                (
+                    r.image.as_str(),
+                    r.checks.iter().map(|c| c.entry.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                ("ghcr.io/corp/app:1", vec!["sig/release"]),
+                ("nginx:1.27", vec![])
+            ],
+            "the pinned image needs no pin, and only the signed image its entry"
+        );
+        // No policy pins: nothing is asked, whatever signs.
+        let only_signing = Snapshot::new(
+            vec![compile(&serde_saphyr::from_str(&signing).unwrap()).unwrap()],
+            Settings::default(),
+        );
+        assert!(!only_signing.pins_digests());
+        assert!(digests_needed(&only_signing, &input).is_empty());
     }
 
     #[test]
@@ -937,7 +1022,7 @@ mod tests {
 
     #[test]
     fn digests_come_from_the_evidence_the_verified_one_first() {
-        use crate::evidence::{EntryEvidence, ImageEvidence, SignatureFormat, Source};
+        use crate::evidence::{EntryEvidence, ImageEvidence, SignatureFormat};
         let other = DIGEST.replace("0123", "4567");
         let verified = EntryEvidence {
             outcome: Outcome::Verified {
@@ -969,11 +1054,29 @@ mod tests {
             images: [
                 (
                     "signed",
-                    image(Some(&other), None, vec![not_verified.clone(), verified]),
+                    image(
+                        Some(&other),
+                        None,
+                        vec![not_verified.clone(), verified.clone()],
+                    ),
                 ),
                 ("resolved", image(Some(&other), None, vec![not_verified])),
                 ("down", image(None, Some("registry unreachable"), vec![])),
                 ("silent", image(None, None, vec![])),
+                (
+                    "stale",
+                    ImageEvidence {
+                        digest_source: Some(Source::Stale),
+                        ..image(Some(&other), None, vec![])
+                    },
+                ),
+                (
+                    "stale-but-verified",
+                    ImageEvidence {
+                        digest_source: Some(Source::Stale),
+                        ..image(Some(DIGEST), None, vec![verified.clone()])
+                    },
+                ),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -984,6 +1087,10 @@ mod tests {
         assert_eq!(digests["resolved"], Ok(other.clone()));
         assert_eq!(digests["down"], Err("registry unreachable".to_owned()));
         assert!(digests["silent"].is_err());
+        // A resolution kept from before an outage is not pinned to, unless it was verified.
+        let stale = digests["stale"].as_ref().unwrap_err();
+        assert!(stale.contains("did not answer"), "{stale}");
+        assert_eq!(digests["stale-but-verified"], Ok(DIGEST.to_owned()));
     }
 
     #[test]

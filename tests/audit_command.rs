@@ -1,7 +1,11 @@
 //! `imagegate audit` against a mock API server that answers lists only: the cluster's policies
 //! or candidate ones from files, `--namespace`, pages, `check`'s output shapes, and the exit
-//! codes (0 none denied, 1 some would be denied, 2 bad input or no cluster).
+//! codes (0 none denied, 1 some would be denied, 2 bad input or no cluster); and signatures
+//! judged on the digest each Pod runs, looked up in a real registry (Debian's
+//! `docker-registry`, see `support/registry.rs`), or not at all with `--offline`.
 
+#[path = "support/registry.rs"]
+mod registry_support;
 mod support;
 
 use std::io::Write as _;
@@ -281,6 +285,114 @@ async fn a_refused_list_is_exit_two_with_the_reason() {
     assert!(
         message.starts_with("cannot list ImagePolicies: it answered 403 Forbidden"),
         "{message}"
+    );
+}
+
+#[tokio::test]
+async fn signatures_of_running_pods_are_looked_up_at_the_digest_they_run() {
+    // Signed when the first Pod started; the tag then moved to an unsigned image.
+    let Some(moved) = registry_support::MovedTag::new().await else {
+        return;
+    };
+    let (registry, release, tag) = (&moved.registry, &moved.key, &moved.tag);
+    let (signed, unsigned) = (&moved.signed, &moved.unsigned);
+    let host = registry.host.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &registry.ca.pair.cert_pem).unwrap();
+    let docker = dir.path().join("docker.json");
+    std::fs::write(&docker, r#"{"auths": {}}"#).unwrap();
+    let policy = json!({"apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy",
+        "metadata": {"name": "sig", "generation": 1},
+        "spec": {"images": [format!("{host}/team/**")],
+                 "verifySignatures": [{"name": "release",
+                                       "key": {"publicKey": release.public_pem}}]}});
+    let pods = vec![
+        pod("shop", "old", tag, &format!("{tag}@{signed}")),
+        pod("shop", "new", tag, &format!("{tag}@{unsigned}")),
+        // Not started: judged on what the tag names now (the unsigned image).
+        pod("shop", "pending", tag, ""),
+    ];
+
+    let audit_with = |extra: &[&str]| {
+        let (client, api) = mock();
+        let mut flags = vec![
+            "--output",
+            "json",
+            "--registry-ca-file",
+            ca.to_str().unwrap(),
+            "--docker-config",
+            docker.to_str().unwrap(),
+        ];
+        flags.extend_from_slice(extra);
+        let args = args(&flags);
+        (spawn(async move { run(client, &args).await }), api)
+    };
+    let answer = async |api: &mut ApiServer| {
+        answer_list(
+            api,
+            "/apis/imagegate.dev/v1alpha1/imagepolicies",
+            list("ImagePolicyList", vec![policy.clone()], None),
+        )
+        .await;
+        answer_list(
+            api,
+            "/api/v1/namespaces",
+            list("NamespaceList", vec![namespace("shop", "prod")], None),
+        )
+        .await;
+        answer_list(api, "/api/v1/pods", list("PodList", pods.clone(), None)).await;
+    };
+
+    let (task, mut api) = audit_with(&[]);
+    answer(&mut api).await;
+    let result = join(task).await;
+    api.no_more().await;
+    assert_eq!(exit_code(&result), 1);
+    let report = serde_json::to_value(result.unwrap()).unwrap();
+    let by_name = |n: &str| {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_name("old")["allowed"], true, "{report:#}");
+    for name in ["new", "pending"] {
+        let r = by_name(name);
+        assert_eq!(r["allowed"], false, "{r:#}");
+        let v = &r["violations"][0];
+        assert_eq!(v["rule"], "verifySignatures");
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("{host}/team/app@{unsigned}")),
+            "{name}: {message}"
+        );
+    }
+    assert!(
+        by_name("new")["violations"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("which runs {unsigned}")),
+        "the running digest is named"
+    );
+
+    // Offline: nothing is looked up; a warning instead of a verdict.
+    let (task, mut api) = audit_with(&["--offline"]);
+    answer(&mut api).await;
+    let result = join(task).await;
+    assert_eq!(exit_code(&result), 0);
+    let report = result.unwrap();
+    assert!(report.results.iter().all(|r| r.allowed));
+    assert!(
+        report.results.iter().all(|r| r
+            .warnings
+            .iter()
+            .any(|w| w.contains("signature not verified (offline)"))),
+        "{:?}",
+        report.results
     );
 }
 

@@ -2,8 +2,11 @@
 //! (list, apply, delete, re-list), `status.audit` written by its own field manager only when it
 //! changes (and the conditions surviving it), the Event when violations appear, the gauge,
 //! PolicyReports created, left alone, emptied, and nothing while their CRD is absent, the
-//! namespace label trigger, and debounced passes.
+//! namespace label trigger, and debounced passes; and signatures judged on the digest a Pod
+//! runs, with a real registry (Debian's `docker-registry`, see `support/registry.rs`).
 
+#[path = "support/registry.rs"]
+mod registry_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -775,5 +778,89 @@ async fn wait_for_passes(metrics: &Metrics, n: f64) {
     while passes(metrics) < n {
         assert!(tokio::time::Instant::now() < deadline, "no pass {n}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ----- signatures on what runs ---------------------------------------------------------------
+
+#[tokio::test]
+async fn signatures_are_judged_on_the_digest_each_pod_runs() {
+    // The tag was signed when the first Pod started; then it moved to an unsigned image.
+    let Some(moved) = registry_support::MovedTag::new().await else {
+        return;
+    };
+    let (registry, release, tag) = (&moved.registry, &moved.key, &moved.tag);
+    let (signed, unsigned) = (&moved.signed, &moved.unsigned);
+    let host = registry.host.clone();
+
+    let sig: ImagePolicy = serde_json::from_value(json!({
+        "apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy",
+        "metadata": {"name": "sig", "uid": "sig-uid", "generation": 1, "resourceVersion": "1"},
+        "spec": {"namespaceSelector": {"matchLabels": {"env": "prod"}},
+                 "images": [format!("{host}/team/**")],
+                 "verifySignatures": [{"name": "release",
+                                       "key": {"publicKey": release.public_pem}}]},
+    }))
+    .unwrap();
+    let (cluster, store, ns_store) = Cluster::new(std::slice::from_ref(&sig));
+    let running = |name: &str, digest: &str| {
+        let mut p = pod("prod", name, tag, "1");
+        p["status"]["containerStatuses"][0]["imageID"] = json!(format!("{tag}@{digest}"));
+        p
+    };
+    cluster.set_pods(&[running("old", signed), running("new", unsigned)]);
+    let adapter = imagegate::registry::Registry::new(
+        imagegate::registry::Config {
+            client: registry.client_config(),
+            ..Default::default()
+        },
+        Some(Arc::clone(&cluster.metrics)),
+    )
+    .unwrap();
+    let (client, mut api) = mock();
+    let mut auditor = cluster
+        .auditor(client, store, ns_store, false)
+        .with_evidence(Arc::new(adapter));
+    let task = spawn(async move { auditor.pass().await });
+
+    // The registry is asked first; then the status is written, with an Event.
+    let write = api.next().await.expect(Method::PATCH, &status_path("sig"));
+    let audit = write.body["status"]["audit"].clone();
+    answer_write(write, &sig);
+    let event = api.next().await.expect(Method::POST, EVENTS);
+    answer_write(event, &sig);
+    assert!(join(task).await, "the pass succeeded");
+    api.no_more().await;
+
+    assert_eq!(audit["podsEvaluated"], 2);
+    assert_eq!(audit["violatingPods"], 1, "{audit:#}");
+    let v = &audit["violations"][0];
+    assert_eq!(
+        (&v["pod"], &v["rule"], &v["image"]),
+        (&json!("new"), &json!("verifySignatures"), &json!(tag)),
+        "{audit:#}"
+    );
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            ", which runs {unsigned}, has no verified signature: release: "
+        )),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(&format!(
+            "sign {host}/team/app@{unsigned} with this entry's key"
+        )),
+        "{message}"
+    );
+    // Both running digests were judged by the adapter (and counted, as admission's are).
+    let metrics = cluster.metrics.encode();
+    for result in ["verified", "not_verified"] {
+        assert!(
+            metrics.contains(&format!(
+                "imagegate_signature_verifications_total{{result=\"{result}\",source=\"fresh\"}} 1"
+            )),
+            "{metrics}"
+        );
     }
 }

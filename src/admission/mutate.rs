@@ -12,6 +12,7 @@ use base64::Engine as _;
 use super::json_line::JsonLine;
 use super::review::{API_VERSION, KIND, ResponseOut, ReviewOut, policies_annotation};
 use super::{AdmissionRequest, MAX_AUDIT_ANNOTATION_CHARS, Target, client_warnings, truncate};
+use crate::evidence::EvidenceRequest;
 use crate::mutation::{self, Digests, Mutation, Operation, Plan};
 use crate::namespaces::Labels;
 use crate::policy::Snapshot;
@@ -75,6 +76,24 @@ impl AdmissionRequest {
     /// Whether [`plan_mutation`](Self::plan_mutation) needs the namespace's labels.
     pub fn needs_mutation(&self) -> bool {
         self.mutable().is_ok()
+    }
+
+    /// What the registry adapter must gather before [`plan_mutation`](Self::plan_mutation):
+    /// the digests `pinDigests` pins to (see [`mutation::digests_needed`]); empty for
+    /// everything but a Pod whose tags an applying `Enforce` policy pins.
+    pub fn digest_requests(&self, snapshot: &Snapshot, labels: &Labels) -> Vec<EvidenceRequest> {
+        match self.mutable() {
+            Ok((object, old_object)) => mutation::digests_needed(
+                snapshot,
+                &mutation::Input {
+                    object,
+                    old_object,
+                    namespace_labels: labels,
+                    digests: &Digests::new(),
+                },
+            ),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Plans the mutation of this request. `labels` is the namespace's labels, or why they are

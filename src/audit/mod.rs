@@ -21,21 +21,29 @@
 //!   are). Any other Pod's creator is unknown, and only an exception open to any requester
 //!   (both `allowedGroups` and `allowedUsers` empty) covers it, as for ImageReview;
 //! - each container's image is also judged on the digest the kubelet reports it runs: a
-//!   pinned reference that runs another digest is a `runningDigest` violation, and a tag's
-//!   digest patterns are matched on the digest that runs.
+//!   pinned reference that runs another digest is a `runningDigest` violation, a tag's digest
+//!   patterns are matched on the digest that runs, and `verifySignatures` entries are judged
+//!   on it too: the evidence ([`evidence_requests`], gathered by the caller through the
+//!   registry adapter) is asked for `NAME@RUNNING-DIGEST`, so a tag that moved after admission
+//!   to an unsigned digest shows up as the Pod running an unsigned digest. Where the kubelet
+//!   has reported no registry digest, the image is judged as written (a pinned digest, or what
+//!   its tag names now).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::decision::{self, Decision, Input, NO_POLICY, Requester, Violation};
+use crate::evidence::{Evidence, EvidenceRequest, Outcome};
 use crate::namespaces::Labels;
 use crate::policy::{
     AUDIT_VIOLATIONS_LIMIT, AuditStatus, AuditViolation, Mode, ResolvedImage, Snapshot,
     UnmatchedImages,
 };
+use crate::reference::Reference;
+use crate::verification;
 use crate::workload::{ContainerType, ImageUse, Workload};
 
 pub mod pods;
@@ -161,6 +169,10 @@ pub struct AuditOutcome {
     pub pods_evaluated: u64,
     /// Pods left for the next pass because their namespace's labels are not known yet.
     pub pods_skipped: u64,
+    /// Images (at the digest they run) whose signatures the registry could not answer for:
+    /// they are judged as failing (a `verifySignatures` violation saying so), never as
+    /// passing.
+    pub signatures_unavailable: u64,
 }
 
 impl AuditOutcome {
@@ -173,13 +185,27 @@ impl AuditOutcome {
 /// Decides every Pod of `pods` (sorted by namespace and name, as [`PodIndex::entries`] gives
 /// them) against `snapshot` at `now`. `labels` gives a namespace's labels (with its name
 /// label), or `None` for a namespace not known yet, whose Pods are skipped. With `keep_pods`,
-/// the outcome lists every Pod's result.
+/// the outcome lists every Pod's result. Without evidence, every image a signature entry
+/// governs fails closed: see [`audit_with`].
 pub fn audit(
     snapshot: &Snapshot,
     pods: &[PodEntry],
     labels: &dyn Fn(&str) -> Option<Labels>,
     now: jiff::Timestamp,
     keep_pods: bool,
+) -> AuditOutcome {
+    audit_with(snapshot, pods, labels, now, keep_pods, None)
+}
+
+/// As [`audit`], with the signature evidence gathered for [`evidence_requests`] of the same
+/// snapshot and Pods (keyed by [`evidence_key`]).
+pub fn audit_with(
+    snapshot: &Snapshot,
+    pods: &[PodEntry],
+    labels: &dyn Fn(&str) -> Option<Labels>,
+    now: jiff::Timestamp,
+    keep_pods: bool,
+    evidence: Option<&Evidence>,
 ) -> AuditOutcome {
     let mut outcome = AuditOutcome {
         at: now,
@@ -193,6 +219,7 @@ pub fn audit(
         pods: Vec::new(),
         pods_evaluated: 0,
         pods_skipped: 0,
+        signatures_unavailable: evidence.map_or(0, unavailable_images),
     };
     for in_namespace in pods.chunk_by(|a, b| a.namespace == b.namespace) {
         let namespace = &in_namespace[0].namespace;
@@ -206,7 +233,9 @@ pub fn audit(
         for pod in in_namespace {
             let evaluated = decided
                 .entry(Arc::as_ptr(&pod.shape))
-                .or_insert_with(|| Arc::new(evaluate(snapshot, &applying, &labels, pod, now)))
+                .or_insert_with(|| {
+                    Arc::new(evaluate(snapshot, &applying, &labels, pod, now, evidence))
+                })
                 .clone();
             account(&mut outcome, &applying, pod, &evaluated);
             if keep_pods {
@@ -271,12 +300,117 @@ pub fn running_digests(shape: &PodShape) -> Vec<Option<String>> {
         .collect()
 }
 
+/// The reference a running image's signatures are judged on: `NAME@DIGEST` of the digest the
+/// kubelet reports it runs, where that is not the digest written; else the reference as
+/// written (a pinned digest, or a tag, resolved by the registry adapter).
+pub fn audited_reference(written: &Reference, running: Option<&str>) -> Reference {
+    running
+        .and_then(|digest| decision::running_reference(written, digest))
+        .unwrap_or_else(|| written.clone())
+}
+
+/// The key of a running image's evidence among everything a pass gathered: the canonical
+/// form of its [`audited_reference`]. Pods of many shapes run the same image at the same
+/// digest; one tag may run several digests in different Pods.
+pub fn evidence_key(written: &Reference, running: Option<&str>) -> String {
+    audited_reference(written, running).canonical().to_owned()
+}
+
+/// What the registry adapter must gather for an audit pass of `pods` (as [`audit`] takes
+/// them): one request per distinct image at the digest it runs (see [`audited_reference`]),
+/// named by [`evidence_key`], with the signature entries that govern it in some namespace.
+/// Empty, without any work, when the snapshot has no signature entries.
+pub fn evidence_requests(
+    snapshot: &Snapshot,
+    pods: &[PodEntry],
+    labels: &dyn Fn(&str) -> Option<Labels>,
+) -> Vec<EvidenceRequest> {
+    if !snapshot.has_signature_rules() {
+        return Vec::new();
+    }
+    let mut out: Vec<EvidenceRequest> = Vec::new();
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for in_namespace in pods.chunk_by(|a, b| a.namespace == b.namespace) {
+        let namespace = &in_namespace[0].namespace;
+        let Some(labels) = labels(namespace) else {
+            continue;
+        };
+        let mut shapes: HashSet<*const PodShape> = HashSet::new();
+        for pod in in_namespace {
+            if !shapes.insert(Arc::as_ptr(&pod.shape)) {
+                continue;
+            }
+            let workload = workload_of(namespace, &pod.shape);
+            let running = running_digests(&pod.shape);
+            for request in verification::requests(snapshot, &workload, None, &labels) {
+                let same = workload.images.iter().enumerate();
+                for (i, _) in same.filter(|(_, image)| image.image == request.image) {
+                    let reference = audited_reference(&request.reference, running[i].as_deref());
+                    let key = reference.canonical().to_owned();
+                    let at = *by_key.entry(key.clone()).or_insert_with(|| {
+                        out.push(EvidenceRequest {
+                            image: key,
+                            reference,
+                            checks: Vec::new(),
+                        });
+                        out.len() - 1
+                    });
+                    let checks = &mut out[at].checks;
+                    for check in &request.checks {
+                        if !checks.iter().any(|c| c.entry == check.entry) {
+                            checks.push(check.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The images of `gathered` whose digest or a signature entry the registry could not answer
+/// for.
+fn unavailable_images(gathered: &Evidence) -> u64 {
+    let unavailable = gathered.images.values().filter(|e| {
+        e.entries
+            .values()
+            .any(|x| matches!(x.outcome, Outcome::Unavailable { .. }))
+    });
+    unavailable.count() as u64
+}
+
+/// The evidence of one Pod shape, keyed by image as written (as the decision reads it), from
+/// what a pass gathered. Where one image is written twice and runs two digests, the first
+/// container's counts, and the other fails closed (its digest is not the one verified).
+fn shape_evidence(
+    snapshot: &Snapshot,
+    workload: &Workload,
+    running: &[Option<String>],
+    gathered: &Evidence,
+) -> Evidence {
+    let mut out = Evidence::default();
+    for (image, running) in workload.images.iter().zip(running) {
+        if out.images.contains_key(&image.image) {
+            continue;
+        }
+        if let ResolvedImage::Valid { reference, .. } = &*snapshot.resolve(&image.image)
+            && let Some(found) = gathered
+                .images
+                .get(&evidence_key(reference, running.as_deref()))
+        {
+            out.images.insert(image.image.clone(), found.clone());
+        }
+    }
+    out
+}
+
 fn evaluate(
     snapshot: &Snapshot,
     applying: &[usize],
     labels: &Labels,
     pod: &PodEntry,
     now: jiff::Timestamp,
+    gathered: Option<&Evidence>,
 ) -> Evaluated {
     let shape = &pod.shape;
     let workload = workload_of(&pod.namespace, shape);
@@ -285,6 +419,10 @@ fn evaluate(
         .as_ref()
         .and_then(|o| o.creator)
         .map(controller_requester);
+    let running = running_digests(shape);
+    let evidence = gathered
+        .filter(|_| snapshot.has_signature_rules())
+        .map(|g| shape_evidence(snapshot, &workload, &running, g));
     let decision = decision::decide_running(
         snapshot,
         &Input {
@@ -293,9 +431,9 @@ fn evaluate(
             namespace_labels: labels,
             requester: requester.as_ref(),
             now,
-            evidence: None,
+            evidence: evidence.as_ref(),
         },
-        &running_digests(shape),
+        &running,
     );
     let mut violating: Vec<usize> = decision
         .violations

@@ -94,17 +94,9 @@ fn labels(namespace: &str) -> Option<Labels> {
 }
 
 fn run(snapshot: &Snapshot, pods: &[Pod]) -> AuditOutcome {
-    let mut index = PodIndex::new();
-    index.apply(watcher::Event::Init);
-    for p in pods {
-        index.apply(watcher::Event::InitApply(
-            serde_json::from_value(p.json()).unwrap(),
-        ));
-    }
-    index.apply(watcher::Event::InitDone);
     audit(
         snapshot,
-        &index.entries(),
+        &entries(pods),
         &labels,
         NOW.parse().unwrap(),
         true,
@@ -471,4 +463,206 @@ fn status_is_rewritten_only_when_it_changes_or_grows_old() {
         ..current
     };
     assert!(needs_write(Some(&untimed), &status(minutes(1), 1), refresh));
+}
+
+/// A policy `sig` whose entry `release` (the test P-256 key) governs `ghcr.io/corp/**`.
+fn signing_policy() -> String {
+    let key: String = crate::policy::test_keys::P256
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect();
+    format!(
+        "metadata: {{name: sig}}\nspec:\n  images: ['ghcr.io/corp/**']\n  verifySignatures:\n  - name: release\n    key:\n      publicKey: |\n{key}"
+    )
+}
+
+/// Pods in the index, as a pass reads them.
+fn entries(pods: &[Pod]) -> Vec<PodEntry> {
+    let mut index = PodIndex::new();
+    index.apply(watcher::Event::Init);
+    for p in pods {
+        index.apply(watcher::Event::InitApply(
+            serde_json::from_value(p.json()).unwrap(),
+        ));
+    }
+    index.apply(watcher::Event::InitDone);
+    index.entries()
+}
+
+/// What a registry would have said about `image`: its digest, and the entry's outcome.
+fn image_evidence(digest: &str, outcome: Outcome) -> crate::evidence::ImageEvidence {
+    crate::evidence::ImageEvidence {
+        digest: Some(digest.to_owned()),
+        entries: [(
+            "sig/release".to_owned(),
+            crate::evidence::EntryEvidence {
+                outcome,
+                source: crate::evidence::Source::Cache,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// A pass over `pods` with `evidence`, every Pod kept.
+fn with_evidence(s: &Snapshot, pods: &[PodEntry], evidence: &Evidence) -> AuditOutcome {
+    audit_with(s, pods, &labels, NOW.parse().unwrap(), true, Some(evidence))
+}
+
+fn verified(digest: &str) -> Outcome {
+    Outcome::Verified {
+        digest: digest.to_owned(),
+        format: crate::evidence::SignatureFormat::CosignTag,
+        signer: "sha256:k".to_owned(),
+    }
+}
+
+#[test]
+fn signatures_are_judged_on_the_digest_that_runs() {
+    let s = snapshot(&[&signing_policy()], Settings::default());
+    let tag = "ghcr.io/corp/app:1";
+    let pods = entries(&[
+        // Admitted when the tag named A, which is signed.
+        Pod::new("runs-signed", tag, &format!("ghcr.io/corp/app@{A}")),
+        // Started after the tag moved to B, which is not.
+        Pod::new("runs-unsigned", tag, &format!("ghcr.io/corp/app@{B}")),
+        // Not started yet: judged on what the tag names now.
+        Pod::new("not-started", tag, ""),
+        // Pinned to A, but the node runs B: runningDigest, and B's signature is judged.
+        Pod::new(
+            "pinned-other",
+            &format!("ghcr.io/corp/app@{A}"),
+            &format!("ghcr.io/corp/app@{B}"),
+        ),
+        // Not governed by the entry: asks for nothing.
+        Pod::new("ungoverned", "docker.io/library/nginx:1", ""),
+    ]);
+
+    let requests = evidence_requests(&s, &pods, &labels);
+    let asked: Vec<(&str, Vec<&str>)> = requests
+        .iter()
+        .map(|r| {
+            (
+                r.image.as_str(),
+                r.checks.iter().map(|c| c.entry.as_str()).collect(),
+            )
+        })
+        .collect();
+    let at_a = format!("ghcr.io/corp/app@{A}");
+    let at_b = format!("ghcr.io/corp/app@{B}");
+    assert_eq!(
+        asked,
+        [
+            (tag, vec!["sig/release"]),
+            (at_b.as_str(), vec!["sig/release"]),
+            (at_a.as_str(), vec!["sig/release"]),
+        ],
+        "one request per image at the digest it runs, each once"
+    );
+    assert_eq!(requests[1].reference.digest(), Some(B));
+
+    let evidence = Evidence {
+        images: [
+            (at_a.clone(), image_evidence(A, verified(A))),
+            (
+                at_b.clone(),
+                image_evidence(
+                    B,
+                    Outcome::NotVerified {
+                        reason: format!("no signature for {B} in ghcr.io/corp/app"),
+                    },
+                ),
+            ),
+            // The tag names B now.
+            (
+                tag.to_owned(),
+                image_evidence(
+                    B,
+                    Outcome::NotVerified {
+                        reason: "no signature".to_owned(),
+                    },
+                ),
+            ),
+        ]
+        .into(),
+    };
+    let outcome = with_evidence(&s, &pods, &evidence);
+    assert_eq!(
+        found(&outcome),
+        [
+            ("not-started".to_owned(), "verifySignatures"),
+            ("pinned-other".to_owned(), "runningDigest"),
+            ("pinned-other".to_owned(), "verifySignatures"),
+            ("runs-unsigned".to_owned(), "verifySignatures"),
+        ]
+    );
+    assert_eq!(outcome.signatures_unavailable, 0);
+    let by_name = |n: &str| outcome.pods.iter().find(|p| &*p.name == n).unwrap();
+    let unsigned = &by_name("runs-unsigned").evaluated.decision.violations[0];
+    assert!(
+        unsigned.message.contains(&format!(
+            "image \"{tag}\" (ghcr.io/corp/app:1), which runs {B}, has no verified signature: release: no signature for {B}"
+        )),
+        "{}",
+        unsigned.message
+    );
+    assert!(
+        unsigned
+            .message
+            .ends_with(&format!("sign ghcr.io/corp/app@{B} with this entry's key")),
+        "{}",
+        unsigned.message
+    );
+    let sig = &outcome.policies[0];
+    assert_eq!((sig.pods_evaluated, sig.violating_pods), (5, 3));
+    let listed = sig.status(NOW.parse().unwrap());
+    assert!(
+        listed.violations.iter().any(|v| v.pod == "runs-unsigned"
+            && v.rule == "verifySignatures"
+            && v.message.contains(B)),
+        "{listed:?}"
+    );
+
+    // Without evidence, every governed image fails closed.
+    let blind = audit(&s, &pods, &labels, NOW.parse().unwrap(), true);
+    assert_eq!(blind.policies[0].violating_pods, 4);
+}
+
+#[test]
+fn unavailable_signatures_are_reported_as_such() {
+    let s = snapshot(&[&signing_policy()], Settings::default());
+    let pods = entries(&[Pod::new(
+        "app",
+        "ghcr.io/corp/app:1",
+        &format!("ghcr.io/corp/app@{A}"),
+    )]);
+    let key = format!("ghcr.io/corp/app@{A}");
+    assert_eq!(evidence_requests(&s, &pods, &labels)[0].image, key);
+    let evidence = Evidence {
+        images: [(
+            key,
+            image_evidence(
+                A,
+                Outcome::Unavailable {
+                    reason: "ghcr.io answered 503".to_owned(),
+                },
+            ),
+        )]
+        .into(),
+    };
+    let outcome = with_evidence(&s, &pods, &evidence);
+    assert_eq!(outcome.signatures_unavailable, 1);
+    let v = &outcome.pods[0].evaluated.decision.violations[0];
+    assert_eq!(v.rule, Rule::VerifySignatures);
+    assert!(
+        v.message
+            .contains("release: could not be checked: ghcr.io answered 503")
+            && v.message.contains("imagegate fails closed"),
+        "{}",
+        v.message
+    );
+    // A snapshot without signature entries asks for nothing.
+    let plain = snapshot(&[PROD], Settings::default());
+    assert!(evidence_requests(&plain, &pods, &labels).is_empty());
 }

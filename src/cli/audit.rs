@@ -12,13 +12,17 @@ use kube::api::{Api, ListParams, ObjectList};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::audit::{AuditOutcome, PodIndex, PodObject, PodResult, audit};
-use crate::cli::EngineArgs;
+use crate::audit::{AuditOutcome, PodIndex, PodObject, PodResult, audit_with, evidence_requests};
 use crate::cli::check::{self, OutputFormat};
+use crate::cli::{EngineArgs, KeySecretDirArgs};
+use crate::evidence::{Deadline, Gather, Offline};
+use crate::gather::gather_each;
 use crate::manifests;
 use crate::namespaces::{Labels, with_name_label};
+use crate::operator::audit::{AUDIT_EVIDENCE_DEADLINE, AUDIT_LOOKUPS_AT_ONCE};
 use crate::operator::namespaces::reason;
-use crate::policy::{ImagePolicy, Snapshot, compile};
+use crate::policy::{ImagePolicy, SecretKeys, Snapshot, compile_with};
+use crate::registry::{DockerConfigArgs, Registry, RegistryArgs};
 use crate::report::{EXIT_BAD_INPUT, ObjectResult, Report};
 
 /// Objects per list request: the API server's own default page size for kubectl, small
@@ -54,6 +58,20 @@ pub struct AuditArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+
+    /// Do not contact registries: running images that a signature entry governs get the
+    /// warning `signature not verified (offline)` instead of a verdict, and no violation.
+    #[arg(long, env = "IMAGEGATE_AUDIT_OFFLINE")]
+    pub offline: bool,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub docker: DockerConfigArgs,
+
+    #[command(flatten)]
+    pub keys: KeySecretDirArgs,
 }
 
 /// How `audit` prints its results: the formats of `check` that need no file positions.
@@ -88,6 +106,9 @@ pub enum AuditError {
     /// A policy file could not be read or does not compile.
     #[error(transparent)]
     Policies(#[from] manifests::LoadError),
+    /// A flag's file (registry CA, Docker config, key folder) cannot be used.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
 }
 
 /// Runs `imagegate audit`.
@@ -124,10 +145,15 @@ pub fn exit_code(result: &Result<Report, AuditError>) -> u8 {
     }
 }
 
-/// One pass with `client`: lists what it needs, decides every Pod, and reports each one in
-/// `check`'s shape (source `pod/NAMESPACE/NAME`).
+/// One pass with `client`: lists what it needs, decides every Pod (its signatures on the
+/// digest it runs, looked up in registries as the operator's pass does, unless `--offline`),
+/// and reports each one in `check`'s shape (source `pod/NAMESPACE/NAME`).
 pub async fn run(client: Client, args: &AuditArgs) -> Result<Report, AuditError> {
-    let snapshot = policies(&client, args).await?;
+    let secrets = args.keys.secret_keys().map_err(|e| AuditError::Flag {
+        flag: "--key-secret-dir",
+        message: format!("{e:#}"),
+    })?;
+    let snapshot = policies(&client, args, &secrets).await?;
     let labels = namespaces(&client, args.namespace.as_deref()).await?;
     let pods: Api<PodObject> = match &args.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -139,15 +165,64 @@ pub async fn run(client: Client, args: &AuditArgs) -> Result<Report, AuditError>
         index.apply(kube::runtime::watcher::Event::InitApply(pod));
     }
     index.apply(kube::runtime::watcher::Event::InitDone);
+    let entries = index.entries();
+    let labels_of = |ns: &str| labels.get(ns).cloned();
+    let evidence = match evidence_source(args, &snapshot)? {
+        Some(source) => {
+            let requests = evidence_requests(&snapshot, &entries, &labels_of);
+            let deadline = Deadline::after(AUDIT_EVIDENCE_DEADLINE);
+            Some(gather_each(&*source, &requests, deadline, AUDIT_LOOKUPS_AT_ONCE).await)
+        }
+        None => None,
+    };
     let now = args.now.unwrap_or_else(jiff::Timestamp::now);
-    let outcome = audit(
+    let outcome = audit_with(
         &snapshot,
-        &index.entries(),
-        &|ns| labels.get(ns).cloned(),
+        &entries,
+        &labels_of,
         now,
         true,
+        evidence.as_ref(),
     );
+    if outcome.signatures_unavailable > 0 {
+        eprintln!(
+            "imagegate audit: warning: the registry could not answer for the signatures of {} running image(s); they are reported as verifySignatures violations (fail closed)",
+            outcome.signatures_unavailable
+        );
+    }
     Ok(report(&outcome))
+}
+
+/// Where the signatures of running images are looked up: the registries (`--registry-ca-file`,
+/// `--insecure-registry`, logins from `--docker-config`), or nowhere with `--offline`; `None`
+/// when no policy has signature entries.
+fn evidence_source(
+    args: &AuditArgs,
+    snapshot: &Snapshot,
+) -> Result<Option<Box<dyn Gather>>, AuditError> {
+    if !snapshot.has_signature_rules() {
+        return Ok(None);
+    }
+    if args.offline {
+        return Ok(Some(Box::new(Offline)));
+    }
+    let flag = |flag, e: anyhow::Error| AuditError::Flag {
+        flag,
+        message: format!("{e:#}"),
+    };
+    let credentials = args
+        .docker
+        .credentials()
+        .map_err(|e| flag("--docker-config", e))?;
+    let config = args
+        .registry
+        .config(credentials)
+        .map_err(|e| flag("--registry-ca-file", e))?;
+    let registry = Registry::new(config, None).map_err(|message| AuditError::Flag {
+        flag: "registry client",
+        message,
+    })?;
+    Ok(Some(Box::new(registry)))
 }
 
 /// The results of a pass in `check`'s shape.
@@ -175,20 +250,24 @@ fn result(pod: &PodResult) -> ObjectResult {
 
 /// The cluster's policies, or those of `--policies`. A cluster policy that does not compile
 /// is left out, as the operator leaves it out of force, with a warning.
-async fn policies(client: &Client, args: &AuditArgs) -> Result<Snapshot, AuditError> {
+async fn policies(
+    client: &Client,
+    args: &AuditArgs,
+    secrets: &SecretKeys,
+) -> Result<Snapshot, AuditError> {
     let settings = args.engine.settings();
     if !args.policies.is_empty() {
-        let loaded = manifests::load_policies(&args.policies)?;
+        let loaded = manifests::load_policies_with(&args.policies, secrets)?;
         let compiled = loaded
             .iter()
-            // load_policies has compiled each one already.
-            .filter_map(|p| compile(&p.policy).ok())
+            // load_policies_with has compiled each one already.
+            .filter_map(|p| compile_with(&p.policy, secrets).ok())
             .collect();
         return Ok(Snapshot::new(compiled, settings));
     }
     let api: Api<ImagePolicy> = Api::all(client.clone());
     let found = list_all(&api, &ListParams::default(), "ImagePolicies").await?;
-    let (snapshot, errors) = Snapshot::compile(&found, settings);
+    let (snapshot, errors) = Snapshot::compile_with(&found, settings, secrets);
     for e in errors {
         eprintln!(
             "imagegate audit: warning: policy {:?} does not compile and is left out, as in the cluster: {}: {}",

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{EngineArgs, LogFormat, SigstoreArgs};
+use crate::evidence::Gather;
 use crate::http::{AppState, ServerConfig, run_server};
 use crate::metrics::Metrics;
 use crate::operator::audit::{AuditConfig, MIN_AUDIT_INTERVAL};
@@ -344,11 +345,14 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
         .registry_credentials_secrets
         .clone();
     let namespace = config.namespace.clone();
+    // The webhook and the audit share one adapter: its cache, logins and single flight.
+    let evidence: Arc<dyn Gather> = Arc::new(registry.clone());
     let mut running = operator::start(
         client.clone(),
         config,
         Arc::clone(&tls),
         Arc::clone(&metrics),
+        Arc::clone(&evidence),
     );
     if !credential_secrets.is_empty() {
         running
@@ -366,7 +370,7 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
         tls,
         readiness: Arc::clone(&running.readiness),
         metrics,
-        evidence: Arc::new(registry),
+        evidence,
         verify_timeout: args.registry.verify_timeout,
     };
     let mut server = ServerConfig::new(args.addr, args.metrics_addr.0);

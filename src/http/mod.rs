@@ -17,6 +17,7 @@ use crate::admission::{self, BadRequest, record};
 use crate::events::{EventSink, ObjectRef};
 use crate::evidence::{Evidence, EvidenceRequest, Gather};
 use crate::metrics::{AdmissionResult, Endpoint, Metrics};
+use crate::mutation::{self, Digests};
 use crate::namespaces::{Labels, NamespaceLabels};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::{CertResolver, server_config};
@@ -486,6 +487,7 @@ async fn mutate(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let arrived = Instant::now();
     let (request, started) = match admission_request(&req, payload, &state, Endpoint::mutate).await
     {
         Ok(read) => read,
@@ -503,16 +505,30 @@ async fn mutate(
         Some(Err(e)) => Err(e.as_str()),
         None => Ok(&empty),
     };
-    let outcome = request.plan_mutation(
-        &state.snapshot.load(),
-        labels_ref,
-        &crate::mutation::Digests::new(),
-    );
+    let snapshot = state.snapshot.load();
+    // Registry lookups only when an applying Enforce policy pins a governed tag of the Pod:
+    // otherwise this is one test of the snapshot.
+    let requests = match labels_ref {
+        Ok(labels) if snapshot.pins_digests() => request.digest_requests(&snapshot, labels),
+        _ => Vec::new(),
+    };
+    let mut evidence = None;
+    let outcome = if requests.is_empty() {
+        let outcome = request.plan_mutation(&snapshot, labels_ref, &Digests::new());
+        drop(snapshot);
+        outcome
+    } else {
+        // Held as an `Arc` across the wait: the plan uses the snapshot the requests came from.
+        let snapshot = arc_swap::Guard::into_inner(snapshot);
+        let gathered = evidence.insert(gather(&state, &req, arrived, &requests).await);
+        request.plan_mutation(&snapshot, labels_ref, &mutation::digests_from(gathered))
+    };
     let response = request.mutate_response(&outcome);
     let latency = started.elapsed();
 
     let ctx = record::RecordContext {
         endpoint: "mutate",
+        evidence: evidence.as_ref(),
         ..request.record_context(labels_ref.ok(), now, latency)
     };
     let result = match &outcome {

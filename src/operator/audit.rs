@@ -40,10 +40,15 @@ use super::index::Rebuilt;
 use super::policy_reports;
 use super::status::{EVENT_NOTE_LIMIT, truncate};
 use super::{Error, RETRY_DELAY};
-use crate::audit::{AuditOutcome, PodIndex, PodObject, PolicyAudit, audit, needs_write};
+use crate::audit::{
+    AuditOutcome, PodEntry, PodIndex, PodObject, PolicyAudit, audit_with, evidence_requests,
+    needs_write,
+};
+use crate::evidence::{Deadline, Evidence, Gather};
+use crate::gather::{NoRegistry, gather_each};
 use crate::metrics::Metrics;
 use crate::namespaces::{Labels, with_name_label};
-use crate::policy::{AuditStatus, ImagePolicy, Mode};
+use crate::policy::{AuditStatus, ImagePolicy, Mode, Snapshot};
 use crate::state::{Readiness, SharedSnapshot};
 
 /// The field manager of everything the audit writes (`status.audit`, PolicyReports).
@@ -60,6 +65,19 @@ pub const MIN_AUDIT_INTERVAL: Duration = Duration::from_secs(30);
 /// How often the first pass looks again whether the policies are loaded: readiness is set a
 /// moment after the rebuild that announces it; a second is nothing next to the first list.
 pub const READY_POLL: Duration = Duration::from_secs(1);
+/// How long one pass may spend gathering signature evidence for what runs. A background pass
+/// has no API server waiting on it, so it can wait far longer than an admission request for a
+/// slow registry, but not so long that its findings come late: well under the default
+/// `--audit-interval` (and the shortest, 30 s, is unaffected when the cache answers). What is
+/// not found by then is reported as unavailable, and the lookups still running fill the
+/// cache for the next pass.
+pub const AUDIT_EVIDENCE_DEADLINE: Duration = Duration::from_secs(120);
+/// How many images one pass looks up in a registry at once: enough to verify a few hundred
+/// distinct images within a few seconds of a near registry, few enough that admission
+/// requests, which share the registry client and its connections, never wait behind an
+/// audit.
+pub const AUDIT_LOOKUPS_AT_ONCE: usize = 8;
+
 /// How often imagegate looks again for the PolicyReport CRD while it is absent, so that
 /// installing it later takes effect without a restart. A list of one resource every few
 /// minutes costs the API server nothing.
@@ -145,6 +163,8 @@ pub struct Auditor {
     /// The gauge's series set by the last pass.
     series: HashSet<(String, Mode)>,
     reports: Option<policy_reports::Writer>,
+    /// Where signature evidence for what runs comes from (the registry adapter in `run`).
+    evidence: Arc<dyn Gather>,
 }
 
 impl Auditor {
@@ -166,7 +186,15 @@ impl Auditor {
             written: HashMap::new(),
             series: HashSet::new(),
             reports,
+            evidence: Arc::new(NoRegistry),
         }
+    }
+
+    /// Gathers signature evidence from `evidence` (without it, every image a signature entry
+    /// governs fails closed, saying no registry client is configured).
+    pub fn with_evidence(mut self, evidence: Arc<dyn Gather>) -> Auditor {
+        self.evidence = evidence;
+        self
     }
 
     /// Looks for an absent PolicyReport CRD again after `recheck` instead of [`CRD_RECHECK`].
@@ -187,15 +215,23 @@ impl Auditor {
             .entries();
         let namespaces = self.sources.namespaces.clone();
         let keep_pods = self.reports.is_some();
-        let now = jiff::Timestamp::now();
         let started = std::time::Instant::now();
+        let (snapshot, entries, evidence) = match self.gather_evidence(snapshot, entries).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "the audit pass failed");
+                return false;
+            }
+        };
+        let now = jiff::Timestamp::now();
         let decided = tokio::task::spawn_blocking(move || {
-            audit(
+            audit_with(
                 &snapshot,
                 &entries,
                 &|ns| labels_of(&namespaces, ns),
                 now,
                 keep_pods,
+                evidence.as_ref(),
             )
         })
         .await;
@@ -206,9 +242,16 @@ impl Auditor {
                 return false;
             }
         };
+        if outcome.signatures_unavailable > 0 {
+            tracing::warn!(
+                images = outcome.signatures_unavailable,
+                "the registry could not answer for the signatures of some running images; they are reported as verifySignatures violations until it does"
+            );
+        }
         tracing::info!(
             pods = outcome.pods_evaluated,
             skipped = outcome.pods_skipped,
+            signatures_unavailable = outcome.signatures_unavailable,
             policies = outcome.policies.len(),
             violating = outcome
                 .all_policies()
@@ -241,6 +284,30 @@ impl Auditor {
             ok &= reports.sync(&outcome, &existing).await;
         }
         ok
+    }
+
+    /// The signature evidence of a pass over `entries`: none when no policy has signature
+    /// entries; else gathered for each image at the digest it runs (see
+    /// [`evidence_requests`]), a few at a time, within [`AUDIT_EVIDENCE_DEADLINE`]. The
+    /// requests are worked out on a blocking thread, like the pass.
+    async fn gather_evidence(
+        &self,
+        snapshot: Arc<Snapshot>,
+        entries: Vec<PodEntry>,
+    ) -> Result<(Arc<Snapshot>, Vec<PodEntry>, Option<Evidence>), tokio::task::JoinError> {
+        if !snapshot.has_signature_rules() {
+            return Ok((snapshot, entries, None));
+        }
+        let namespaces = self.sources.namespaces.clone();
+        let (snapshot, entries, requests) = tokio::task::spawn_blocking(move || {
+            let requests = evidence_requests(&snapshot, &entries, &|ns| labels_of(&namespaces, ns));
+            (snapshot, entries, requests)
+        })
+        .await?;
+        let deadline = Deadline::after(AUDIT_EVIDENCE_DEADLINE);
+        let evidence =
+            gather_each(&*self.evidence, &requests, deadline, AUDIT_LOOKUPS_AT_ONCE).await;
+        Ok((snapshot, entries, Some(evidence)))
     }
 
     fn set_gauge(&mut self, outcome: &AuditOutcome) {
@@ -414,11 +481,14 @@ pub async fn run_audit(mut auditor: Auditor, mut triggers: Triggers) {
 }
 
 /// Starts the Pod index and the audit passes; they run for the life of the process.
+/// Signature evidence for what runs comes from `evidence` (the registry adapter, whose cache
+/// admission shares).
 pub fn start(
     client: Client,
     config: AuditConfig,
     state: AuditState,
     metrics: Arc<Metrics>,
+    evidence: Arc<dyn Gather>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let pods: SharedPods = Arc::new(Mutex::new(PodIndex::new()));
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -432,7 +502,8 @@ pub fn start(
             pods: Arc::clone(&pods),
         },
         metrics,
-    );
+    )
+    .with_evidence(evidence);
     let triggers = Triggers {
         rebuilt: state.rebuilt,
         namespaces: state.namespace_changes,

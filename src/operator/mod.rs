@@ -516,12 +516,14 @@ fn key_secrets(config: &OperatorConfig) -> key_secrets::KeySecrets {
     }
 }
 
-/// Starts every operator task on the current runtime.
+/// Starts every operator task on the current runtime. The audit gathers signature evidence
+/// for what runs from `evidence` (the registry adapter the webhook uses too).
 pub fn start(
     client: Client,
     config: OperatorConfig,
     tls: Arc<CertResolver>,
     metrics: Arc<Metrics>,
+    evidence: Arc<dyn crate::evidence::Gather>,
 ) -> Running {
     let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
         config.settings.clone(),
@@ -558,6 +560,7 @@ pub fn start(
             audit_config,
             audit_state,
             Arc::clone(&metrics),
+            evidence,
         ));
     }
     tasks.extend([

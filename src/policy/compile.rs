@@ -18,13 +18,6 @@ pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// The largest compiled ticket regex, so a policy cannot make every admission slow.
 const TICKET_REGEX_SIZE_LIMIT: usize = 64 * 1024;
 
-/// Whether `pinDigests: true` is in force. Pinning needs a digest per tag from the registry
-/// adapter, which this version does not have yet; until it does, a policy asking for it is
-/// refused with a message (`Ready=False`, and the `policies.imagegate.dev` webhook rejects it)
-/// rather than silently pinning nothing. The mutation planner already pins from the digests
-/// it is given (see `crate::mutation`).
-pub const PIN_DIGESTS_SUPPORTED: bool = false;
-
 /// Why a policy does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -187,12 +180,6 @@ fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPoli
         return Err(err(
             "spec".into(),
             "the policy sets no rule; set at least one of allowedImages, deniedImages, requireDigest, deniedTags, requirePullPolicyAlways, verifySignatures, setPullPolicyAlways or pinDigests".into(),
-        ));
-    }
-    if spec.pin_digests == Some(true) && !PIN_DIGESTS_SUPPORTED {
-        return Err(err(
-            "spec.pinDigests".into(),
-            "pinDigests is not supported by this version of imagegate yet: pinning needs the registry lookups of signature verification, which it does not have; remove pinDigests (requireDigest denies unpinned images meanwhile)".into(),
         ));
     }
 
@@ -362,17 +349,16 @@ mod tests {
     }
 
     #[test]
-    fn pin_digests_is_refused_until_digests_can_be_had() {
-        let policy: ImagePolicy = serde_saphyr::from_str(
-            "metadata: {name: p}\nspec: {setPullPolicyAlways: true, pinDigests: true}",
-        )
-        .unwrap();
-        let e = compile(&policy).unwrap_err();
-        assert_eq!(e.field, "spec.pinDigests");
-        assert!(e.message.contains("not supported"), "{e}");
+    fn pin_digests_compiles() {
+        let policy: ImagePolicy =
+            serde_saphyr::from_str("metadata: {name: p}\nspec: {pinDigests: true}").unwrap();
+        let compiled = compile(&policy).unwrap();
+        assert!(compiled.pin_digests && !compiled.set_pull_policy_always);
+        assert!(compiled.mutates());
         let off: ImagePolicy =
             serde_saphyr::from_str("metadata: {name: p}\nspec: {pinDigests: false}").unwrap();
-        assert!(!compile(&off).unwrap().pin_digests);
+        let off = compile(&off).unwrap();
+        assert!(!off.pin_digests && !off.mutates());
     }
 
     #[test]

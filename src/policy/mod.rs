@@ -9,8 +9,8 @@ mod signatures;
 mod snapshot;
 
 pub use compile::{
-    BreakGlassRule, CompileError, CompiledPolicy, PIN_DIGESTS_SUPPORTED, PatternList, compile,
-    compile_with, parse_duration, validate,
+    BreakGlassRule, CompileError, CompiledPolicy, PatternList, compile, compile_with,
+    parse_duration, validate,
 };
 pub use crd::{
     AUDIT_VIOLATIONS_LIMIT, AuditStatus, AuditViolation, BreakGlass, ImagePolicy, ImagePolicySpec,

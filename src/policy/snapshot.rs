@@ -83,6 +83,8 @@ pub struct Snapshot {
     selector_of: Vec<Option<usize>>,
     /// Whether some policy has `verifySignatures` entries.
     signing: bool,
+    /// Whether some `Enforce` policy has `pinDigests`.
+    pinning: bool,
     created: jiff::Timestamp,
     /// Unique to this snapshot, so that what a thread remembers of images (see
     /// [`Snapshot::resolve`]) is never used with another one.
@@ -231,8 +233,12 @@ impl Snapshot {
             })
             .collect();
         let signing = policies.iter().any(|p| !p.signatures.is_empty());
+        let pinning = policies
+            .iter()
+            .any(|p| p.pin_digests && p.mode == super::Mode::Enforce);
         Snapshot {
             signing,
+            pinning,
             policies,
             settings,
             names,
@@ -261,6 +267,12 @@ impl Snapshot {
     /// deciding costs this one test more than before signatures existed.
     pub fn has_signature_rules(&self) -> bool {
         self.signing
+    }
+
+    /// Whether some `Enforce` policy pins digests: when not, no mutation needs a digest, and
+    /// `/mutate` costs this one test more than before `pinDigests` existed.
+    pub fn pins_digests(&self) -> bool {
+        self.pinning
     }
 
     /// The engine settings.

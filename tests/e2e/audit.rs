@@ -31,7 +31,7 @@ const RUNNING_DIGEST: &str =
     "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 /// A scheduling gate that keeps the pinned Pod off every node: on kind the scheduler would
 /// bind it, and that node's kubelet would overwrite the status the test writes.
-const HOLD_GATE: &str = "imagegate.dev/e2e-hold";
+pub const HOLD_GATE: &str = "imagegate.dev/e2e-hold";
 /// How long `imagegate audit` may take: a few lists of a test namespace.
 const AUDIT_COMMAND_LIMIT: Duration = Duration::from_secs(60);
 /// The operator's audit interval in this test: the shortest it accepts, so that a Pod change
@@ -39,7 +39,7 @@ const AUDIT_COMMAND_LIMIT: Duration = Duration::from_secs(60);
 const AUDIT_INTERVAL: Duration = MIN_AUDIT_INTERVAL;
 
 /// The ImagePolicy `name`'s `status.audit`, or what there is instead.
-async fn audit_of(policies: &Api<ImagePolicy>, name: &str) -> Result<AuditStatus, String> {
+pub async fn audit_of(policies: &Api<ImagePolicy>, name: &str) -> Result<AuditStatus, String> {
     let policy = policies
         .get(name)
         .await
@@ -51,7 +51,7 @@ async fn audit_of(policies: &Api<ImagePolicy>, name: &str) -> Result<AuditStatus
 }
 
 /// The violation of `rule` by the Pod `pod` in `audit`.
-fn violation<'a>(audit: &'a AuditStatus, pod: &str, rule: &str) -> Option<&'a AuditViolation> {
+pub fn violation<'a>(audit: &'a AuditStatus, pod: &str, rule: &str) -> Option<&'a AuditViolation> {
     audit
         .violations
         .iter()
@@ -59,7 +59,7 @@ fn violation<'a>(audit: &'a AuditStatus, pod: &str, rule: &str) -> Option<&'a Au
 }
 
 /// A summary of `audit` for messages.
-fn summary(audit: &AuditStatus) -> String {
+pub fn summary(audit: &AuditStatus) -> String {
     let found: Vec<String> = audit
         .violations
         .iter()

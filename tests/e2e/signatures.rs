@@ -2,19 +2,24 @@
 //! this machine: Debian's `docker-registry`, with images pushed and signed by the `sigstore`
 //! crate (`tests/support/registry.rs`), and signed keyless by the Sigstore JavaScript libraries
 //! (`tests/support/sigstore_js.rs`: `@sigstore/sign` against `@sigstore/mock`'s authorities, the
-//! bundle attached as a referrer by `@sigstore/oci`).
+//! bundle attached as a referrer through the referrers tag schema).
 //!
 //! Only the operator, on this machine, talks to the registry: the API server calls the
-//! operator, the operator reads the signatures. A Pod that is stored stays Pending on a control
+//! operator, the operator reads the signatures (and pins digests, and audits what runs). A Pod that is stored stays Pending on a control
 //! plane without nodes; on kind its node may try to pull the image (see docs/operator.md), but
 //! nothing here waits for that.
 
+use imagegate::operator::audit::MIN_AUDIT_INTERVAL;
 use imagegate::operator::webhook_config::PODS_WEBHOOK;
+use imagegate::policy::ImagePolicy;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::harness::{CONVERGE, E2e, OperatorRun, admitted, dry_run, pod, refused_by, run, store};
+use crate::audit::{HOLD_GATE, audit_of, summary, violation};
+use crate::harness::{
+    CONVERGE, E2e, OperatorRun, admitted, dry_run, from_json, pod, refused_by, run, store,
+};
 use crate::registry_support::{Auth, OCI_MANIFEST, TestKey, TestRegistry};
 use crate::{deny_busybox, until_enforced};
 
@@ -178,6 +183,149 @@ async fn signatures_verified_against_a_registry() {
             "no signature for",
         )
         .await;
+    })
+    .await;
+}
+
+/// The image of the first container of `pod`, as the API server answered or stored it.
+fn image_of(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+}
+
+/// Writes the status of the Pod `name` as a kubelet reports its started container `main`: the
+/// image it runs is `image_id` (`REPO@DIGEST`).
+async fn report_running(pods: &Api<Pod>, name: &str, image: &str, image_id: &str) {
+    let started = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .expect("now in whole seconds");
+    let status = json!({"status": {"containerStatuses": [{
+        "name": "main", "image": image, "imageID": image_id,
+        "ready": true, "started": true, "restartCount": 0,
+        "state": {"running": {"startedAt": started.to_string()}}
+    }]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("cannot write the status of Pod {name}: {e}"));
+}
+
+/// `pinDigests` with `verifySignatures`: a Pod created with a tag is stored pinned to the
+/// digest its signature was verified for, and validated at it; and the audit judges
+/// signatures at the digest a Pod runs: a Pod running the signed digest of a tag passes, and
+/// once its status says it runs the digest the tag moved to (unsigned), it is listed under
+/// `verifySignatures` with that digest.
+#[tokio::test]
+async fn pinned_to_the_verified_digest_and_audited_at_the_running_digest() {
+    run("pin-audit", async |e2e| {
+        let registry = start_registry(&e2e).await;
+        let host = registry.host.clone();
+        eprintln!("{}: registry {host} (images {host}/e2e/…)", e2e.name());
+        let key = TestKey::new();
+        let pinned_signed = registry.push_signed("e2e/pinned", "1", &[&key]).await;
+        let signed = registry.push_signed("e2e/app", "1", &[&key]).await;
+
+        // One policy verifies every image of the registry; another pins those under pinned/.
+        let signing = e2e.named("signed");
+        e2e.apply_policy(
+            &signing,
+            signed_spec(
+                json!({"name": "release", "images": [format!("{host}/e2e/**")],
+                "key": {"publicKey": key.public_pem}}),
+            ),
+        )
+        .await;
+        let pinning = e2e.named("pin");
+        e2e.apply_policy(
+            &pinning,
+            json!({"images": [format!("{host}/e2e/pinned/**")], "pinDigests": true}),
+        )
+        .await;
+        let mut args = e2e.default_operator_args();
+        args.extend([
+            format!("--insecure-registry={host}"),
+            format!("--audit-interval={}s", MIN_AUDIT_INTERVAL.as_secs()),
+        ]);
+        e2e.start_operator(OperatorRun {
+            args: Some(args),
+            ..OperatorRun::default()
+        });
+        until_enforced(&e2e, &signing).await;
+
+        // Pinned by the mutating webhook (once the operator has registered it), to the digest
+        // verified, and admitted at it by the validating webhook.
+        let pods: Api<Pod> = e2e.api();
+        let tag = format!("{host}/e2e/pinned/app:1");
+        let want = format!("{tag}@{pinned_signed}");
+        let probe = pod("probe", &tag);
+        e2e.eventually(
+            &format!("a new Pod with {tag} to be answered pinned as {want}"),
+            CONVERGE,
+            async || {
+                let answered = admitted(pods.create(&dry_run(), &probe).await)?;
+                let image = image_of(&answered);
+                (image.as_deref() == Some(want.as_str()))
+                    .then_some(())
+                    .ok_or_else(|| format!("answered with image {image:?}"))
+            },
+        )
+        .await;
+        let stored = store(&pods, &pod("pinned", &tag)).await;
+        assert_eq!(
+            image_of(&stored).as_deref(),
+            Some(want.as_str()),
+            "the stored Pod"
+        );
+
+        // A Pod of a tag that is not pinned, held off the nodes, reported running the signed
+        // digest: the audit finds nothing wrong with it.
+        let app = format!("{host}/e2e/app:1");
+        let held: Pod = from_json(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tagged"},
+            "spec": {"schedulingGates": [{"name": HOLD_GATE}],
+                "containers": [{"name": "main", "image": app}]}
+        }));
+        store(&pods, &held).await;
+        report_running(&pods, "tagged", &app, &format!("{host}/e2e/app@{signed}")).await;
+        let policies: Api<ImagePolicy> = Api::all(e2e.client());
+        let interval = MIN_AUDIT_INTERVAL;
+        e2e.eventually(
+            &format!("status.audit of {signing} to count Pods pinned and tagged, passing"),
+            interval + CONVERGE,
+            async || {
+                let audit = audit_of(&policies, &signing).await?;
+                (audit.pods_evaluated == 2 && audit.violating_pods == 0)
+                    .then_some(())
+                    .ok_or_else(|| summary(&audit))
+            },
+        )
+        .await;
+
+        // The tag moves to an unsigned image, and the Pod now reports running it (as after a
+        // restart on a node that pulled the tag again): listed, naming the running digest.
+        let unsigned = registry.push_image("e2e/app", "1").await;
+        report_running(&pods, "tagged", &app, &format!("{host}/e2e/app@{unsigned}")).await;
+        let audit = e2e
+            .eventually(
+                &format!(
+                    "status.audit of {signing} to show Pod tagged running the unsigned {unsigned}"
+                ),
+                interval + CONVERGE,
+                async || {
+                    let audit = audit_of(&policies, &signing).await?;
+                    violation(&audit, "tagged", "verifySignatures")
+                        .map(|_| audit.clone())
+                        .ok_or_else(|| summary(&audit))
+                },
+            )
+            .await;
+        assert_eq!(audit.violating_pods, 1, "{}", summary(&audit));
+        let found = violation(&audit, "tagged", "verifySignatures").expect("found above");
+        assert!(
+            found.message.contains(&format!("which runs {unsigned}")),
+            "should name the running digest: {}",
+            found.message
+        );
     })
     .await;
 }

@@ -571,6 +571,35 @@ fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// `REGISTRY/team/app:1.0` as an audit finds it after the tag moved: first pushed and signed
+/// by `key` (the digest older Pods run), then pushed again without a signature (the digest
+/// newer Pods run, and the tag names now).
+pub struct MovedTag {
+    pub registry: TestRegistry,
+    pub key: TestKey,
+    /// `HOST/team/app:1.0`.
+    pub tag: String,
+    pub signed: String,
+    pub unsigned: String,
+}
+
+impl MovedTag {
+    /// On a registry over TLS; `None` where the registry binary is missing outside CI.
+    pub async fn new() -> Option<MovedTag> {
+        let registry = TestRegistry::tls().await?;
+        let key = TestKey::new();
+        let signed = registry.push_signed("team/app", "1.0", &[&key]).await;
+        let unsigned = registry.push_image("team/app", "1.0").await;
+        Some(MovedTag {
+            tag: format!("{}/team/app:1.0", registry.host),
+            registry,
+            key,
+            signed,
+            unsigned,
+        })
+    }
+}
+
 pub fn random_bytes(n: usize) -> Vec<u8> {
     use ring::rand::SecureRandom as _;
     let mut out = vec![0; n];

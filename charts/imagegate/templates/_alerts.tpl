@@ -209,6 +209,22 @@ groups:
             before their registry became unavailable (source stale). Known digests keep running
             until --signature-stale-ttl after their last verification, then are refused too:
             bring the registry back before then.
+
+      - alert: ImagegateAuditViolations
+        # Replicas audit side by side: the largest count any of them reports.
+        expr: |-
+          max by (namespace, policy) (imagegate_audit_violating_pods{ {{- $s -}} ,mode="Enforce"}) > 0
+        for: 15m
+        labels:
+          severity: warning
+        annotations:
+          summary: "{{`{{ $value }}`}} running Pods violate Enforce policy {{`{{ $labels.policy }}`}}"
+          description: >-
+            For 15 minutes the audit of imagegate in namespace {{`{{ $labels.namespace }}`}} has
+            found {{`{{ $value }}`}} running Pods that ImagePolicy {{`{{ $labels.policy }}`}}
+            (mode Enforce) would deny. They keep running, but each is refused when it is
+            created again (a rollout, a node drained, a Job retried). `kubectl get imagepolicy
+            {{`{{ $labels.policy }}`}} -o yaml` lists them under status.audit.
 {{- if .Values.metrics.prometheusRule.apiServerAlerts }}
 
   # These read the API server's metrics: what happens to the calls imagegate never sees, and

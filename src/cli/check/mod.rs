@@ -209,10 +209,10 @@ pub fn run(args: &CheckArgs) -> Result<Report, LoadError> {
         username: args.user.clone().unwrap_or_default(),
         groups: args.groups.clone(),
     });
-    // Evidence only when some policy has signature entries: no runtime, no registry client and
-    // no file read otherwise.
-    let signatures = if snapshot.has_signature_rules() {
-        Some(Signatures::new(args)?)
+    // Evidence only when some policy has signature entries or pins digests: no runtime, no
+    // registry client and no file read otherwise.
+    let lookups = if snapshot.has_signature_rules() || snapshot.pins_digests() {
+        Some(Lookups::new(args)?)
     } else {
         None
     };
@@ -220,7 +220,7 @@ pub fn run(args: &CheckArgs) -> Result<Report, LoadError> {
         snapshot: &snapshot,
         requester: requester.as_ref(),
         now: args.now.unwrap_or_else(jiff::Timestamp::now),
-        signatures: signatures.as_ref(),
+        lookups: lookups.as_ref(),
     };
 
     let mut report = Report::default();
@@ -360,17 +360,20 @@ fn namespace_labels(
 /// The largest `--evidence` file read: a day of decision records of a busy cluster is far less.
 const EVIDENCE_FILE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Where signature evidence comes from, and the runtime that waits for it.
-struct Signatures {
+/// Where signature evidence and the digests to pin come from, and the runtime that waits for
+/// them.
+struct Lookups {
     source: Box<dyn Gather>,
     runtime: tokio::runtime::Runtime,
     /// How long one object's registry work may take (`--verify-timeout`).
     timeout: std::time::Duration,
+    /// `--offline`: no digest is looked up, so pins are reported without one.
+    offline: bool,
 }
 
-impl Signatures {
+impl Lookups {
     /// Registries (the default), nothing (`--offline`), or a file (`--evidence`).
-    fn new(args: &CheckArgs) -> Result<Signatures, LoadError> {
+    fn new(args: &CheckArgs) -> Result<Lookups, LoadError> {
         let invalid = |source_name: &str, message: String| LoadError::Invalid {
             source_name: source_name.to_owned(),
             message,
@@ -409,17 +412,32 @@ impl Signatures {
             let _in_runtime = runtime.enter();
             Box::new(Registry::new(config, None).map_err(|e| invalid("registry client", e))?)
         };
-        Ok(Signatures {
+        Ok(Lookups {
             source,
             runtime,
             timeout: args.registry.verify_timeout,
+            offline: args.offline,
         })
     }
 
-    /// The evidence for one object's images that signature entries govern.
+    /// The evidence `requests` ask for (signatures, digests).
     fn gather(&self, requests: &[crate::evidence::EvidenceRequest]) -> Evidence {
         self.runtime
             .block_on(self.source.gather(requests, Deadline::after(self.timeout)))
+    }
+
+    /// The digests `pinDigests` pins the object's images to: looked up as the mutating webhook
+    /// does, from the registries or the evidence file; none offline (the pins are reported
+    /// without them).
+    fn digests(&self, snapshot: &Snapshot, input: &mutation::Input<'_>) -> Digests {
+        if self.offline {
+            return Digests::new();
+        }
+        let requests = mutation::digests_needed(snapshot, input);
+        if requests.is_empty() {
+            return Digests::new();
+        }
+        mutation::digests_from(&self.gather(&requests))
     }
 }
 
@@ -428,7 +446,7 @@ struct Judge<'a> {
     snapshot: &'a Snapshot,
     requester: Option<&'a Requester>,
     now: jiff::Timestamp,
-    signatures: Option<&'a Signatures>,
+    lookups: Option<&'a Lookups>,
 }
 
 impl Judge<'_> {
@@ -455,25 +473,27 @@ impl Judge<'_> {
             .get(namespace)
             .cloned()
             .unwrap_or_else(|| namespaces::with_name_label(namespace, Labels::new()));
-        // Offline: no digest is looked up, so `pinDigests` reports what it cannot pin.
-        let plan = mutation::plan(
-            self.snapshot,
-            &mutation::Input {
-                object: &workload,
-                old_object: None,
-                namespace_labels: &ns_labels,
-                digests: &Digests::new(),
-            },
-        );
+        let mut input = mutation::Input {
+            object: &workload,
+            old_object: None,
+            namespace_labels: &ns_labels,
+            digests: &Digests::new(),
+        };
+        let digests = match self.lookups {
+            Some(lookups) => lookups.digests(self.snapshot, &input),
+            None => Digests::new(),
+        };
+        input.digests = &digests;
+        let plan = mutation::plan(self.snapshot, &input);
         // A Pod is validated as the mutating webhook leaves it, as in the cluster.
         let is_pod = kind == WorkloadKind::Pod;
         if is_pod {
             mutation::apply(&mut workload, &plan);
         }
-        let evidence = match self.signatures {
-            Some(signatures) => {
+        let evidence = match self.lookups {
+            Some(lookups) => {
                 let requests = verification::requests(self.snapshot, &workload, None, &ns_labels);
-                (!requests.is_empty()).then(|| signatures.gather(&requests))
+                (!requests.is_empty()).then(|| lookups.gather(&requests))
             }
             None => None,
         };
