@@ -400,3 +400,55 @@ async fn a_body_in_many_chunks_is_read_whole() {
         );
     }
 }
+
+/// `imagegate serve | head -1`, or a supervisor that dropped the pipe: with standard output
+/// closed before serve prints where it listens, the webhook still starts and serves.
+#[tokio::test]
+async fn serve_keeps_serving_when_its_standard_output_is_closed() {
+    install_crypto();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let (addr, metrics) = (free(), free());
+    let certs = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        .arg("serve")
+        .arg("--policies")
+        .arg(root.join("examples/policies"))
+        .args(["--addr", &addr, "--metrics-addr", &metrics])
+        .arg("--cert-dir")
+        .arg(certs.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("imagegate serve starts");
+    // The read end closed before anything is written: every write to stdout fails (EPIPE).
+    drop(child.stdout.take());
+
+    let deadline = Instant::now() + WAIT;
+    let ca = certs.path().join("ca.crt");
+    let mut answer = None;
+    while answer.is_none() && Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited with {status} after its standard output was closed");
+        }
+        if let Ok(pem) = std::fs::read_to_string(&ca) {
+            let client = client_trusting(&pem);
+            if let Ok(r) = client.get(format!("https://{addr}/healthz")).send().await {
+                answer = Some(r.status().as_u16());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alive = child.try_wait().unwrap().is_none();
+    child.kill().ok();
+    child.wait().ok();
+    assert_eq!(answer, Some(200), "serve answered /healthz");
+    assert!(alive, "serve still runs after printing to a closed stdout");
+}

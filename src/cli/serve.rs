@@ -4,6 +4,7 @@
 //! from `--namespace-labels`.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -505,17 +506,24 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
         IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
         IpAddr::V4(ip) => ip.to_string(),
     };
-    println!("imagegate serve: https://{host}:{}/validate", addr.port());
-    println!(
-        "imagegate serve: mutating webhook https://{host}:{}/mutate",
+    let mut banner = format!("imagegate serve: https://{host}:{}/validate\n", addr.port());
+    banner += &format!(
+        "imagegate serve: mutating webhook https://{host}:{}/mutate\n",
         addr.port()
     );
     if let Some(ca) = &prepared.ca_path {
-        println!("imagegate serve: CA certificate {}", ca.display());
+        banner += &format!("imagegate serve: CA certificate {}\n", ca.display());
     }
     if let Some(m) = prepared.metrics_addr() {
-        println!("imagegate serve: metrics http://{m}/metrics");
+        banner += &format!("imagegate serve: metrics http://{m}/metrics\n");
     }
+    // Where it listens is for the person who started it; a closed stdout (`serve | head -1`, a
+    // supervisor that dropped the pipe) must not stop the webhook, as `println!` would by panicking.
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(banner.as_bytes()).and_then(|()| out.flush()) {
+        tracing::warn!(error = %e, "could not print where serve listens on stdout");
+    }
+    drop(out);
     prepared.run(super::shutdown_signal()).await
 }
 
