@@ -20,5 +20,5 @@ pub use crd::{
 pub use selector::Selector;
 #[cfg(test)]
 pub(crate) use signatures::test_keys;
-pub use signatures::{SecretKeys, SignatureRule};
+pub use signatures::{SecretKeys, SignatureRule, TrustedRoots};
 pub use snapshot::{ImageMatches, ResolvedImage, Settings, Snapshot, UnmatchedImages};
