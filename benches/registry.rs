@@ -6,18 +6,25 @@
 //! - 1,000 concurrent requests for one uncached image: how many requests reach the registry
 //!   (target: one lookup, i.e. the tag's manifest, the signature manifest and its layer);
 //! - `gather` when everything is cached: the adapter's share of the 5 µs that a decision with
-//!   cached signature outcomes may cost over one without a signature rule.
+//!   cached signature outcomes may cost over one without a signature rule;
+//! - cold verification of a keyless Sigstore bundle found as a referrer (the referrers tag
+//!   schema: distribution 2.8 has no referrers API), made by the Sigstore JavaScript libraries.
 //!
-//! Run with `cargo bench --bench registry` (needs Debian's `docker-registry`).
+//! Run with `cargo bench --bench registry` (needs Debian's `docker-registry`, and for the
+//! keyless series Node with `npm ci` run in `tests/sigstore-js`); `cargo bench --bench registry
+//! -- NAME` runs only the series whose name holds NAME (`cold`, `concurrent`, `cold-keyless`).
 
 #[path = "../tests/support/registry.rs"]
 mod registry_support;
+#[path = "../tests/support/sigstore_js.rs"]
+mod sigstore_js;
 
 use std::time::{Duration, Instant};
 
 use imagegate::evidence::{Deadline, EvidenceRequest, Gather, Outcome};
 use imagegate::registry::{ClientConfig, Config, Registry};
-use registry_support::{FaultProxy, TestKey, TestRegistry, request};
+use imagegate::signature::{Match, TransparencyLog, TrustedRoot, Verifier};
+use registry_support::{FaultProxy, OCI_MANIFEST, TestKey, TestRegistry, request};
 
 /// Images verified per cold series: enough for a p99 that is not just the maximum.
 const IMAGES: usize = 300;
@@ -93,6 +100,81 @@ async fn cold_verification() {
     report("cold verification, warm connection pool (TLS)", times);
 }
 
+/// A keyless bundle (DSSE, v0.3, with its Rekor entry) attached to one image by
+/// `@sigstore/oci`, verified by a new adapter each time (nothing cached, a new connection):
+/// the tag, the `.sig` tag (absent), the referrers API (absent), the referrers index, the
+/// bundle's manifest and the bundle, then the Fulcio chain, the Rekor entry and the signature.
+async fn cold_keyless_verification() {
+    let Some(reg) = TestRegistry::plain().await else {
+        return;
+    };
+    let digest = reg.push_image("bench/keyless", "1.0").await;
+    let manifest = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v2/bench/keyless/manifests/1.0",
+            reg.host
+        ))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest_file, plan_file) = (
+        dir.path().join("manifest.json"),
+        dir.path().join("plan.json"),
+    );
+    std::fs::write(&manifest_file, &manifest).unwrap();
+    let image = format!("{}/bench/keyless", reg.host);
+    std::fs::write(
+        &plan_file,
+        serde_json::json!([{"image": image, "cases": ["dsse-v03"]}]).to_string(),
+    )
+    .unwrap();
+    let out = dir.path().join("cases");
+    let produced = sigstore_js::produce(
+        &out,
+        &[
+            "--manifest",
+            manifest_file.to_str().unwrap(),
+            "--image",
+            &image,
+            "--cases",
+            "dsse-v03",
+            "--attach-plan",
+            plan_file.to_str().unwrap(),
+        ],
+    );
+    if !produced {
+        return;
+    }
+    let root = TrustedRoot::from_json(&std::fs::read(out.join("trusted_root.json")).unwrap());
+    let verifier = std::sync::Arc::new(Verifier::keyless(
+        Match::Exact("https://token.actions.githubusercontent.com".into()),
+        Match::regex(
+            r"https://github\.com/corp/[^/]+/\.github/workflows/release\.yml@refs/tags/v.+",
+        )
+        .unwrap(),
+        std::sync::Arc::new(root.unwrap()),
+        TransparencyLog::Require,
+    ));
+    let r = request(
+        &format!("{}/bench/keyless@{digest}", reg.host),
+        &[("bench/release", &verifier)],
+    );
+    let mut times = Vec::new();
+    for _ in 0..IMAGES {
+        let registry = adapter(reg.client_config());
+        times.push(verify(&registry, &r).await);
+    }
+    report(
+        "cold keyless bundle verification, new connection (plain HTTP)",
+        times,
+    );
+}
+
 async fn concurrent_requests() {
     let Some(reg) = TestRegistry::plain().await else {
         return;
@@ -158,8 +240,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `cargo bench --bench registry -- keyless` runs only the series whose name holds "keyless".
+    let only = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let run = |series: &str| only.as_deref().is_none_or(|o| series.contains(o));
     runtime.block_on(async {
-        cold_verification().await;
-        concurrent_requests().await;
+        if run("cold") {
+            cold_verification().await;
+        }
+        if run("concurrent") {
+            concurrent_requests().await;
+        }
+        if run("cold-keyless") {
+            cold_keyless_verification().await;
+        }
     });
 }

@@ -112,7 +112,12 @@ pub fn judge<'a>(
     let mut offline = false;
     let mut reasons: Vec<(&str, String)> = Vec::new();
     let mut all_unavailable = true;
+    let (mut keys, mut identities) = (false, false);
     for rule in entries {
+        match rule.check.verifier.public_key() {
+            Some(_) => keys = true,
+            None => identities = true,
+        }
         let found: Option<&EntryEvidence> = evidence.and_then(|e| e.entries.get(&rule.check.entry));
         let why = match found.map(|f| &f.outcome) {
             None => "no evidence was gathered for it".to_owned(),
@@ -143,12 +148,20 @@ pub fn judge<'a>(
     if offline {
         return Judgement::Offline;
     }
+    let how = match (keys, identities, reasons.len()) {
+        (_, false, 1) => " with this entry's key",
+        (_, false, _) => " with the key of one of these entries",
+        (false, _, 1) => " as this entry's identity",
+        (false, _, _) => " as the identity of one of these entries",
+        _ => " with the key, or as the identity, of one of these entries",
+    };
     Judgement::NotVerified(failure(
         reference,
         evidence,
         digest,
         &reasons,
         all_unavailable,
+        how,
     ))
 }
 
@@ -160,6 +173,7 @@ fn failure(
     digest: Option<&str>,
     reasons: &[(&str, String)],
     all_unavailable: bool,
+    how: &str,
 ) -> String {
     // The reasons name the digest and repository themselves ("no signature for sha256:3f…e1 in
     // registry.corp.example/team/app"), and the pinned form at the end gives the digest whole.
@@ -192,11 +206,7 @@ fn failure(
             out.push_str(tag);
             out.push_str(" names now)");
         }
-        out.push_str(if reasons.len() == 1 {
-            " with this entry's key"
-        } else {
-            " with the key of one of these entries"
-        });
+        out.push_str(how);
     }
     out
 }

@@ -128,6 +128,11 @@ struct Expect<'a> {
     signature_ttls: [&'a str; 3],
     /// `signatures.keySecrets`.
     key_secrets: &'a [&'a str],
+    /// `signatures.trustedRootConfigMaps`.
+    trusted_root_config_maps: &'a [&'a str],
+    /// `--sigstore-trusted-root` (from `signatures.sigstoreTrustedRoot`), when set, and the
+    /// ConfigMap it is mounted from.
+    sigstore_trusted_root: Option<(&'a str, &'a str)>,
     /// `registries.credentialsSecrets`.
     credentials_secrets: &'a [&'a str],
     /// `--registry-ca-file` and `--insecure-registry`, when set.
@@ -154,6 +159,8 @@ const DEFAULTS: Expect<'static> = Expect {
     verify_timeout: "8s",
     signature_ttls: ["10m", "24h", "30s"],
     key_secrets: &[],
+    trusted_root_config_maps: &[],
+    sigstore_trusted_root: None,
     credentials_secrets: &[],
     registry_ca_files: None,
     insecure_registries: None,
@@ -178,6 +185,11 @@ const PRODUCTION: Expect<'static> = Expect {
     verify_timeout: "4s",
     signature_ttls: ["5m", "4h", "10s"],
     key_secrets: &["cosign-release", "cosign-vendor"],
+    trusted_root_config_maps: &["sigstore-corp-root"],
+    sigstore_trusted_root: Some((
+        "/etc/imagegate/sigstore/trusted_root.json",
+        "sigstore-public-root",
+    )),
     credentials_secrets: &["registry-pull"],
     registry_ca_files: Some(
         "/etc/imagegate/registry-ca/0/ca.crt,/etc/imagegate/registry-ca/1/mirror-ca.pem",
@@ -466,9 +478,15 @@ fn check_deployment(r: &Rendered, d: &Deployment, want: &Expect) {
         assert_eq!(flags.get(flag), Some(&value), "[{}] {flag}", r.helm);
     }
     let key_secrets = want.key_secrets.join(",");
+    let trusted_roots = want.trusted_root_config_maps.join(",");
     let credentials = want.credentials_secrets.join(",");
     for (flag, value) in [
         ("--key-secrets", Some(key_secrets.as_str())),
+        ("--trusted-root-config-maps", Some(trusted_roots.as_str())),
+        (
+            "--sigstore-trusted-root",
+            want.sigstore_trusted_root.map(|(file, _)| file),
+        ),
         ("--registry-credentials-secret", Some(credentials.as_str())),
         ("--registry-ca-file", want.registry_ca_files),
         ("--insecure-registry", want.insecure_registries),
@@ -512,6 +530,28 @@ fn check_deployment(r: &Rendered, d: &Deployment, want: &Expect) {
             .unwrap_or_default();
         assert_eq!(items.len(), 1, "{name}");
         assert_eq!((items[0].key.as_str(), items[0].path.as_str()), (key, key));
+    }
+    // The Sigstore trusted root: its ConfigMap's key, mounted read-only where the flag says.
+    match want.sigstore_trusted_root {
+        None => assert!(!mounts.contains_key("sigstore-trusted-root")),
+        Some((file, config_map)) => {
+            let (dir, key) = file.rsplit_once('/').expect("a path");
+            assert_eq!(
+                mounts.get("sigstore-trusted-root"),
+                Some(&(dir.to_owned(), true))
+            );
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == "sigstore-trusted-root")
+                .expect("the trusted root's volume");
+            let source = volume.config_map.as_ref().expect("from a ConfigMap");
+            assert_eq!(source.name, config_map);
+            let items = source.items.clone().unwrap_or_default();
+            assert_eq!(items.len(), 1);
+            assert_eq!((items[0].key.as_str(), items[0].path.as_str()), (key, key));
+        }
     }
 }
 
@@ -629,6 +669,12 @@ fn operator_namespace_grants(want: &Expect) -> Vec<(Grant, Option<String>)> {
     // Registry logins: read by name (every minute), never watched or written.
     for name in want.credentials_secrets {
         grants.push((("", "secrets", "get"), Some((*name).to_owned())));
+    }
+    // The trusted-root ConfigMaps of keyless entries: read and watched by name, never written.
+    for name in want.trusted_root_config_maps {
+        for verb in ["get", "list", "watch"] {
+            grants.push((("", "configmaps", verb), Some((*name).to_owned())));
+        }
     }
     grants
 }
@@ -1230,6 +1276,14 @@ fn values_schema_rejects_bad_values() {
             "labelValue",
         ),
         ("signatures.keySecrets[0]=Cosign_Key", "keySecrets"),
+        (
+            "signatures.trustedRootConfigMaps[0]=Sigstore Root",
+            "trustedRootConfigMaps",
+        ),
+        (
+            "signatures.sigstoreTrustedRoot.configMap=sigstore-root",
+            "sigstoreTrustedRoot",
+        ),
         ("signatures.verifyTimeout=8", "verifyTimeout"),
         ("signatures.staleTTL=1d", "staleTTL"),
         ("registries.insecure[0]=http://mirror.lan", "insecure"),

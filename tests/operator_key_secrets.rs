@@ -2,7 +2,8 @@
 //! `--key-secrets` are watched by name; policies compile with their keys once they have been
 //! read (not before: a policy is never left out only because its key was not read yet); a
 //! changed or deleted key re-compiles them; a Secret imagegate may not read makes its policy
-//! `Ready=False` saying so.
+//! `Ready=False` saying so. The same for the ConfigMaps of keyless entries' trusted roots
+//! (`--trusted-root-config-maps`).
 
 mod support;
 
@@ -24,6 +25,10 @@ use tokio::sync::{mpsc, watch};
 
 const POLICIES: &str = "/apis/imagegate.dev/v1alpha1/imagepolicies";
 const SECRETS: &str = "/api/v1/namespaces/gate/secrets";
+const CONFIG_MAPS: &str = "/api/v1/namespaces/gate/configmaps";
+/// Two trusted roots: the test authorities', and Sigstore's public instance's.
+const ROOT: &str = include_str!("data/sigstore/trusted_root.json");
+const PUBLIC_ROOT: &str = include_str!("data/sigstore/public_trusted_root.json");
 const P256: &str = include_str!("data/keys/p256.pub");
 const ED25519: &str = include_str!("data/keys/ed25519.pub");
 
@@ -32,6 +37,7 @@ const ED25519: &str = include_str!("data/keys/ed25519.pub");
 struct Router {
     policies: mpsc::UnboundedReceiver<Call>,
     secrets: mpsc::UnboundedReceiver<Call>,
+    config_maps: mpsc::UnboundedReceiver<Call>,
     writes: Arc<Mutex<Vec<(String, Value)>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -40,6 +46,7 @@ impl Router {
     fn new(mut api: support::ApiServer) -> Router {
         let (policies_tx, policies) = mpsc::unbounded_channel();
         let (secrets_tx, secrets) = mpsc::unbounded_channel();
+        let (config_maps_tx, config_maps) = mpsc::unbounded_channel();
         let writes = Arc::new(Mutex::new(Vec::new()));
         let kept = Arc::clone(&writes);
         let task = tokio::spawn(async move {
@@ -48,6 +55,8 @@ impl Router {
                     let _ = policies_tx.send(call);
                 } else if call.method == Method::GET && call.path() == SECRETS {
                     let _ = secrets_tx.send(call);
+                } else if call.method == Method::GET && call.path() == CONFIG_MAPS {
+                    let _ = config_maps_tx.send(call);
                 } else {
                     kept.lock()
                         .unwrap()
@@ -60,6 +69,7 @@ impl Router {
         Router {
             policies,
             secrets,
+            config_maps,
             writes,
             task,
         }
@@ -259,4 +269,103 @@ async fn a_secret_imagegate_may_not_read_is_reported_not_waited_for() {
         "{why}"
     );
     task.abort();
+}
+
+fn keyless_policy(name: &str, config_map: &str) -> Value {
+    json!({"apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy",
+    "metadata": {"name": name, "uid": format!("{name}-uid"), "generation": 1, "resourceVersion": "5"},
+    "spec": {"verifySignatures": [
+        {"name": "ci", "keyless": {
+            "issuer": "https://token.actions.githubusercontent.com",
+            "subjectRegExp": "https://github\\.com/corp/.+",
+            "trustedRoot": {"configMapRef": {"name": config_map, "key": "trusted_root.json"}}}}
+    ]}})
+}
+
+fn config_map(root: &str, rv: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "sigstore", "namespace": "gate", "resourceVersion": rv},
+        "data": {"trusted_root.json": root}})
+}
+
+#[tokio::test]
+async fn trusted_root_config_maps_are_watched_by_name_and_recompile_their_policies() {
+    let (client, api) = mock();
+    let mut router = Router::new(api);
+    let snapshot: SharedSnapshot =
+        Arc::new(ArcSwap::from_pointee(Snapshot::empty(Settings::default())));
+    let readiness = Arc::new(Readiness::default());
+    let mut index = PolicyIndex::new(
+        Arc::clone(&snapshot),
+        Arc::clone(&readiness),
+        Settings::default(),
+    );
+    let (keys_tx, keys_rx) = watch::channel(None);
+    index.follow_secrets(keys_rx);
+    let mut tasks = operator::start_policies(client.clone(), index, None, Arc::new(Metrics::new()));
+    tasks.push(tokio::spawn(run_key_secrets(
+        client,
+        KeySecrets::new("gate", &[]).with_config_maps(&["sigstore".to_owned()]),
+        keys_tx,
+    )));
+
+    let list = Router::next(&mut router.policies).await;
+    list.ok(
+        json!({"apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicyList",
+        "metadata": {"resourceVersion": "10"},
+        "items": [keyless_policy("ci", "sigstore"), keyless_policy("elsewhere", "other")]}),
+    );
+    let _policy_watch = Router::next(&mut router.policies).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !readiness.policies_loaded(),
+        "ready before the trusted root was read"
+    );
+
+    // The ConfigMap is read by name only.
+    let list = Router::next(&mut router.config_maps).await;
+    assert_eq!(
+        list.param("fieldSelector").as_deref(),
+        Some("metadata.name=sigstore")
+    );
+    list.ok(json!({"apiVersion": "v1", "kind": "ConfigMapList",
+        "metadata": {"resourceVersion": "20"}, "items": [config_map(ROOT, "19")]}));
+    eventually("the policies are in force", || readiness.policies_loaded()).await;
+    assert_eq!(names(&snapshot), ["ci"]);
+    let first = verifier(&snapshot, "ci").unwrap();
+    let refused = router
+        .ready_condition("elsewhere", |c| c["status"] == "False")
+        .await;
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.verifySignatures[0].keyless.trustedRoot.configMapRef: the ConfigMap \"other\" cannot be read: imagegate may read only the ConfigMaps named in --trusted-root-config-maps (Helm value signatures.trustedRootConfigMaps: sigstore)"),
+        "{message}"
+    );
+
+    // A refreshed root re-compiles the policy: the verifier names the new root.
+    let watch = Router::next(&mut router.config_maps).await;
+    assert!(watch.is_watch());
+    watch.watch_events(&[json!({"type": "MODIFIED", "object": config_map(PUBLIC_ROOT, "21")})]);
+    eventually("the new root is in force", || {
+        verifier(&snapshot, "ci").is_some_and(|v| v != first)
+    })
+    .await;
+
+    // A document that is not a trusted root takes the policy out of force, saying why.
+    let watch = Router::next(&mut router.config_maps).await;
+    watch.watch_events(&[json!({"type": "MODIFIED", "object": config_map("{}", "22")})]);
+    eventually("the policy is out of force", || names(&snapshot).is_empty()).await;
+    let bad = router
+        .ready_condition("ci", |c| c["status"] == "False")
+        .await;
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("the key \"trusted_root.json\" of the ConfigMap \"sigstore\": the trusted root is not usable"),
+        "{bad}"
+    );
+    for task in tasks {
+        task.abort();
+    }
 }

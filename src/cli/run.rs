@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::cli::{EngineArgs, LogFormat};
+use crate::cli::{EngineArgs, LogFormat, SigstoreArgs};
 use crate::evidence::Gather;
 use crate::http::{AppState, ServerConfig, run_server};
 use crate::metrics::Metrics;
@@ -110,6 +110,21 @@ pub struct RunArgs {
         value_name = "NAME,…"
     )]
     pub key_secrets: Vec<String>,
+
+    /// ConfigMaps in --namespace that keyless entries may name as their trusted root
+    /// (trustedRoot.configMapRef), comma-separated; the operator reads and watches exactly
+    /// these, by name.
+    #[arg(
+        long,
+        env = "IMAGEGATE_TRUSTED_ROOT_CONFIG_MAPS",
+        value_delimiter = ',',
+        value_name = "NAME,…"
+    )]
+    pub trusted_root_config_maps: Vec<String>,
+
+    #[command(flatten)]
+    pub sigstore: SigstoreArgs,
+
     /// How often the audit re-decides every running Pod even when no policy or namespace
     /// changed (h/m/s, at least 30s), or `off` for no audit (no Pod watch).
     #[arg(long, env = "IMAGEGATE_AUDIT_INTERVAL", default_value = "10m", value_parser = parse_audit_interval)]
@@ -275,18 +290,29 @@ impl RunArgs {
             secret_name: self.secret_name.clone(),
             owner_cluster_role: self.owner_cluster_role.clone(),
             settings: self.engine.settings(),
-            key_secrets: self
-                .key_secrets
-                .iter()
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty())
-                .collect(),
+            key_secrets: names(&self.key_secrets),
+            trusted_root_config_maps: names(&self.trusted_root_config_maps),
+            sigstore_trusted_root: match (
+                &self.sigstore.sigstore_trusted_root,
+                self.sigstore.trusted_root()?,
+            ) {
+                (Some(file), Some(root)) => Some((file.clone(), root)),
+                _ => None,
+            },
             audit: self.audit_interval.0.map(|interval| AuditConfig {
                 interval,
                 policy_reports: self.policy_reports,
             }),
         })
     }
+}
+
+/// Object names from a comma-separated flag, blanks left out.
+fn names(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// Runs `imagegate run`.
@@ -300,6 +326,10 @@ pub async fn main(args: RunArgs) -> anyhow::Result<()> {
         namespace = %config.namespace,
         secret = %config.secret_name,
         webhook_config = %config.webhook.name,
+        sigstore_trusted_root = config
+            .sigstore_trusted_root
+            .as_ref()
+            .map(|(_, root)| root.fingerprint()),
         "starting the operator"
     );
     let tls = CertResolver::new();

@@ -382,7 +382,7 @@ pub fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
 
     let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let mut watched: Vec<PathBuf> = args.policies.clone();
-    watched.extend(args.keys.key_secret_dir.clone());
+    watched.extend(args.keys.watched().cloned());
     if let Some((cert, key)) = &tls_files {
         watched.push(cert.clone());
         watched.push(key.clone());

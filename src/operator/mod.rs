@@ -517,6 +517,11 @@ pub struct OperatorConfig {
     pub settings: Settings,
     /// The Secrets in `namespace` that `secretRef` keys may name (`--key-secrets`).
     pub key_secrets: Vec<String>,
+    /// The ConfigMaps in `namespace` that keyless entries may name as their trusted root
+    /// (`--trusted-root-config-maps`).
+    pub trusted_root_config_maps: Vec<String>,
+    /// The file of `--sigstore-trusted-root` and the root read from it at start.
+    pub sigstore_trusted_root: Option<(std::path::PathBuf, Arc<crate::signature::TrustedRoot>)>,
     /// The audit of running Pods; `None` with `--audit-interval off`.
     pub audit: Option<audit::AuditConfig>,
 }
@@ -533,6 +538,16 @@ pub struct Running {
     pub events: Arc<events::KubeEventSink>,
     /// The operator's tasks; abort them on shutdown.
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the operator follows of what policies name outside themselves.
+fn key_secrets(config: &OperatorConfig) -> key_secrets::KeySecrets {
+    let state = key_secrets::KeySecrets::new(&config.namespace, &config.key_secrets)
+        .with_config_maps(&config.trusted_root_config_maps);
+    match &config.sigstore_trusted_root {
+        Some((file, root)) => state.with_default_root(file.clone(), root.clone()),
+        None => state,
+    }
 }
 
 /// Starts every operator task on the current runtime. The audit gathers signature evidence
@@ -585,7 +600,7 @@ pub fn start(
     tasks.extend([
         tokio::spawn(key_secrets::run_key_secrets(
             client.clone(),
-            key_secrets::KeySecrets::new(&config.namespace, &config.key_secrets),
+            key_secrets(&config),
             keys_tx,
         )),
         tokio::spawn(watch_namespaces(client.clone(), ns_writer, label_changes)),

@@ -276,14 +276,15 @@ pub struct SignatureEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeyVerifier>,
 
-    /// A Sigstore keyless signature: a Fulcio certificate whose OIDC issuer and subject match.
-    /// Not supported by this version of imagegate yet: a policy with a keyless entry does not
-    /// compile (Ready=False) rather than pass unverified images.
+    /// A Sigstore keyless signature: made under a Fulcio certificate from the trusted root whose
+    /// OIDC issuer and subject match, valid when the signature was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyless: Option<KeylessVerifier>,
 
-    /// Whether a transparency-log (Rekor) entry for the signature must be present and verify.
-    /// Default `Skip` with `key` and `Require` with `keyless`.
+    /// Whether a transparency-log (Rekor) entry for the signature must be present and verify
+    /// against the trusted root's log keys. Default `Skip` with `key` and `Require` with
+    /// `keyless`. A `key` entry with `Require` uses the trusted root imagegate was started with
+    /// (`--sigstore-trusted-root`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transparency_log: Option<TransparencyLog>,
 }
@@ -344,8 +345,9 @@ pub struct KeylessVerifier {
     #[schemars(length(min = 1, max = 1024))]
     pub subject_reg_exp: Option<String>,
 
-    /// The Sigstore trusted root (`trusted_root.json`) to verify certificates and log entries
-    /// against. Omitted: the public Sigstore instance's root given to imagegate at start.
+    /// The Sigstore trusted root (`trusted_root.json`) to verify certificates, log entries and
+    /// timestamps against. Omitted: the root imagegate was started with
+    /// (`--sigstore-trusted-root`, usually Sigstore's public instance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_root: Option<TrustedRoot>,
 }
@@ -354,7 +356,8 @@ pub struct KeylessVerifier {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrustedRoot {
-    /// A key of a ConfigMap in imagegate's namespace holding the trusted root JSON.
+    /// A key of a ConfigMap in imagegate's namespace holding the trusted root JSON. The operator
+    /// may read only the ConfigMaps it is told to (Helm value `signatures.trustedRootConfigMaps`).
     pub config_map_ref: ConfigMapKeyRef,
 }
 

@@ -21,7 +21,7 @@ pub use crd::{
 pub use selector::Selector;
 #[cfg(test)]
 pub(crate) use signatures::test_keys;
-pub use signatures::{SecretKeys, SignatureRule};
+pub use signatures::{SecretKeys, SignatureRule, TrustedRoots};
 #[cfg(test)]
 pub(crate) use snapshot::assert_rebuilt;
 pub use snapshot::{

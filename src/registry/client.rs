@@ -1,5 +1,6 @@
-//! A small client for the three reads of the OCI distribution API that verification needs:
-//! resolve a tag to a digest (`HEAD`, else `GET`, of a manifest), read a manifest, read a blob.
+//! A small client for the reads of the OCI distribution API that verification needs: resolve a
+//! tag to a digest (`HEAD`, else `GET`, of a manifest), read a manifest, read a blob, and list
+//! the referrers of a digest.
 //!
 //! It is built on reqwest, the HTTP client the `oci-client` crate itself uses, rather than on
 //! `oci-client`, because `oci-client` reads response bodies whole with no bound, follows
@@ -64,6 +65,18 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, \
      application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json";
+
+/// The media type of an OCI image index: what the referrers API answers with.
+pub const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+
+/// One page of a referrers list.
+#[derive(Debug, Clone)]
+pub struct ReferrersPage {
+    /// The image index listing the referrers.
+    pub index: Vec<u8>,
+    /// The next page, when the registry's `Link` header names one on the same registry.
+    pub next: Option<String>,
+}
 
 /// Why the registry could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -381,6 +394,82 @@ impl Client {
         }
     }
 
+    /// The blob a manifest's descriptor names (`digest`, and `size` as the manifest says), read
+    /// only when the digest is valid and the size within `max`, and then only if exactly that
+    /// many bytes come (their digest checked by [`Client::blob`]). `what` names the blob in the
+    /// reasons ("layer 2 of REPO:TAG"); a fault is the reason, for a layer or bundle that could
+    /// not be read while others may still verify.
+    pub async fn descriptor_blob(
+        &self,
+        (registry, repository): (&str, &str),
+        (digest, size): (&str, i64),
+        max: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, String> {
+        if crate::reference::validate_digest(digest).is_err() {
+            return Err(format!(
+                "{what} has an invalid digest {:?}",
+                printable(digest, 100)
+            ));
+        }
+        if size < 0 || size as u64 > max as u64 {
+            return Err(format!(
+                "{what} is {size} bytes, over the limit of {max} bytes per signature"
+            ));
+        }
+        match self.blob(registry, repository, digest, max).await {
+            Ok(bytes) if bytes.len() as i64 != size => Err(format!(
+                "{what} is {} bytes, not the {size} its manifest says",
+                bytes.len()
+            )),
+            Ok(bytes) => Ok(bytes),
+            Err(f) => Err(format!("{what}: {}", f.message())),
+        }
+    }
+
+    /// One page of the referrers of `digest` in `registry/repository` through the referrers API
+    /// (`GET /v2/<name>/referrers/<digest>`, or the `next` URL of the previous page), read up
+    /// to [`MANIFEST_MAX_BYTES`]; `None` when the registry has no referrers API (it answers
+    /// 404, as the OCI distribution specification asks of registries without one).
+    pub async fn referrers(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &str,
+        next: Option<&str>,
+    ) -> Result<Option<ReferrersPage>, Fault> {
+        let url = match next {
+            Some(url) => url.to_owned(),
+            None => format!("{}/v2/{repository}/referrers/{digest}", self.base(registry)),
+        };
+        let what = format!("the referrers of {registry}/{repository}@{digest}");
+        let response = self
+            .send(
+                Method::GET,
+                &url,
+                registry,
+                repository,
+                OCI_INDEX_MEDIA_TYPE,
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND if next.is_none() => return Ok(None),
+            _ => return Err(self.status_fault(registry, &what, response).await),
+        }
+        let next = response
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link)
+            .and_then(|link| Url::parse(&url).ok()?.join(&link).ok())
+            // A page elsewhere would get this registry's credentials: only the same origin.
+            .filter(|u| Url::parse(&url).is_ok_and(|base| base.origin() == u.origin()))
+            .map(String::from);
+        let index = read_limited(response, MANIFEST_MAX_BYTES, registry, &what).await?;
+        Ok(Some(ReferrersPage { index, next }))
+    }
+
     /// Sends one request with what is known of the registry's authentication, and answers a
     /// `401` challenge once. Any status is returned (the caller judges it) except a `401` that
     /// remains, which is a fault.
@@ -650,6 +739,23 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// The URL of a `Link` header's `rel="next"` link (`<URL>; rel="next"`), as the referrers API
+/// paginates.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .any(|p| {
+                p.trim()
+                    .strip_prefix("rel=")
+                    .is_some_and(|r| r.trim_matches('"') == "next")
+            })
+            .then(|| target.to_owned())
+    })
+}
+
 /// The `Docker-Content-Digest` header, when it is a valid digest.
 fn header_digest(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("docker-content-digest")?.to_str().ok()?.trim();
@@ -832,6 +938,20 @@ mod tests {
         );
         assert!(digest_of("sha512", b"x").unwrap().len() == "sha512:".len() + 128);
         assert_eq!(digest_of("md5", b""), None);
+    }
+
+    #[test]
+    fn next_links() {
+        assert_eq!(
+            next_link(r#"</v2/a/referrers/sha256:x?n=10&last=y>; rel="next""#).as_deref(),
+            Some("/v2/a/referrers/sha256:x?n=10&last=y")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/p>; rel="prev", <https://x/n>; rel=next"#).as_deref(),
+            Some("https://x/n")
+        );
+        assert_eq!(next_link(r#"<https://x/p>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! before the pure decision.
 //!
 //! [`Registry`] implements [`Gather`]: for each image it resolves a tag to the digest the
-//! registry serves now (or takes the reference's own digest), reads the cosign signatures
-//! stored for that digest (`sha256-<hex>.sig` in the image's repository), and judges them for
-//! each signature entry. Around that:
+//! registry serves now (or takes the reference's own digest), reads the signatures stored for
+//! that digest — the cosign signature tag `sha256-<hex>.sig` in the image's repository
+//! ([`cosign`]) and the Sigstore bundles attached to it as OCI referrers ([`referrers`]), side
+//! by side — and judges them for each signature entry ([`judge`]): one signature verifying as a
+//! whole, in either place, verifies the entry. Around that:
 //!
 //! - **Cache**: tag resolutions for `--tag-cache-ttl`, verified outcomes for
 //!   `--signature-cache-ttl`, not-verified ones for 30 s (per repository, digest and verifier).
@@ -30,7 +32,7 @@ use crate::evidence::{
     Source,
 };
 use crate::metrics::Metrics;
-use crate::signature::{TransparencyLog, Verifier};
+use crate::signature::Verifier;
 
 mod args;
 pub mod cache;
@@ -38,6 +40,8 @@ pub mod client;
 pub mod cosign;
 pub mod credentials;
 mod flight;
+pub mod judge;
+pub mod referrers;
 
 pub use args::{DockerConfigArgs, RegistryArgs, RegistryCredentialSecretArgs};
 pub use cache::NOT_VERIFIED_TTL;
@@ -61,9 +65,6 @@ pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The reason of an entry whose lookup ended without an answer (a bug, not a registry fault).
 const LOOKUP_LOST: &str = "the registry lookup ended without an answer";
-/// The reason of an entry that asks for a transparency-log entry under a key: not verified
-/// until transparency-log verification lands (fail closed, never a silent pass).
-const TLOG_UNSUPPORTED: &str = "this entry requires a transparency-log entry (transparencyLog: Require), which imagegate cannot verify yet";
 
 /// How the adapter behaves.
 #[derive(Debug, Clone)]
@@ -278,20 +279,15 @@ impl Inner {
             }
         };
         for check in &request.checks {
-            let outcome = match fixed_outcome(check) {
-                Some(o) => o,
-                None => {
-                    let key = outcome_key(
-                        reference.registry(),
-                        reference.repository(),
-                        &digest,
-                        check.verifier.id(),
-                    );
-                    match self.caches.outcome(&key, now)? {
-                        Cached::Fresh(o) => o,
-                        Cached::Stale(_) => return None,
-                    }
-                }
+            let key = outcome_key(
+                reference.registry(),
+                reference.repository(),
+                &digest,
+                check.verifier.id(),
+            );
+            let outcome = match self.caches.outcome(&key, now)? {
+                Cached::Fresh(o) => o,
+                Cached::Stale(_) => return None,
             };
             found.entries.insert(
                 check.entry.clone(),
@@ -337,23 +333,18 @@ impl Inner {
         let now = Instant::now();
         let mut missing: Vec<&EntryCheck> = Vec::new();
         for check in &request.checks {
-            let known = match fixed_outcome(check) {
-                Some(o) => Some((o, Source::Fresh)),
-                None => {
-                    let key = outcome_key(registry, repository, &digest, check.verifier.id());
-                    match self.caches.outcome(&key, now) {
-                        Some(Cached::Fresh(o)) => Some((o, Source::Cache)),
-                        _ => None,
-                    }
+            let key = outcome_key(registry, repository, &digest, check.verifier.id());
+            match self.caches.outcome(&key, now) {
+                Some(Cached::Fresh(outcome)) => {
+                    lock(&progress).entries.insert(
+                        check.entry.clone(),
+                        EntryEvidence {
+                            outcome,
+                            source: Source::Cache,
+                        },
+                    );
                 }
-            };
-            match known {
-                Some((outcome, source)) => {
-                    lock(&progress)
-                        .entries
-                        .insert(check.entry.clone(), EntryEvidence { outcome, source });
-                }
-                None => missing.push(check),
+                _ => missing.push(check),
             }
         }
         if missing.is_empty() {
@@ -546,7 +537,12 @@ impl Inner {
         repository: &str,
         digest: &str,
     ) {
-        let found = cosign::fetch(&self.client, registry, repository, digest).await;
+        let (cosign, bundles) = futures::join!(
+            cosign::fetch(&self.client, registry, repository, digest),
+            referrers::fetch(&self.client, registry, repository, digest),
+        );
+        let found = judge::Found { cosign, bundles };
+        let now = jiff::Timestamp::now().as_second();
         let mut outcomes: HashMap<String, Outcome> = HashMap::new();
         let mut todo: Vec<Arc<Verifier>> = ticket.take().into_iter().flatten().collect();
         let mut cached = 0;
@@ -555,14 +551,7 @@ impl Inner {
                 if outcomes.contains_key(verifier.id()) {
                     continue;
                 }
-                let outcome = match &found {
-                    Ok(signatures) => {
-                        cosign::judge(signatures, &verifier, registry, repository, digest)
-                    }
-                    Err(fault) => Outcome::Unavailable {
-                        reason: fault.message().to_owned(),
-                    },
-                };
+                let outcome = judge::judge(&found, &verifier, registry, repository, digest, now);
                 let key = outcome_key(registry, repository, digest, verifier.id());
                 cached = self.caches.put_outcome(&key, &outcome, Instant::now());
                 outcomes.insert(verifier.id().to_owned(), outcome);
@@ -592,14 +581,4 @@ fn unavailable(reason: &str) -> EntryEvidence {
 /// The tag a reference without a digest is resolved by (`latest` when none is written).
 fn tag_of(request: &EvidenceRequest) -> &str {
     request.reference.effective_tag().unwrap_or("latest")
-}
-
-/// The outcome of an entry that needs no lookup: one asking for a transparency-log entry.
-fn fixed_outcome(check: &EntryCheck) -> Option<Outcome> {
-    match check.transparency_log {
-        TransparencyLog::Skip => None,
-        TransparencyLog::Require => Some(Outcome::NotVerified {
-            reason: TLOG_UNSUPPORTED.to_owned(),
-        }),
-    }
 }

@@ -10,6 +10,8 @@
 use serde::Deserialize;
 
 use super::Verifier;
+use super::keyless::{Material, judge};
+use super::rekor::{Content, LogEntry};
 
 /// The manifest annotation of a cosign signature layer that holds its base64 signature.
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
@@ -76,35 +78,76 @@ impl SimpleSigning {
     }
 }
 
-/// Why one signature layer does not verify.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    /// The signature annotation is missing, too long or not base64.
-    #[error("the signature is unreadable: {0}")]
-    Encoding(String),
-    /// The signature does not verify over the payload under the entry's key.
-    #[error("the signature does not verify under {0}")]
-    Signature(String),
-    /// The payload (verified) is not a simple-signing document.
-    #[error("{0}")]
-    Payload(String),
-    /// The payload (verified) signs another image.
-    #[error("the signature is for {signed}, not for this image's digest")]
-    OtherDigest { signed: String },
+pub use super::Rejection;
+
+/// The annotation of a keyless signature layer holding the signing certificate (PEM).
+pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
+/// The annotation holding the certificate's chain toward the Fulcio root (PEM).
+pub const CHAIN_ANNOTATION: &str = "dev.sigstore.cosign/chain";
+/// The annotation holding the signature's Rekor entry and its signed entry timestamp (JSON).
+pub const BUNDLE_ANNOTATION: &str = "dev.sigstore.cosign/bundle";
+/// The longest certificate, chain or Rekor-entry annotation read: real ones are a few
+/// kilobytes (the Rekor entry holds the certificate again, base64 twice over).
+pub const ANNOTATION_MAX_LEN: usize = 64 * 1024;
+
+/// The annotations of one `.sig` layer that carry its signature, and for keyless or logged
+/// signatures the certificate, its chain and the Rekor entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Annotations {
+    /// [`SIGNATURE_ANNOTATION`]: the signature, base64.
+    pub signature: Option<String>,
+    /// [`CERTIFICATE_ANNOTATION`].
+    pub certificate: Option<String>,
+    /// [`CHAIN_ANNOTATION`].
+    pub chain: Option<String>,
+    /// [`BUNDLE_ANNOTATION`].
+    pub bundle: Option<String>,
 }
 
-/// Verifies one cosign signature layer for the image whose digest is `digest`: `payload` is the
-/// layer's blob (its digest already checked against the manifest by the caller) and
-/// `signature_b64` the layer's [`SIGNATURE_ANNOTATION`]. Both checks are made on this one layer:
-/// the signature verifies over exactly these bytes, and these bytes name `digest`.
+impl Annotations {
+    /// The annotations a layer descriptor has, looked up by name.
+    pub fn from_lookup<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Annotations {
+        let own = |name| get(name).map(str::to_owned);
+        Annotations {
+            signature: own(SIGNATURE_ANNOTATION),
+            certificate: own(CERTIFICATE_ANNOTATION),
+            chain: own(CHAIN_ANNOTATION),
+            bundle: own(BUNDLE_ANNOTATION),
+        }
+    }
+}
+
+/// Verifies one cosign signature layer under a `key` verifier that needs no more than the
+/// signature annotation; see [`verify_signature_layer`].
 pub fn verify_layer(
     payload: &[u8],
     signature_b64: Option<&str>,
     verifier: &Verifier,
     digest: &str,
 ) -> Result<(), Rejection> {
+    let annotations = Annotations {
+        signature: signature_b64.map(str::to_owned),
+        ..Annotations::default()
+    };
+    verify_signature_layer(payload, &annotations, verifier, digest, 0).map(|_| ())
+}
+
+/// Verifies one cosign signature layer for the image whose digest is `digest`, and returns
+/// who signed (a key fingerprint, or the certificate's identity). `payload` is the layer's blob
+/// (its digest already checked against the manifest by the caller); `now` is the current Unix
+/// time, which matters only for a keyless signature whose signing time nothing proves. All
+/// checks are made on this one layer: the signature verifies over exactly these bytes, under
+/// the entry's key or under a certificate from the trusted root for the entry's identity, its
+/// Rekor entry (when required) records this signature, and these bytes name `digest`.
+pub fn verify_signature_layer(
+    payload: &[u8],
+    annotations: &Annotations,
+    verifier: &Verifier,
+    digest: &str,
+    now: i64,
+) -> Result<String, Rejection> {
     use base64::Engine as _;
-    let b64 = signature_b64.ok_or_else(|| {
+    let b64 = annotations.signature.as_deref().ok_or_else(|| {
         Rejection::Encoding(format!(
             "the layer has no {SIGNATURE_ANNOTATION} annotation"
         ))
@@ -118,16 +161,49 @@ pub fn verify_layer(
     let signature = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| Rejection::Encoding(format!("not base64: {e}")))?;
-    match verifier {
-        Verifier::Key(k) => {
-            if !k.key.verify(payload, &signature) {
-                return Err(Rejection::Signature(format!(
-                    "the key {}",
-                    k.key.fingerprint()
-                )));
-            }
+    for (name, value) in [
+        (CERTIFICATE_ANNOTATION, &annotations.certificate),
+        (CHAIN_ANNOTATION, &annotations.chain),
+        (BUNDLE_ANNOTATION, &annotations.bundle),
+    ] {
+        if value.as_ref().is_some_and(|v| v.len() > ANNOTATION_MAX_LEN) {
+            return Err(Rejection::Encoding(format!(
+                "the {name} annotation is longer than {ANNOTATION_MAX_LEN} characters"
+            )));
         }
     }
+    let certificate = match &annotations.certificate {
+        Some(pem) => Some(
+            certificates(pem, CERTIFICATE_ANNOTATION)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    Rejection::Encoding(format!(
+                        "the {CERTIFICATE_ANNOTATION} annotation holds no certificate"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let chain = match &annotations.chain {
+        Some(pem) => certificates(pem, CHAIN_ANNOTATION)?,
+        None => Vec::new(),
+    };
+    let log_entries = match &annotations.bundle {
+        Some(json) => vec![rekor_bundle(json)?],
+        None => Vec::new(),
+    };
+    let payload_digest = ring::digest::digest(&ring::digest::SHA256, payload);
+    let material = Material {
+        signed: payload,
+        signature: &signature,
+        certificate,
+        chain,
+        log_entries,
+        timestamps: Vec::new(),
+        content: Content::Digest(payload_digest.as_ref()),
+    };
+    let signer = judge(&material, verifier, now)?;
     // Only a payload whose signature verified is read: its claims mean nothing otherwise.
     let signed = SimpleSigning::parse(payload).map_err(Rejection::Payload)?;
     if signed.digest() != digest {
@@ -135,7 +211,66 @@ pub fn verify_layer(
             signed: signed.digest().to_owned(),
         });
     }
-    Ok(())
+    Ok(signer)
+}
+
+/// The certificates (DER) of a PEM annotation.
+fn certificates(pem: &str, name: &str) -> Result<Vec<Vec<u8>>, Rejection> {
+    let blocks = super::pem_blocks(pem)
+        .map_err(|e| Rejection::Encoding(format!("the {name} annotation: {e}")))?;
+    blocks
+        .into_iter()
+        .map(|(label, der)| {
+            if label == "CERTIFICATE" {
+                Ok(der)
+            } else {
+                Err(Rejection::Encoding(format!(
+                    "the {name} annotation holds a {label} block, not a certificate"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// The Rekor entry of cosign's [`BUNDLE_ANNOTATION`]: the signed entry timestamp and the
+/// entry it signs (body, integrated time, log index, log id in hex).
+fn rekor_bundle(json: &str) -> Result<LogEntry, Rejection> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Bundle {
+        #[serde(rename = "SignedEntryTimestamp")]
+        signed_entry_timestamp: String,
+        #[serde(rename = "Payload")]
+        payload: Payload,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Payload {
+        body: String,
+        integrated_time: i64,
+        log_index: i64,
+        #[serde(rename = "logID")]
+        log_id: String,
+    }
+    let bad =
+        |why: String| Rejection::Encoding(format!("the {BUNDLE_ANNOTATION} annotation {why}"));
+    let bundle: Bundle =
+        serde_json::from_str(json).map_err(|e| bad(format!("is not a Rekor bundle: {e}")))?;
+    let b64 = |s: &str, what: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|_| bad(format!("has a {what} that is not base64")))
+    };
+    Ok(LogEntry {
+        log_index: bundle.payload.log_index,
+        log_id: super::unhex(&bundle.payload.log_id)
+            .ok_or_else(|| bad("has a logID that is not hex".to_owned()))?,
+        integrated_time: bundle.payload.integrated_time,
+        body: b64(&bundle.payload.body, "body")?,
+        kind_version: None,
+        signed_entry_timestamp: Some(b64(&bundle.signed_entry_timestamp, "SignedEntryTimestamp")?),
+        inclusion_proof: None,
+    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,16 @@ use x509_parser::oid_registry::{
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+pub mod bundle;
 pub mod cosign;
+pub mod fulcio;
+pub mod keyless;
+pub mod rekor;
+pub mod timestamp;
+pub mod trust;
+
+pub use keyless::{KeylessVerifier, Match};
+pub use trust::TrustedRoot;
 
 /// The smallest RSA modulus accepted, in bits: smaller keys are factorable in practice, and
 /// `ring` refuses them anyway.
@@ -261,7 +270,7 @@ fn rsa_modulus_bits(spki: &SubjectPublicKeyInfo<'_>) -> Result<usize, KeyError> 
 
 /// The PEM blocks of `text`, as (label, DER) pairs. Text outside blocks is ignored, as PEM
 /// readers do (files often carry comments).
-fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub(crate) fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     use base64::Engine as _;
     let mut out = Vec::new();
     let mut lines = text.lines().map(str::trim);
@@ -305,6 +314,17 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Bytes from lower- or upper-case hex.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Whether a signature entry requires a transparency-log entry (`spec.verifySignatures[].transparencyLog`).
 #[derive(
     Debug,
@@ -325,41 +345,116 @@ pub enum TransparencyLog {
     Require,
 }
 
+/// Why one signature does not verify. Each names what failed for this one signature; the
+/// registry adapter gathers them into the outcome's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The signature, or what carries it, is missing, too long or malformed.
+    #[error("the signature is unreadable: {0}")]
+    Encoding(String),
+    /// The signature does not verify over its content under the key or certificate named.
+    #[error("the signature does not verify under {0}")]
+    Signature(String),
+    /// The signed content (verified) is not a document of the expected kind.
+    #[error("{0}")]
+    Payload(String),
+    /// The signed content (verified) names another image.
+    #[error("the signature is for {signed}, not for this image's digest")]
+    OtherDigest { signed: String },
+    /// The certificate is not from the trusted root, or was not valid when the signature was made.
+    #[error("{0}")]
+    Certificate(String),
+    /// The certificate is valid, for another identity than the entry's.
+    #[error("signed by {found}, not by {wanted}")]
+    Identity { found: String, wanted: String },
+    /// The transparency-log entry required is missing, does not verify, or is another
+    /// signature's.
+    #[error("transparency log: {0}")]
+    TransparencyLog(String),
+    /// A timestamp the signature carries does not verify.
+    #[error("timestamp: {0}")]
+    Timestamp(String),
+    /// A valid Sigstore document that is not an image signature (an attestation).
+    #[error("{0}")]
+    NotASignature(String),
+}
+
 /// How a signature must verify to satisfy a signature entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verifier {
     /// Under this public key.
     Key(KeyVerifier),
+    /// By a Fulcio certificate for this identity.
+    Keyless(KeylessVerifier),
 }
 
 /// A `key` entry, compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyVerifier {
     key: PublicKey,
+    /// The trusted root whose logs must hold the signature (`transparencyLog: Require`).
+    log: Option<std::sync::Arc<TrustedRoot>>,
     id: String,
 }
 
 impl Verifier {
-    /// A verifier for signatures under `key`.
+    /// A verifier for signatures under `key`, without a transparency log.
     pub fn key(key: PublicKey) -> Verifier {
         Verifier::Key(KeyVerifier {
             id: format!("key:{}", key.fingerprint()),
             key,
+            log: None,
         })
     }
 
+    /// A verifier for signatures under `key` that a transparency log of `root` must hold
+    /// (`transparencyLog: Require` on a `key` entry).
+    pub fn key_in_log(key: PublicKey, root: std::sync::Arc<TrustedRoot>) -> Verifier {
+        Verifier::Key(KeyVerifier {
+            id: format!(
+                "key:{};transparencyLog:{}",
+                key.fingerprint(),
+                root.fingerprint()
+            ),
+            key,
+            log: Some(root),
+        })
+    }
+
+    /// A verifier for keyless signatures: a certificate from a Fulcio CA of `root` for an
+    /// identity whose OIDC issuer and subject match.
+    pub fn keyless(
+        issuer: Match,
+        subject: Match,
+        root: std::sync::Arc<TrustedRoot>,
+        transparency_log: TransparencyLog,
+    ) -> Verifier {
+        Verifier::Keyless(KeylessVerifier::new(
+            issuer,
+            subject,
+            root,
+            transparency_log,
+        ))
+    }
+
     /// What this verifier accepts, as a stable string: two verifiers with the same id accept
-    /// exactly the same signatures, so outcomes may be cached and shared under it.
+    /// exactly the same signatures, so outcomes may be cached and shared under it. A keyless
+    /// id holds the identity wanted, the trusted root's fingerprint and the transparency-log
+    /// setting.
     pub fn id(&self) -> &str {
         match self {
             Verifier::Key(k) => &k.id,
+            Verifier::Keyless(k) => &k.id,
         }
     }
 
-    /// Who signed, when a signature verifies: the key's fingerprint.
+    /// What this verifier accepts, for people: the key's fingerprint, or the identity wanted.
+    /// A verified signature's own signer (the identity found in its certificate) is what the
+    /// verification functions return.
     pub fn describe(&self) -> String {
         match self {
             Verifier::Key(k) => k.key.fingerprint().to_owned(),
+            Verifier::Keyless(k) => k.wanted(),
         }
     }
 
@@ -367,9 +462,22 @@ impl Verifier {
     pub fn public_key(&self) -> Option<&PublicKey> {
         match self {
             Verifier::Key(k) => Some(&k.key),
+            Verifier::Keyless(_) => None,
+        }
+    }
+
+    /// Whether a transparency-log entry is required.
+    pub fn transparency_log(&self) -> TransparencyLog {
+        match self {
+            Verifier::Key(k) if k.log.is_some() => TransparencyLog::Require,
+            Verifier::Key(_) => TransparencyLog::Skip,
+            Verifier::Keyless(k) => k.transparency_log,
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod sigstore_tests;
 
 #[cfg(test)]
 pub(crate) mod tests {

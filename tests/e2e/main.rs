@@ -17,6 +17,8 @@ mod mutation;
 #[path = "../support/registry.rs"]
 mod registry_support;
 mod signatures;
+#[path = "../support/sigstore_js.rs"]
+mod sigstore_js;
 
 use std::collections::BTreeMap;
 

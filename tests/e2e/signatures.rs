@@ -1,6 +1,8 @@
 //! `verifySignatures` against a real API server and a real registry that the test starts on
 //! this machine: Debian's `docker-registry`, with images pushed and signed by the `sigstore`
-//! crate (`tests/support/registry.rs`).
+//! crate (`tests/support/registry.rs`), and signed keyless by the Sigstore JavaScript libraries
+//! (`tests/support/sigstore_js.rs`: `@sigstore/sign` against `@sigstore/mock`'s authorities, the
+//! bundle attached as a referrer through the referrers tag schema).
 //!
 //! Only the operator, on this machine, talks to the registry: the API server calls the
 //! operator, the operator reads the signatures (and pins digests, and audits what runs). A Pod that is stored stays Pending on a control
@@ -10,7 +12,7 @@
 use imagegate::operator::audit::MIN_AUDIT_INTERVAL;
 use imagegate::operator::webhook_config::PODS_WEBHOOK;
 use imagegate::policy::ImagePolicy;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -18,7 +20,7 @@ use crate::audit::{HOLD_GATE, audit_of, summary, violation};
 use crate::harness::{
     CONVERGE, E2e, OperatorRun, admitted, dry_run, from_json, pod, refused_by, run, store,
 };
-use crate::registry_support::{Auth, TestKey, TestRegistry};
+use crate::registry_support::{Auth, OCI_MANIFEST, TestKey, TestRegistry};
 use crate::{deny_busybox, until_enforced};
 
 /// The key in the key Secret, as `kubectl create secret generic --from-file=cosign.pub` names it.
@@ -324,6 +326,137 @@ async fn pinned_to_the_verified_digest_and_audited_at_the_running_digest() {
             "should name the running digest: {}",
             found.message
         );
+    })
+    .await;
+}
+
+/// The identity `tests/sigstore-js/produce.js` signs as (the release workflow of a tag), and
+/// another one.
+const KEYLESS_ISSUER: &str = "https://token.actions.githubusercontent.com";
+const KEYLESS_SUBJECT: &str =
+    "https://github.com/corp/app/.github/workflows/release.yml@refs/tags/v1.2.3";
+const OTHER_SUBJECT: &str = "https://github.com/corp/app/.github/workflows/ci.yml@refs/heads/main";
+/// The media type of a Sigstore bundle v0.3, as its referrer's `artifactType`.
+const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// The key of the trusted root in its ConfigMap.
+const TRUSTED_ROOT_FIELD: &str = "trusted_root.json";
+
+/// With a `keyless` entry whose trusted root is a ConfigMap in the operator's namespace (listed
+/// in `--trusted-root-config-maps`): a Pod of an image with a keyless Sigstore bundle of the
+/// release identity (attached as a referrer, found through the referrers tag schema) is stored,
+/// an unsigned image is refused; after the policy is edited to want another subject, the same
+/// image is refused naming the identity found and the one wanted.
+#[tokio::test]
+async fn keyless_signatures_with_a_trusted_root_config_map() {
+    run("keyless", async |e2e| {
+        let registry = start_registry(&e2e).await;
+        let host = registry.host.clone();
+        let image = |repository: &str| format!("{host}/e2e/{repository}:1");
+        let digest = registry.push_image("e2e/keyless", "1").await;
+        registry.push_image("e2e/unsigned", "1").await;
+
+        // The Sigstore JavaScript libraries sign the image's manifest; the bundle is attached as
+        // a referrer (referrers tag schema) from here, since `@sigstore/oci` speaks plain HTTP
+        // only to 127.0.0.1 and the registry may listen on another address of this machine.
+        let manifest = reqwest::Client::new()
+            .get(format!("http://{host}/v2/e2e/keyless/manifests/1"))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the manifest just pushed")
+            .bytes()
+            .await
+            .expect("the manifest's bytes");
+        let dir = e2e.dir();
+        let (manifest_file, out) = (dir.join("manifest.json"), dir.join("sigstore"));
+        std::fs::write(&manifest_file, &manifest).unwrap();
+        let target = format!("{host}/e2e/keyless");
+        let produced = crate::sigstore_js::produce(
+            &out,
+            &[
+                "--manifest",
+                manifest_file.to_str().unwrap(),
+                "--image",
+                &target,
+                "--cases",
+                "dsse-v03",
+            ],
+        );
+        assert!(
+            produced,
+            "the keyless test needs node and `npm ci` in tests/sigstore-js"
+        );
+        let bundle = std::fs::read(out.join("dsse-v03.bundle.json")).unwrap();
+        registry
+            .attach_bundle("e2e/keyless", &digest, &bundle, BUNDLE_MEDIA_TYPE)
+            .await;
+        let trusted_root = std::fs::read_to_string(out.join("trusted_root.json")).unwrap();
+
+        // The ConfigMap exists before the operator, which reads the ConfigMaps it lists at start.
+        let namespace = e2e.operator_namespace();
+        let root_map = e2e.named("sigstore-root");
+        let maps: Api<ConfigMap> = Api::namespaced(e2e.client(), &namespace);
+        e2e.apply(
+            &maps,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": root_map, "namespace": namespace},
+                "data": {(TRUSTED_ROOT_FIELD): trusted_root}}),
+        )
+        .await;
+
+        let policy = e2e.named("keyless");
+        let images = format!("{host}/e2e/**");
+        let entry = |subject: &str| {
+            json!({"name": "release", "images": [images],
+                "keyless": {"issuer": KEYLESS_ISSUER, "subject": subject,
+                    "trustedRoot": {"configMapRef": {"name": root_map, "key": TRUSTED_ROOT_FIELD}}}})
+        };
+        e2e.apply_policy(&policy, signed_spec(entry(KEYLESS_SUBJECT)))
+            .await;
+        let mut args = e2e.default_operator_args();
+        args.extend([
+            format!("--insecure-registry={host}"),
+            format!("--trusted-root-config-maps={root_map}"),
+        ]);
+        e2e.start_operator(OperatorRun {
+            args: Some(args),
+            ..OperatorRun::default()
+        });
+        until_enforced(&e2e, &policy).await;
+
+        let pods: Api<Pod> = e2e.api();
+        store(&pods, &pod("keyless", &image("keyless"))).await;
+        assert_unsigned(
+            &pods,
+            &policy,
+            "release",
+            &image("unsigned"),
+            "no signature for",
+        )
+        .await;
+
+        // Another subject wanted: the same signature no longer passes, and the denial says who
+        // signed and who was wanted.
+        e2e.apply_policy(&policy, signed_spec(entry(OTHER_SUBJECT)))
+            .await;
+        let probe = pod("probe", &image("keyless"));
+        let message = e2e
+            .eventually(
+                &format!(
+                    "the edited policy {policy} to refuse {} (signed by another subject)",
+                    image("keyless")
+                ),
+                CONVERGE,
+                async || refused_by(PODS_WEBHOOK, pods.create(&dry_run(), &probe).await),
+            )
+            .await;
+        for part in [
+            format!("signed by subject {KEYLESS_SUBJECT:?} from issuer {KEYLESS_ISSUER:?}"),
+            format!("not by subject {OTHER_SUBJECT:?}"),
+        ] {
+            assert!(message.contains(&part), "should say {part}: {message}");
+        }
     })
     .await;
 }

@@ -417,6 +417,39 @@ impl TestRegistry {
         digest
     }
 
+    /// Attaches a Sigstore bundle (`bundle`, of `media_type`) to `repo@digest` as an OCI 1.1
+    /// referrer the way `@sigstore/oci` and cosign do on a registry without the referrers API:
+    /// the referrer manifest (an empty config, the bundle as its layer, `subject` the image),
+    /// then the referrers index tagged `sha256-<hex>` listing it (replaced: one bundle).
+    pub async fn attach_bundle(&self, repo: &str, digest: &str, bundle: &[u8], media_type: &str) {
+        const EMPTY: &[u8] = b"{}";
+        self.push_blob(repo, EMPTY).await;
+        self.push_blob(repo, bundle).await;
+        let referrer = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": media_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(EMPTY), "size": EMPTY.len()},
+            "layers": [{"mediaType": media_type, "digest": sha256(bundle), "size": bundle.len()}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": digest, "size": 0},
+            "annotations": {"dev.sigstore.bundle.content": "dsse-envelope",
+                "dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"},
+        }))
+        .unwrap();
+        let size = referrer.len();
+        let referrer_digest = self
+            .push_manifest(repo, &sha256(&referrer), referrer, OCI_MANIFEST)
+            .await;
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": referrer_digest, "size": size,
+                "artifactType": media_type,
+                "annotations": {"dev.sigstore.bundle.content": "dsse-envelope",
+                    "dev.sigstore.bundle.predicateType": "https://sigstore.dev/cosign/sign/v1"}}],
+        }))
+        .unwrap();
+        self.push_manifest(repo, &digest.replacen(':', "-", 1), index, OCI_INDEX)
+            .await;
+    }
+
     /// Pushes a blob into `repo`; its digest.
     pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         let digest = sha256(data);

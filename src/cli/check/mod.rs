@@ -195,7 +195,7 @@ pub fn print(report: &Report, output: OutputFormat, strict: bool, command: &str)
 /// [`Report::errors`] and the rest is judged.
 pub fn run(args: &CheckArgs) -> Result<Report, LoadError> {
     let secrets = args.keys.secret_keys().map_err(|e| LoadError::Invalid {
-        source_name: "--key-secret-dir".to_owned(),
+        source_name: "the command line".to_owned(),
         message: format!("{e:#}"),
     })?;
     let policies = manifests::load_policies_with(&args.policies, &secrets)?;
