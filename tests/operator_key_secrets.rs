@@ -151,10 +151,18 @@ fn verifier(snapshot: &SharedSnapshot, name: &str) -> Option<String> {
     Some(p.signatures[0].check.verifier.id().to_owned())
 }
 
-#[tokio::test]
-async fn key_secrets_are_watched_by_name_and_recompile_their_policies() {
+/// The operator's policy index and its key Secret and trusted-root ConfigMap watch, started
+/// against the mock API server.
+struct Running {
+    router: Router,
+    snapshot: SharedSnapshot,
+    readiness: Arc<Readiness>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn start(secrets: KeySecrets) -> Running {
     let (client, api) = mock();
-    let mut router = Router::new(api);
+    let router = Router::new(api);
     let snapshot: SharedSnapshot =
         Arc::new(ArcSwap::from_pointee(Snapshot::empty(Settings::default())));
     let readiness = Arc::new(Readiness::default());
@@ -166,22 +174,44 @@ async fn key_secrets_are_watched_by_name_and_recompile_their_policies() {
     let (keys_tx, keys_rx) = watch::channel(None);
     index.follow_secrets(keys_rx);
     let mut tasks = operator::start_policies(client.clone(), index, None, Arc::new(Metrics::new()));
-    tasks.push(tokio::spawn(run_key_secrets(
-        client,
-        KeySecrets::new("gate", &["cosign".to_owned()]),
-        keys_tx,
-    )));
+    tasks.push(tokio::spawn(run_key_secrets(client, secrets, keys_tx)));
+    Running {
+        router,
+        snapshot,
+        readiness,
+        tasks,
+    }
+}
 
-    // The policies are listed first; nothing is in force until the key Secret has been read.
+/// Answers the policy list with `items`, gives the index a moment to act on them, and returns
+/// the watch that follows (held open by the caller, as a quiet API server does).
+async fn list_policies(router: &mut Router, items: Value) -> Call {
     let list = Router::next(&mut router.policies).await;
     assert!(!list.is_watch());
     list.ok(
         json!({"apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicyList",
-        "metadata": {"resourceVersion": "10"},
-        "items": [policy("signed", "cosign"), policy("elsewhere", "vendor")]}),
+        "metadata": {"resourceVersion": "10"}, "items": items}),
     );
-    let _policy_watch = Router::next(&mut router.policies).await;
+    let policy_watch = Router::next(&mut router.policies).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    policy_watch
+}
+
+#[tokio::test]
+async fn key_secrets_are_watched_by_name_and_recompile_their_policies() {
+    let Running {
+        mut router,
+        snapshot,
+        readiness,
+        tasks,
+    } = start(KeySecrets::new("gate", &["cosign".to_owned()]));
+
+    // The policies are listed first; nothing is in force until the key Secret has been read.
+    let _policy_watch = list_policies(
+        &mut router,
+        json!([policy("signed", "cosign"), policy("elsewhere", "vendor")]),
+    )
+    .await;
     assert!(
         !readiness.policies_loaded(),
         "ready before the key was read"
@@ -290,33 +320,21 @@ fn config_map(root: &str, rv: &str) -> Value {
 
 #[tokio::test]
 async fn trusted_root_config_maps_are_watched_by_name_and_recompile_their_policies() {
-    let (client, api) = mock();
-    let mut router = Router::new(api);
-    let snapshot: SharedSnapshot =
-        Arc::new(ArcSwap::from_pointee(Snapshot::empty(Settings::default())));
-    let readiness = Arc::new(Readiness::default());
-    let mut index = PolicyIndex::new(
-        Arc::clone(&snapshot),
-        Arc::clone(&readiness),
-        Settings::default(),
-    );
-    let (keys_tx, keys_rx) = watch::channel(None);
-    index.follow_secrets(keys_rx);
-    let mut tasks = operator::start_policies(client.clone(), index, None, Arc::new(Metrics::new()));
-    tasks.push(tokio::spawn(run_key_secrets(
-        client,
-        KeySecrets::new("gate", &[]).with_config_maps(&["sigstore".to_owned()]),
-        keys_tx,
-    )));
+    let Running {
+        mut router,
+        snapshot,
+        readiness,
+        tasks,
+    } = start(KeySecrets::new("gate", &[]).with_config_maps(&["sigstore".to_owned()]));
 
-    let list = Router::next(&mut router.policies).await;
-    list.ok(
-        json!({"apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicyList",
-        "metadata": {"resourceVersion": "10"},
-        "items": [keyless_policy("ci", "sigstore"), keyless_policy("elsewhere", "other")]}),
-    );
-    let _policy_watch = Router::next(&mut router.policies).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _policy_watch = list_policies(
+        &mut router,
+        json!([
+            keyless_policy("ci", "sigstore"),
+            keyless_policy("elsewhere", "other")
+        ]),
+    )
+    .await;
     assert!(
         !readiness.policies_loaded(),
         "ready before the trusted root was read"
