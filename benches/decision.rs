@@ -9,6 +9,9 @@ use imagegate::decision::{Input, decide};
 use imagegate::policy::{ImagePolicy, Settings, Snapshot, compile};
 use imagegate::workload::{Workload, WorkloadKind};
 
+#[path = "support/generated.rs"]
+mod generated;
+
 /// A realistic cluster: a few cluster-wide baselines (one in 200 policies, Warn mode) and one
 /// policy per team, selected by the namespace's `team` label and governing that team's part of
 /// the company registry. With `all_apply`, every team policy applies to the namespace instead
@@ -84,6 +87,39 @@ fn bench_decide(c: &mut Criterion) {
             black_box(decide(&pair[turn], &input))
         })
     });
+
+    // The generated policies of the scale benchmarks (benches/support/generated.rs) at the
+    // issue's sizes; the namespace is team t7's, so one policy applies besides none.
+    let mut group = c.benchmark_group("decide_generated");
+    for (n, per) in [
+        (100, 3),
+        (1000, 3),
+        (10_000, 3),
+        (100, 100),
+        (1000, 100),
+        (10_000, 100),
+    ] {
+        let (snapshot, errors) =
+            Snapshot::compile(&generated::policies(n, per), Settings::default());
+        assert!(errors.is_empty());
+        group.bench_with_input(
+            BenchmarkId::from_parameter(format!("{n}x{per}")),
+            &snapshot,
+            |b, snapshot| b.iter(|| black_box(decide(snapshot, &input))),
+        );
+        drop(snapshot);
+        // First sight: two snapshots alternated, so every image is parsed and matched anew.
+        let pair =
+            [0, 1].map(|_| Snapshot::compile(&generated::policies(n, per), Settings::default()).0);
+        let mut turn = 0;
+        group.bench_function(BenchmarkId::new("first_sight", format!("{n}x{per}")), |b| {
+            b.iter(|| {
+                turn ^= 1;
+                black_box(decide(&pair[turn], &input))
+            })
+        });
+    }
+    group.finish();
 
     let raw = serde_json::to_string(
         &serde_json::from_str::<serde_json::Value>(include_str!("../tests/data/pod-create.json"))

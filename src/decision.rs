@@ -628,7 +628,7 @@ impl Judged<'_> {
                 });
             }
             if let Some(tag) = reference.effective_tag()
-                && p.denied_tag_set.is_match(tag)
+                && p.denies_tag(tag)
             {
                 let implicit = if reference.tag_is_implicit() {
                     " (no tag means latest)"
@@ -672,7 +672,7 @@ impl Judged<'_> {
             // gathers its evidence for that digest); the entries are those of the image as
             // written, as the requests for the evidence chose them.
             if !p.signatures.is_empty() && !target.unchanged {
-                let mut entries = verification::candidates(p, reference).peekable();
+                let mut entries = verification::candidates(p, pi, matches).peekable();
                 if entries.peek().is_some() {
                     let found = evidence.and_then(|e| e.images.get(&image.image));
                     let (judged, runs_note) = match runs.running() {
@@ -766,7 +766,7 @@ fn denied_message(shown: &str, note: &str, policy: &CompiledPolicy, judged: &Ref
         .patterns
         .iter()
         .find(|pat| pat.matches(judged))
-        .map_or("", |pat| &pat.source);
+        .map_or("", |pat| pat.source());
     format!(
         "{shown}{note} matches the denied pattern {hit:?}; use an image from another registry or repository"
     )

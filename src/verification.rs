@@ -7,16 +7,25 @@ use std::collections::BTreeMap;
 
 use crate::decision::OldImages;
 use crate::evidence::{EntryEvidence, EvidenceRequest, ImageEvidence, Outcome};
-use crate::policy::{CompiledPolicy, ResolvedImage, SignatureRule, Snapshot};
+use crate::policy::{CompiledPolicy, ImageMatches, ResolvedImage, SignatureRule, Snapshot};
 use crate::reference::Reference;
 use crate::workload::Workload;
 
-/// The entries of `policy` that are for `reference`, an image the policy governs.
+/// The entries of `policy` (at position `pi` in the snapshot) that are for an image it governs
+/// with these `matches`: those without patterns of their own, and those whose patterns the
+/// snapshot's matcher found the image in. No pattern is matched here.
 pub fn candidates<'a>(
     policy: &'a CompiledPolicy,
-    reference: &'a Reference,
+    pi: usize,
+    matches: &ImageMatches,
 ) -> impl Iterator<Item = &'a SignatureRule> {
-    policy.signatures.iter().filter(|r| r.covers(reference))
+    let named = matches.signature_entries(pi);
+    policy
+        .signatures
+        .iter()
+        .zip(0u32..)
+        .filter(move |(rule, n)| rule.covers_all() || named & (1 << n) != 0)
+        .map(|(rule, _)| rule)
 }
 
 /// What the registry adapter must find out for the object: per image as written, the
@@ -55,7 +64,7 @@ pub fn requests(
             if !matches.governed(pi) {
                 continue;
             }
-            for rule in candidates(&snapshot.policies()[pi], reference) {
+            for rule in candidates(&snapshot.policies()[pi], pi, matches) {
                 let at = match out.iter().position(|r| r.image == image.image) {
                     Some(at) => at,
                     None => {

@@ -18,9 +18,10 @@ use super::{EngineArgs, KeySecretDirArgs, LogFormat};
 use crate::certs::{self, CertPair};
 use crate::events::NoEvents;
 use crate::http::{AppState, Listeners, ServerConfig};
+use crate::manifests::LoadError;
 use crate::metrics::Metrics;
 use crate::namespaces::{FixedNamespaces, Labels, parse_namespace_labels};
-use crate::policy::{Settings, Snapshot};
+use crate::policy::{Settings, Snapshot, SnapshotBuilder};
 use crate::registry::{DockerConfigArgs, Registry, RegistryArgs};
 use crate::state::{Readiness, SharedSnapshot};
 use crate::tls::CertResolver;
@@ -161,15 +162,27 @@ struct Reloader {
 
 impl Reloader {
     /// Loads and compiles every policy; the snapshot, or why not (naming file and field).
+    ///
+    /// The policies are read and compiled one file at a time, and every policy that compiles
+    /// to what the snapshot in force has is shared with it rather than held twice: while the
+    /// new snapshot is built beside the one in force, the process holds one file's documents,
+    /// the changed policies and the new matcher on top of what it held before.
     fn load(&self) -> anyhow::Result<Snapshot> {
         let secrets = self.keys.secret_keys()?;
-        let loaded = crate::manifests::load_policies_with(&self.policies, &secrets)?;
-        let policies: Vec<_> = loaded.into_iter().map(|l| l.policy).collect();
-        let (snapshot, errors) = Snapshot::compile_with(&policies, self.settings.clone(), &secrets);
-        if let Some(e) = errors.first() {
-            anyhow::bail!("policy {:?}: {e}", e.policy);
-        }
-        Ok(snapshot)
+        let in_force = self.snapshot.load_full();
+        let mut builder = SnapshotBuilder::new(Some(&in_force), &secrets);
+        crate::manifests::for_each_policy(&self.policies, |source, policy| {
+            let compiled = builder
+                .compile(&policy)
+                .map_err(|error| LoadError::Policy {
+                    source_name: source.to_owned(),
+                    policy: policy.metadata.name.clone().unwrap_or_default(),
+                    error,
+                })?;
+            builder.add_shared(compiled);
+            Ok(())
+        })?;
+        Ok(builder.build(self.settings.clone()))
     }
 
     fn install(&self, snapshot: Snapshot) {
@@ -530,6 +543,39 @@ pub async fn main(args: ServeArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_shares_the_policies_that_did_not_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, allowed: &str| {
+            std::fs::write(
+                dir.path().join(format!("{name}.yaml")),
+                format!(
+                    "apiVersion: imagegate.dev/v1alpha1\nkind: ImagePolicy\nmetadata: {{name: {name}}}\nspec: {{allowedImages: ['{allowed}']}}\n"
+                ),
+            )
+            .unwrap();
+        };
+        write("a", "registry.corp.example/a/**");
+        write("b", "registry.corp.example/b/**");
+        let settings = Settings::default();
+        let reload = Reloader {
+            policies: vec![dir.path().to_owned()],
+            keys: KeySecretDirArgs::default(),
+            settings: settings.clone(),
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty(settings))),
+            metrics: Arc::new(Metrics::new()),
+            tls: CertResolver::new(),
+            tls_files: None,
+        };
+        reload.install(reload.load().unwrap());
+        let first = reload.snapshot.load_full();
+
+        write("b", "registry.corp.example/b/*");
+        reload.reload();
+        let second = reload.snapshot.load_full();
+        crate::policy::assert_rebuilt(&first, &second, "a", "b", "registry.corp.example/b/*");
+    }
 
     #[test]
     fn cert_dir_is_generated_then_reused_then_repaired() {

@@ -2,6 +2,7 @@
 //! JSON, and `kind: List`, with the line and column of every node ([`positions`]). Used by
 //! `check` (manifests and policies) and `serve` (policies).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -497,36 +498,58 @@ pub fn load_policies_with(
     secrets: &crate::policy::SecretKeys,
 ) -> Result<Vec<LoadedPolicy>, LoadError> {
     let mut out: Vec<LoadedPolicy> = Vec::new();
-    for doc in read_paths(paths)? {
-        let group = doc.api_version().split_once('/').map_or("", |(g, _)| g);
-        if group != GROUP {
-            continue;
-        }
-        let policy = policy_from_document(&doc)?;
+    for_each_policy(paths, |source, policy| {
         crate::policy::compile_with(&policy, secrets).map_err(|error| LoadError::Policy {
-            source_name: doc.source.clone(),
+            source_name: source.to_owned(),
             policy: policy.metadata.name.clone().unwrap_or_default(),
             error,
         })?;
-        if let Some(first) = out
-            .iter()
-            .find(|p| p.policy.metadata.name == policy.metadata.name)
-        {
-            return Err(LoadError::Invalid {
-                source_name: doc.source.clone(),
-                message: format!(
-                    "a second ImagePolicy named {:?} (the first is at {}); policy names are unique",
-                    doc.name(),
-                    first.source
-                ),
-            });
-        }
         out.push(LoadedPolicy {
-            source: doc.source,
+            source: source.to_owned(),
             policy,
         });
-    }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// Reads the ImagePolicy documents of `paths` as [`load_policies`] does, but hands each policy
+/// to `each` (with its `FILE#DOC`) as soon as it is read, holding one file at a time: a policy
+/// source with many policies then never holds them all at once. `each` compiles it; its error
+/// ends the reading, as does a second policy of a name already read.
+pub fn for_each_policy(
+    paths: &[PathBuf],
+    mut each: impl FnMut(&str, ImagePolicy) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    // Where each name was first seen, for the error on a second policy of the same name.
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for input in inputs(paths) {
+        let parsed = read_input(&input?);
+        if let Some(e) = parsed.error {
+            return Err(e);
+        }
+        for doc in parsed.documents {
+            let group = doc.api_version().split_once('/').map_or("", |(g, _)| g);
+            if group != GROUP {
+                continue;
+            }
+            let policy = policy_from_document(&doc)?;
+            // Compiled (by `each`) before the name is checked, so that a policy that does not
+            // compile is reported as such wherever it is.
+            each(&doc.source, policy)?;
+            if let Some(first) = seen.get(doc.name()) {
+                return Err(LoadError::Invalid {
+                    source_name: doc.source.clone(),
+                    message: format!(
+                        "a second ImagePolicy named {:?} (the first is at {first}); policy names are unique",
+                        doc.name(),
+                    ),
+                });
+            }
+            seen.insert(doc.name().to_owned(), doc.source.clone());
+        }
+    }
+    Ok(())
 }
 
 /// Reads an ImagePolicy from a document, strictly: unknown fields are errors, as with

@@ -1,17 +1,19 @@
 //! The policy index: a reflector store of ImagePolicies, driven by watch events, that rebuilds
-//! the [`Snapshot`] and swaps it in on every change (apply, delete, re-list).
+//! the [`Snapshot`](crate::policy::Snapshot) and swaps it in on every change (apply, delete, re-list).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use arc_swap::ArcSwap;
 
-use crate::policy::{CompileError, ImagePolicy, ImagePolicySpec, SecretKeys, Settings, Snapshot};
+use crate::policy::{
+    CompileError, CompiledPolicy, ImagePolicy, SecretKeys, Settings, SnapshotBuilder,
+};
 use crate::state::{Readiness, SharedSnapshot};
 
 /// Holds the store of ImagePolicies and keeps the shared snapshot in step with it.
@@ -22,9 +24,11 @@ pub struct PolicyIndex {
     readiness: Arc<Readiness>,
     settings: Settings,
     changed: watch::Sender<Rebuilt>,
-    /// The name, generation and spec of every policy in the snapshot in force: an event that
-    /// changes none of them (a status write, a label edit) needs no rebuild.
-    built: HashMap<String, (Option<i64>, ImagePolicySpec)>,
+    /// Every policy in the snapshot in force, by name: the object it was compiled from (the
+    /// store's own, not a copy) and what compiling it gave. An event that changes neither its
+    /// generation nor its spec (a status write, a label edit) needs no rebuild, and a rebuild
+    /// compiles only the policies that changed (all of them when the key Secrets change).
+    built: HashMap<String, Built>,
     /// The key Secrets' contents that policies compile with (shared with the status writer);
     /// `waiting` until they have been read once.
     secrets: Arc<ArcSwap<SecretKeys>>,
@@ -34,13 +38,30 @@ pub struct PolicyIndex {
     listed: bool,
 }
 
+/// One policy as the snapshot in force holds it.
+struct Built {
+    object: Arc<ImagePolicy>,
+    compiled: Result<Arc<CompiledPolicy>, CompileError>,
+}
+
+impl Built {
+    /// Whether `policy` is what this was compiled from (same generation and spec).
+    fn is_of(&self, policy: &ImagePolicy) -> bool {
+        self.object.metadata.generation == policy.metadata.generation
+            && self.object.spec == policy.spec
+    }
+}
+
 /// What the last rebuild produced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Rebuilt {
     /// Counts rebuilds (wrapping).
     pub count: u64,
     /// How many policies were left out because they do not compile.
     pub errors: usize,
+    /// Those policies, by name, with the generation that did not compile and why: with the
+    /// snapshot, what the status writer reports without compiling every policy again.
+    pub failed: Arc<HashMap<String, (Option<i64>, CompileError)>>,
 }
 
 impl PolicyIndex {
@@ -96,6 +117,8 @@ impl PolicyIndex {
             return None;
         }
         self.secrets.store(Arc::new(secrets));
+        // What was compiled with the old contents is compiled again.
+        self.built.clear();
         if !self.listed {
             return None;
         }
@@ -127,7 +150,16 @@ impl PolicyIndex {
         self.writer.apply_watcher_event(event);
         match event {
             watcher::Event::Init | watcher::Event::InitApply(_) => None,
-            watcher::Event::Apply(p) if self.is_built(p) => None,
+            watcher::Event::Apply(p) if self.is_built(p) => {
+                // Hold the store's new object rather than keep the old one alive beside it.
+                if let (Some(built), Some(current)) = (
+                    self.built.get_mut(&p.name_any()),
+                    self.store.get(&ObjectRef::from_obj(p)),
+                ) {
+                    built.object = current;
+                }
+                None
+            }
             watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
                 if matches!(event, watcher::Event::InitDone) {
                     self.listed = true;
@@ -148,28 +180,43 @@ impl PolicyIndex {
     fn is_built(&self, policy: &ImagePolicy) -> bool {
         self.built
             .get(&policy.name_any())
-            .is_some_and(|(generation, spec)| {
-                *generation == policy.metadata.generation && *spec == policy.spec
-            })
+            .is_some_and(|b| b.is_of(policy))
     }
 
+    /// Builds the snapshot of the store's policies, compiling only those that changed since
+    /// the last rebuild and sharing the others with the snapshot in force.
     fn rebuild(&mut self) -> Vec<CompileError> {
-        let policies: Vec<ImagePolicy> = self
-            .store
-            .state()
-            .iter()
-            .map(|p| ImagePolicy::clone(p))
-            .collect();
-        self.built = policies
-            .iter()
-            .map(|p| (p.name_any(), (p.metadata.generation, p.spec.clone())))
-            .collect();
-        let (snapshot, errors) =
-            Snapshot::compile_with(&policies, self.settings.clone(), &self.secrets.load());
+        let objects = self.store.state();
+        let in_force = self.snapshot.load_full();
+        let secrets = self.secrets.load_full();
+        let mut builder = SnapshotBuilder::new(Some(&in_force), &secrets);
+        let mut built = HashMap::with_capacity(objects.len());
+        let mut failed = HashMap::new();
+        for object in objects {
+            let name = object.name_any();
+            let compiled = match self.built.get(&name) {
+                Some(b) if b.is_of(&object) => b.compiled.clone(),
+                _ => builder.compile(&object),
+            };
+            match &compiled {
+                Ok(c) => builder.add_shared(Arc::clone(c)),
+                Err(e) => {
+                    failed.insert(name.clone(), (object.metadata.generation, e.clone()));
+                }
+            }
+            built.insert(name, Built { object, compiled });
+        }
+        self.built = built;
+        let snapshot = builder.build(self.settings.clone());
+        drop(in_force);
         self.snapshot.store(Arc::new(snapshot));
+        let mut errors: Vec<CompileError> = failed.values().map(|(_, e)| e.clone()).collect();
+        errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+        let failed = Arc::new(failed);
         self.changed.send_modify(|r| {
             r.count = r.count.wrapping_add(1);
             r.errors = errors.len();
+            r.failed = failed;
         });
         errors
     }
@@ -178,7 +225,7 @@ impl PolicyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ImagePolicySpec;
+    use crate::policy::{ImagePolicySpec, Snapshot};
     use arc_swap::ArcSwap;
 
     fn policy(name: &str, allowed: &str) -> ImagePolicy {
@@ -242,5 +289,62 @@ mod tests {
         assert_eq!(names(&shared), ["b"]);
         index.apply(&watcher::Event::InitDone);
         assert_eq!(names(&shared), ["c"]);
+    }
+
+    #[test]
+    fn a_rebuild_compiles_only_what_changed_and_keeps_no_second_copy() {
+        let shared: SharedSnapshot =
+            Arc::new(ArcSwap::from_pointee(Snapshot::empty(Settings::default())));
+        let ready = Arc::new(Readiness::default());
+        let mut index = PolicyIndex::new(shared.clone(), ready, Settings::default());
+        let with_generation = |mut p: ImagePolicy, g| {
+            p.metadata.generation = Some(g);
+            p
+        };
+        index.apply(&watcher::Event::Init);
+        index.apply(&watcher::Event::InitApply(with_generation(
+            policy("a", "docker.io/**"),
+            1,
+        )));
+        index.apply(&watcher::Event::InitApply(with_generation(
+            policy("b", "ghcr.io/**"),
+            1,
+        )));
+        index.apply(&watcher::Event::InitApply(with_generation(
+            policy("bad", "x["),
+            4,
+        )));
+        index.apply(&watcher::Event::InitDone);
+        let compiled = |name: &str| Arc::as_ptr(shared.load().policy(name).unwrap());
+        let a = compiled("a");
+
+        index.apply(&watcher::Event::Apply(with_generation(
+            policy("b", "quay.io/**"),
+            2,
+        )));
+        assert_eq!(
+            compiled("a"),
+            a,
+            "a did not change: the same compiled policy"
+        );
+        assert_eq!(shared.load().policy("b").unwrap().generation, Some(2));
+
+        // What the status writer reads instead of compiling again.
+        let rebuilt = index.subscribe().borrow().clone();
+        assert_eq!(rebuilt.errors, 1);
+        assert_eq!(rebuilt.failed["bad"].0, Some(4));
+        assert_eq!(rebuilt.failed["bad"].1.field, "spec.allowedImages[0]");
+
+        // A status write swaps in the store's new object, so the old one is not kept alive.
+        let mut written = with_generation(policy("a", "docker.io/**"), 1);
+        written.status = Some(Default::default());
+        assert!(
+            index
+                .apply(&watcher::Event::Apply(written.clone()))
+                .is_none()
+        );
+        let in_store = index.store.get(&ObjectRef::from_obj(&written)).unwrap();
+        assert!(Arc::ptr_eq(&index.built["a"].object, &in_store));
+        assert_eq!(compiled("a"), a);
     }
 }

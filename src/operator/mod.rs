@@ -149,6 +149,7 @@ pub fn start_policies(
         tokio::spawn(run_status_writer(
             client,
             store,
+            Arc::clone(&snapshot),
             secrets,
             status_changes,
             recorder,
@@ -178,14 +179,19 @@ pub async fn run_policy_metrics(
 pub async fn run_status_writer(
     client: Client,
     store: Store<ImagePolicy>,
+    snapshot: SharedSnapshot,
     secrets: Arc<ArcSwap<SecretKeys>>,
     mut changed: watch::Receiver<index::Rebuilt>,
     recorder: Option<Recorder>,
 ) {
     loop {
+        let failed_policies = Arc::clone(&changed.borrow_and_update().failed);
         let mut failed = false;
         for policy in store.state() {
-            let compiled = crate::policy::compile_with(&policy, &secrets.load());
+            // The snapshot is read per policy, never held across a write: a pass over many
+            // policies must not keep a replaced snapshot alive beside the next two.
+            let compiled =
+                compile_result(&policy, &snapshot.load(), &failed_policies, &secrets.load());
             let result = compiled.as_ref().map(|_| ());
             match status::reconcile(client.clone(), &policy, result, recorder.as_ref()).await {
                 Ok(true) => tracing::info!(policy = %policy.name_any(), "status written"),
@@ -205,6 +211,34 @@ pub async fn run_status_writer(
             return;
         }
     }
+}
+
+/// What compiling `policy` gives: read from the last rebuild when it compiled this generation
+/// (in the snapshot, or among the policies left out), so that a status pass does not compile
+/// every policy again; compiled here otherwise (the store is ahead of the rebuild, or the
+/// object has no generation).
+fn compile_result(
+    policy: &ImagePolicy,
+    snapshot: &Snapshot,
+    failed: &std::collections::HashMap<String, (Option<i64>, crate::policy::CompileError)>,
+    secrets: &SecretKeys,
+) -> Result<(), crate::policy::CompileError> {
+    let generation = policy.metadata.generation;
+    if generation.is_some() {
+        let name = policy.name_any();
+        if snapshot
+            .policy(&name)
+            .is_some_and(|p| p.generation == generation)
+        {
+            return Ok(());
+        }
+        if let Some((g, e)) = failed.get(&name)
+            && *g == generation
+        {
+            return Err(e.clone());
+        }
+    }
+    crate::policy::compile_with(policy, secrets).map(|_| ())
 }
 
 /// Keeps `writer` (the namespace store) in step with the cluster's Namespaces.
@@ -606,5 +640,53 @@ pub fn start(
         namespaces,
         events: Arc::new(sink),
         tasks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{CompileError, ImagePolicySpec};
+
+    #[test]
+    fn the_status_writer_reads_compile_results_of_the_same_generation() {
+        let mut policy = ImagePolicy::new(
+            "p",
+            ImagePolicySpec {
+                allowed_images: Some(vec!["docker.io/**".into()]),
+                ..ImagePolicySpec::default()
+            },
+        );
+        policy.metadata.generation = Some(3);
+        let recorded = CompileError {
+            policy: "p".into(),
+            field: "spec".into(),
+            message: "as the rebuild found".into(),
+        };
+        let failed = [("p".to_owned(), (Some(3), recorded.clone()))].into();
+        let empty = Snapshot::empty(Settings::default());
+        // Read, not compiled again (compiling would say it is fine).
+        assert_eq!(
+            compile_result(&policy, &empty, &failed, &SecretKeys::default()),
+            Err(recorded)
+        );
+        // Another generation than the rebuild saw: compiled here.
+        policy.metadata.generation = Some(4);
+        assert_eq!(
+            compile_result(&policy, &empty, &failed, &SecretKeys::default()),
+            Ok(())
+        );
+        // In the snapshot at this generation: in force.
+        let (snapshot, _) = Snapshot::compile([&policy], Settings::default());
+        policy.spec.allowed_images = Some(vec!["not a pattern".into()]);
+        assert_eq!(
+            compile_result(
+                &policy,
+                &snapshot,
+                &Default::default(),
+                &SecretKeys::default()
+            ),
+            Ok(())
+        );
     }
 }

@@ -1,16 +1,20 @@
 //! Compiling one `ImagePolicy` into the form decisions use, with every error tied to the field
 //! path that caused it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use globset::{GlobSet, GlobSetBuilder};
 use regex::Regex;
 
 use super::crd::{ImagePolicy, Mode};
-use super::pattern::{PATTERN_HELP, Pattern, tag_glob};
+use super::matcher::MAX_PATTERNS_PER_LIST;
+use super::pattern::{PATTERN_HELP, Pattern, tag_matches, validate_tag_pattern};
 use super::selector::Selector;
-use super::signatures::{Resolve, SecretKeys, SignatureRule, compile_entries};
+use super::signatures::{
+    MAX_ENTRIES, Resolve, SecretKeys, SignatureRule, Verifiers, compile_entries,
+};
 
 /// The default for `breakGlass.maxDuration`.
 pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
@@ -31,7 +35,7 @@ pub struct CompileError {
 }
 
 /// One pattern list of a policy (`images`, `allowedImages` or `deniedImages`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PatternList {
     /// The patterns, in the order written.
     pub patterns: Vec<Pattern>,
@@ -40,14 +44,91 @@ pub struct PatternList {
 impl PatternList {
     /// Whether the list contains a bare `**` (matches every image).
     pub fn matches_all(&self) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| p.name_glob.is_none() && p.suffix.is_none())
+        self.patterns.iter().any(Pattern::matches_all)
     }
 
     /// The patterns as written, for messages.
     pub fn sources(&self) -> Vec<&str> {
-        self.patterns.iter().map(|p| p.source.as_str()).collect()
+        self.patterns.iter().map(Pattern::source).collect()
+    }
+
+    /// Parses the list written at `field` (`spec.allowedImages`), in which `split` (the policy,
+    /// the entry) is what to split when it is too long; the error is the field path of the
+    /// first wrong pattern, and what is wrong.
+    pub(super) fn parse(
+        field: &str,
+        list: &[String],
+        split: &str,
+    ) -> Result<PatternList, (String, String)> {
+        if list.len() > MAX_PATTERNS_PER_LIST {
+            return Err((
+                field.to_owned(),
+                format!(
+                    "{} patterns are more than one list may hold ({MAX_PATTERNS_PER_LIST}); split the {split}",
+                    list.len()
+                ),
+            ));
+        }
+        // Exactly as long as the list: a collected `Result` could not know the length, and
+        // its doubling would leave up to half the 40-byte slots unused in every snapshot.
+        let mut patterns = Vec::with_capacity(list.len());
+        for (i, source) in list.iter().enumerate() {
+            patterns.push(Pattern::parse(source).map_err(|e| {
+                (
+                    format!("{field}[{i}]"),
+                    format!("invalid pattern {source:?}: {e}; {PATTERN_HELP}"),
+                )
+            })?);
+        }
+        Ok(PatternList { patterns })
+    }
+}
+
+/// Which pattern list of a policy: what a snapshot's [`Matcher`](super::matcher::Matcher)
+/// reports a match in. Another list of patterns matched with the others is another variant
+/// here, with a code of its own, listed by [`CompiledPolicy::pattern_lists`] and read back by
+/// [`CompiledPolicy::list`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListId {
+    /// `spec.images`.
+    Images,
+    /// `spec.allowedImages`.
+    AllowedImages,
+    /// `spec.deniedImages`.
+    DeniedImages,
+    /// `spec.verifySignatures[N].images`, by the entry's position `N`.
+    SignatureImages(u8),
+}
+
+/// The code of the first signature entry's list; entry `N` has `SIGNATURE_CODES + N`.
+const SIGNATURE_CODES: u8 = 3;
+
+// Every entry's list has a code of its own in one byte, and a use of the snapshot's matches
+// names the entries of a policy in one 32-bit word (see `ImageMatches::signature_entries`).
+const _: () = assert!(MAX_ENTRIES <= 32 && SIGNATURE_CODES as usize + MAX_ENTRIES <= 256);
+
+impl ListId {
+    /// The list as one byte, as the matcher keeps it.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            ListId::Images => 0,
+            ListId::AllowedImages => 1,
+            ListId::DeniedImages => 2,
+            ListId::SignatureImages(entry) => SIGNATURE_CODES + entry,
+        }
+    }
+
+    /// The list a byte of [`ListId::code`] stands for.
+    pub(crate) fn from_code(code: u8) -> Option<ListId> {
+        match code {
+            0 => Some(ListId::Images),
+            1 => Some(ListId::AllowedImages),
+            2 => Some(ListId::DeniedImages),
+            c if usize::from(c - SIGNATURE_CODES) < MAX_ENTRIES => {
+                Some(ListId::SignatureImages(c - SIGNATURE_CODES))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -60,8 +141,9 @@ pub struct BreakGlassRule {
     pub allowed_users: Vec<String>,
     /// The ticket pattern as written.
     pub ticket_source: String,
-    /// The ticket pattern, anchored to the whole value.
-    pub ticket: Regex,
+    /// The ticket pattern, anchored to the whole value; shared by the policies that write the
+    /// same pattern (see [`CompileCache`]).
+    pub ticket: Arc<Regex>,
     /// How far ahead a `break-glass-until` time may lie.
     pub max_duration: Duration,
 }
@@ -73,8 +155,19 @@ impl BreakGlassRule {
     }
 }
 
-/// A policy ready for decisions.
-#[derive(Debug, Clone)]
+/// Equal when written the same: the ticket regex is compiled from `ticket_source`.
+impl PartialEq for BreakGlassRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.allowed_groups == other.allowed_groups
+            && self.allowed_users == other.allowed_users
+            && self.ticket_source == other.ticket_source
+            && self.max_duration == other.max_duration
+    }
+}
+
+/// A policy ready for decisions. Two are equal when they decide alike and carry the same name
+/// and generation, so a snapshot can keep the one it has.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CompiledPolicy {
     /// `metadata.name`.
     pub name: String,
@@ -92,10 +185,9 @@ pub struct CompiledPolicy {
     pub denied_images: PatternList,
     /// `spec.requireDigest`.
     pub require_digest: bool,
-    /// `spec.deniedTags` as written (empty when unset).
+    /// `spec.deniedTags` as written (empty when unset); each is matched as it is written (see
+    /// [`CompiledPolicy::denies_tag`]).
     pub denied_tags: Vec<String>,
-    /// `spec.deniedTags`, compiled.
-    pub denied_tag_set: GlobSet,
     /// `spec.requirePullPolicyAlways`.
     pub require_pull_policy_always: bool,
     /// `spec.setPullPolicyAlways`: the mutating webhook sets `imagePullPolicy: Always`.
@@ -114,10 +206,85 @@ impl CompiledPolicy {
         self.images.patterns.is_empty() || self.images.matches_all()
     }
 
+    /// Whether `spec.deniedTags` denies this tag.
+    pub fn denies_tag(&self, tag: &str) -> bool {
+        self.denied_tags.iter().any(|t| tag_matches(t, tag))
+    }
+
     /// Whether this policy asks the mutating webhook to change Pods (`setPullPolicyAlways` or
     /// `pinDigests`), in any mode: Warn and Audit policies report what they would change.
     pub fn mutates(&self) -> bool {
         self.set_pull_policy_always || self.pin_digests
+    }
+
+    /// Every pattern list of the policy, for the snapshot's matcher: `images`,
+    /// `allowedImages`, `deniedImages`, and the `images` of each signature entry that has
+    /// patterns of its own (one without covers every image the policy governs; see
+    /// [`SignatureRule::covers_all`]).
+    pub fn pattern_lists(&self) -> impl Iterator<Item = (ListId, &PatternList)> {
+        let entries = self
+            .signatures
+            .iter()
+            .zip(0u8..)
+            .filter(|(rule, _)| !rule.covers_all())
+            .map(|(rule, n)| (ListId::SignatureImages(n), Some(&rule.images)));
+        [
+            (ListId::Images, Some(&self.images)),
+            (ListId::AllowedImages, self.allowed_images.as_ref()),
+            (ListId::DeniedImages, Some(&self.denied_images)),
+        ]
+        .into_iter()
+        .chain(entries)
+        .filter_map(|(id, list)| Some((id, list?)))
+    }
+
+    /// One pattern list of the policy; `None` when unset.
+    pub fn list(&self, id: ListId) -> Option<&PatternList> {
+        match id {
+            ListId::Images => Some(&self.images),
+            ListId::AllowedImages => self.allowed_images.as_ref(),
+            ListId::DeniedImages => Some(&self.denied_images),
+            ListId::SignatureImages(n) => self.signatures.get(usize::from(n)).map(|r| &r.images),
+        }
+    }
+}
+
+/// What compiling many policies can share: each distinct ticket pattern is compiled once, and
+/// each distinct signature key parsed once. A compiled regular expression takes several
+/// kilobytes, more than all the rest of a small policy, and policies generated for many teams
+/// usually share their ticket pattern and their release key.
+#[derive(Debug, Default)]
+pub struct CompileCache {
+    tickets: HashMap<String, Arc<Regex>>,
+    verifiers: Verifiers,
+}
+
+impl CompileCache {
+    /// A cache that starts with the ticket patterns of these policies.
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a CompiledPolicy>) -> CompileCache {
+        let tickets = policies
+            .into_iter()
+            .filter_map(|p| p.break_glass.as_ref())
+            .map(|bg| (bg.ticket_source.clone(), Arc::clone(&bg.ticket)))
+            .collect();
+        CompileCache {
+            tickets,
+            verifiers: Verifiers::default(),
+        }
+    }
+
+    /// The compiled ticket pattern, anchored to the whole value.
+    fn ticket(&mut self, source: &str) -> Result<Arc<Regex>, regex::Error> {
+        if let Some(regex) = self.tickets.get(source) {
+            return Ok(Arc::clone(regex));
+        }
+        let regex = Arc::new(
+            regex::RegexBuilder::new(&format!("^(?:{source})$"))
+                .size_limit(TICKET_REGEX_SIZE_LIMIT)
+                .build()?,
+        );
+        self.tickets.insert(source.to_owned(), Arc::clone(&regex));
+        Ok(regex)
     }
 }
 
@@ -132,17 +299,31 @@ pub fn compile_with(
     policy: &ImagePolicy,
     secrets: &SecretKeys,
 ) -> Result<CompiledPolicy, CompileError> {
-    compile_as(policy, Resolve::Fully(secrets))
+    compile_shared(policy, secrets, &mut CompileCache::default())
+}
+
+/// Compiles a policy as [`compile_with`] does, sharing what it can with the other policies
+/// compiled with the same cache.
+pub fn compile_shared(
+    policy: &ImagePolicy,
+    secrets: &SecretKeys,
+    cache: &mut CompileCache,
+) -> Result<CompiledPolicy, CompileError> {
+    compile_as(policy, Resolve::Fully(secrets), cache)
 }
 
 /// Checks what a policy says by itself, as the admission webhook does when it is applied: every
 /// field is valid. Whether its `secretRef` Secrets can be read, and whether this version
 /// supports all it asks for, is judged when it is put in force (its `Ready` condition).
 pub fn validate(policy: &ImagePolicy) -> Result<(), CompileError> {
-    compile_as(policy, Resolve::Shape).map(|_| ())
+    compile_as(policy, Resolve::Shape, &mut CompileCache::default()).map(|_| ())
 }
 
-fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPolicy, CompileError> {
+fn compile_as(
+    policy: &ImagePolicy,
+    resolve: Resolve<'_>,
+    cache: &mut CompileCache,
+) -> Result<CompiledPolicy, CompileError> {
     let name = policy.metadata.name.clone().unwrap_or_default();
     let err = |field: String, message: String| CompileError {
         policy: name.clone(),
@@ -152,17 +333,8 @@ fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPoli
     let spec = &policy.spec;
 
     let patterns = |field: &str, list: &Option<Vec<String>>| -> Result<PatternList, CompileError> {
-        let mut out = PatternList::default();
-        for (i, source) in list.iter().flatten().enumerate() {
-            let p = Pattern::parse(source).map_err(|e| {
-                err(
-                    format!("spec.{field}[{i}]"),
-                    format!("invalid pattern {source:?}: {e}; {PATTERN_HELP}"),
-                )
-            })?;
-            out.patterns.push(p);
-        }
-        Ok(out)
+        let list = list.as_deref().unwrap_or_default();
+        PatternList::parse(&format!("spec.{field}"), list, "policy").map_err(|(at, e)| err(at, e))
     };
 
     let has_rule = spec.allowed_images.is_some()
@@ -201,35 +373,27 @@ fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPoli
         None => None,
     };
 
-    let mut tags = GlobSetBuilder::new();
     for (i, tag) in spec.denied_tags.iter().flatten().enumerate() {
-        let glob = tag_glob(tag).map_err(|e| {
+        validate_tag_pattern(tag).map_err(|e| {
             err(
                 format!("spec.deniedTags[{i}]"),
                 format!("{e}; e.g. `latest` or `*-dev`"),
             )
         })?;
-        tags.add(glob);
     }
-    let denied_tag_set = tags
-        .build()
-        .map_err(|e| err("spec.deniedTags".into(), e.to_string()))?;
 
     let break_glass = match &spec.break_glass {
         None => None,
         Some(bg) => {
-            let ticket = regex::RegexBuilder::new(&format!("^(?:{})$", bg.ticket_pattern))
-                .size_limit(TICKET_REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| {
-                    err(
-                        "spec.breakGlass.ticketPattern".into(),
-                        format!(
-                            "invalid regular expression {:?}: {e}; e.g. `^INC-[0-9]+$`",
-                            bg.ticket_pattern
-                        ),
-                    )
-                })?;
+            let ticket = cache.ticket(&bg.ticket_pattern).map_err(|e| {
+                err(
+                    "spec.breakGlass.ticketPattern".into(),
+                    format!(
+                        "invalid regular expression {:?}: {e}; e.g. `^INC-[0-9]+$`",
+                        bg.ticket_pattern
+                    ),
+                )
+            })?;
             let max_duration = match &bg.max_duration {
                 None => DEFAULT_MAX_DURATION,
                 Some(d) => {
@@ -250,6 +414,7 @@ fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPoli
         &name,
         spec.verify_signatures.as_deref().unwrap_or_default(),
         resolve,
+        &mut cache.verifiers,
     )
     .map_err(|(field, message)| err(field, message))?;
 
@@ -263,7 +428,6 @@ fn compile_as(policy: &ImagePolicy, resolve: Resolve<'_>) -> Result<CompiledPoli
         denied_images: patterns("deniedImages", &spec.denied_images)?,
         require_digest: spec.require_digest.unwrap_or(false),
         denied_tags: spec.denied_tags.clone().unwrap_or_default(),
-        denied_tag_set,
         require_pull_policy_always: spec.require_pull_policy_always.unwrap_or(false),
         set_pull_policy_always: spec.set_pull_policy_always.unwrap_or(false),
         pin_digests: spec.pin_digests.unwrap_or(false),

@@ -3,14 +3,15 @@
 
 mod compile;
 pub mod crd;
+mod matcher;
 pub mod pattern;
 mod selector;
 mod signatures;
 mod snapshot;
 
 pub use compile::{
-    BreakGlassRule, CompileError, CompiledPolicy, PatternList, compile, compile_with,
-    parse_duration, validate,
+    BreakGlassRule, CompileCache, CompileError, CompiledPolicy, ListId, PatternList, compile,
+    compile_shared, compile_with, parse_duration, validate,
 };
 pub use crd::{
     AUDIT_VIOLATIONS_LIMIT, AuditStatus, AuditViolation, BreakGlass, ImagePolicy, ImagePolicySpec,
@@ -21,4 +22,8 @@ pub use selector::Selector;
 #[cfg(test)]
 pub(crate) use signatures::test_keys;
 pub use signatures::{SecretKeys, SignatureRule, TrustedRoots};
-pub use snapshot::{ImageMatches, ResolvedImage, Settings, Snapshot, UnmatchedImages};
+#[cfg(test)]
+pub(crate) use snapshot::assert_rebuilt;
+pub use snapshot::{
+    ImageMatches, ResolvedImage, Settings, Snapshot, SnapshotBuilder, UnmatchedImages,
+};

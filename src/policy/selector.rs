@@ -97,11 +97,12 @@ impl Selector {
 /// and the selectors that match, not with the number of selectors.
 #[derive(Debug, Clone, Default)]
 pub struct SelectorSet {
-    len: usize,
     /// Label key → value → equality-only selectors that require that pair.
     by_pair: HashMap<String, HashMap<String, Vec<usize>>>,
     /// For each selector, how many pairs an equality-only selector requires.
     pairs_needed: Vec<usize>,
+    /// Selectors without any requirement: they match every namespace.
+    always: Vec<usize>,
     /// Selectors with other requirements, evaluated one by one.
     general: Vec<(usize, Selector)>,
 }
@@ -110,7 +111,6 @@ impl SelectorSet {
     /// Indexes `selectors`; results of [`SelectorSet::matching`] use their positions.
     pub fn new(selectors: &[Selector]) -> SelectorSet {
         let mut set = SelectorSet {
-            len: selectors.len(),
             pairs_needed: vec![0; selectors.len()],
             ..Default::default()
         };
@@ -124,6 +124,7 @@ impl SelectorSet {
                 })
                 .collect();
             match pairs {
+                Some(pairs) if pairs.is_empty() => set.always.push(id),
                 Some(pairs) => {
                     set.pairs_needed[id] = pairs.len();
                     for (k, v) in pairs {
@@ -141,24 +142,40 @@ impl SelectorSet {
         set
     }
 
-    /// For each selector, whether `labels` satisfy it.
-    pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<bool> {
-        let mut hits = vec![0usize; self.len];
+    /// The positions of the selectors that `labels` satisfy, ascending. The work follows the
+    /// labels and the selectors they touch, not the number of selectors.
+    pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<usize> {
+        let mut out = self.always.clone();
+        // Selectors of several pairs, once per pair the labels have: complete when they are
+        // there as often as they have pairs (a selector names each key once, as do labels).
+        let mut partial = Vec::new();
         for (k, v) in labels {
-            if let Some(ids) = self.by_pair.get(k).and_then(|values| values.get(v)) {
-                for &id in ids {
-                    hits[id] += 1;
+            for &id in self
+                .by_pair
+                .get(k)
+                .and_then(|values| values.get(v))
+                .into_iter()
+                .flatten()
+            {
+                if self.pairs_needed[id] == 1 {
+                    out.push(id);
+                } else {
+                    partial.push(id);
                 }
             }
         }
-        let mut out: Vec<bool> = hits
-            .iter()
-            .zip(&self.pairs_needed)
-            .map(|(h, n)| h == n)
-            .collect();
-        for (id, selector) in &self.general {
-            out[*id] = selector.matches(labels);
+        partial.sort_unstable();
+        for run in partial.chunk_by(|a, b| a == b) {
+            if run.len() == self.pairs_needed[run[0]] {
+                out.push(run[0]);
+            }
         }
+        for (id, selector) in &self.general {
+            if selector.matches(labels) {
+                out.push(*id);
+            }
+        }
+        out.sort_unstable();
         out
     }
 }
@@ -200,7 +217,9 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            let want: Vec<bool> = selectors.iter().map(|s| s.matches(&labels)).collect();
+            let want: Vec<usize> = (0..selectors.len())
+                .filter(|&i| selectors[i].matches(&labels))
+                .collect();
             assert_eq!(set.matching(&labels), want, "{labels:?}");
         }
         assert_eq!(
@@ -211,7 +230,7 @@ mod tests {
                 ]
                 .into()
             ),
-            [true, true, true, false, true, false, false, true, false]
+            [0, 1, 2, 4, 7]
         );
     }
 

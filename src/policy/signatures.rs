@@ -3,12 +3,11 @@
 //! caller has read) and the trusted roots read (from a ConfigMap the caller has read, or the
 //! one given at start) once per policy version, never per request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::compile::PatternList;
 use super::crd::{KeyVerifier, KeylessVerifier, SignatureEntry, TransparencyLog};
-use super::pattern::{PATTERN_HELP, Pattern};
 use crate::evidence::EntryCheck;
 use crate::reference::Reference;
 use crate::signature::{Match, PublicKey, TrustedRoot, Verifier};
@@ -28,15 +27,62 @@ pub struct SignatureRule {
 }
 
 impl SignatureRule {
-    /// Whether this entry is for `reference` (an image its policy governs).
+    /// Whether this entry is for `reference` (an image its policy governs), matching its
+    /// patterns one at a time.
     ///
-    /// Entry patterns are matched one at a time here, and only for images that a policy with
-    /// signature entries governs: the snapshot's set matcher decides that first, so images
-    /// outside such policies never come this far.
+    /// Decisions do not call this: a snapshot files every entry's patterns in its matcher with
+    /// the other lists, and [`ImageMatches::signature_entries`](super::ImageMatches) says which
+    /// entries of a policy are for an image, however many entries and policies there are.
     pub fn covers(&self, reference: &Reference) -> bool {
-        self.images.patterns.is_empty()
-            || self.images.matches_all()
-            || self.images.patterns.iter().any(|p| p.matches(reference))
+        self.covers_all() || self.images.patterns.iter().any(|p| p.matches(reference))
+    }
+
+    /// Whether this entry is for every image its policy governs (`images` unset, or `**`).
+    pub fn covers_all(&self) -> bool {
+        self.images.patterns.is_empty() || self.images.matches_all()
+    }
+}
+
+/// Equal when they verify the same images alike: the verifier is compared by what it accepts.
+impl PartialEq for SignatureRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.images == other.images
+            && self.check.entry == other.check.entry
+            && self.check.verifier == other.check.verifier
+            && self.check.transparency_log == other.check.transparency_log
+    }
+}
+
+/// The keys and verifiers compiled so far: entries that name the same key (one release key
+/// across many generated policies) parse it once, and entries whose verifiers accept the same
+/// signatures share one verifier instead of holding it once per entry.
+#[derive(Debug, Default)]
+pub(super) struct Verifiers {
+    /// Keys parsed, by their PEM text.
+    keys: HashMap<String, PublicKey>,
+    /// Verifiers, by what they accept ([`Verifier::id`]).
+    by_id: HashMap<String, Arc<Verifier>>,
+}
+
+impl Verifiers {
+    /// The key of `pem`, parsed once.
+    fn key(&mut self, pem: &str) -> Result<PublicKey, String> {
+        if let Some(key) = self.keys.get(pem) {
+            return Ok(key.clone());
+        }
+        let key = PublicKey::from_pem(pem).map_err(|e| format!("not a usable public key: {e}"))?;
+        self.keys.insert(pem.to_owned(), key.clone());
+        Ok(key)
+    }
+
+    /// `verifier`, or the one compiled before that accepts exactly the same signatures.
+    fn share(&mut self, verifier: Verifier) -> Arc<Verifier> {
+        Arc::clone(
+            self.by_id
+                .entry(verifier.id().to_owned())
+                .or_insert_with(|| Arc::new(verifier)),
+        )
     }
 }
 
@@ -224,6 +270,7 @@ pub(super) fn compile_entries(
     policy: &str,
     entries: &[SignatureEntry],
     resolve: Resolve<'_>,
+    verifiers: &mut Verifiers,
 ) -> Result<Vec<SignatureRule>, (String, String)> {
     if entries.len() > MAX_ENTRIES {
         return Err((
@@ -255,7 +302,7 @@ pub(super) fn compile_entries(
         let images = entry_patterns(&at, entry.images.as_deref())?;
         let verifier = match (&entry.key, &entry.keyless) {
             (Some(key), None) => {
-                let Some(public) = public_key(&at, key, resolve)? else {
+                let Some(public) = public_key(&at, key, resolve, verifiers)? else {
                     continue;
                 };
                 match (entry.transparency_log, resolve) {
@@ -302,7 +349,7 @@ pub(super) fn compile_entries(
             check: EntryCheck {
                 entry: format!("{policy}/{name}"),
                 transparency_log: verifier.transparency_log(),
-                verifier: Arc::new(verifier),
+                verifier: verifiers.share(verifier),
             },
         });
     }
@@ -327,17 +374,7 @@ fn entry_patterns(at: &str, list: Option<&[String]>) -> Result<PatternList, (Str
             "an empty list would make this entry govern no image; omit images for every image the policy governs".into(),
         ));
     }
-    let mut out = PatternList::default();
-    for (j, source) in list.iter().enumerate() {
-        let p = Pattern::parse(source).map_err(|e| {
-            (
-                format!("{at}.images[{j}]"),
-                format!("invalid pattern {source:?}: {e}; {PATTERN_HELP}"),
-            )
-        })?;
-        out.patterns.push(p);
-    }
-    Ok(out)
+    PatternList::parse(&format!("{at}.images"), list, "entry")
 }
 
 /// The public key of a `key` entry; `None` when it names a Secret and only the shape is checked.
@@ -345,6 +382,7 @@ fn public_key(
     at: &str,
     key: &KeyVerifier,
     resolve: Resolve<'_>,
+    verifiers: &mut Verifiers,
 ) -> Result<Option<PublicKey>, (String, String)> {
     let (field, pem) = match (&key.public_key, &key.secret_ref) {
         (Some(pem), None) => (format!("{at}.key.publicKey"), pem.as_str()),
@@ -370,9 +408,7 @@ fn public_key(
             ));
         }
     };
-    PublicKey::from_pem(pem)
-        .map(Some)
-        .map_err(|e| (field, format!("not a usable public key: {e}")))
+    verifiers.key(pem).map(Some).map_err(|why| (field, why))
 }
 
 /// The verifier of a `keyless` entry; `None` when only the shape is checked.
