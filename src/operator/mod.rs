@@ -84,6 +84,7 @@ pub async fn run_policy_index(client: Client, mut index: PolicyIndex) {
     let api: Api<ImagePolicy> = Api::all(client);
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(trim_policy)
         .boxed();
     let mut secret_updates = index.take_secret_updates();
     loop {
@@ -110,6 +111,31 @@ pub async fn run_policy_index(client: Client, mut index: PolicyIndex) {
             }
         }
     }
+}
+
+/// The annotation in which client-side `kubectl apply` (and tools built on it) keeps a copy of
+/// the whole object as last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the operator's stores never read from an ImagePolicy as it arrives: the API
+/// server's record of who wrote which field (`managedFields`) and `kubectl apply`'s copy of the
+/// last applied object. Together they are often larger than the policy itself, and the policy
+/// index holds every policy of the cluster for the life of the process.
+pub fn trim_policy(policy: &mut ImagePolicy) {
+    policy.metadata.managed_fields = None;
+    if let Some(annotations) = &mut policy.metadata.annotations {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            policy.metadata.annotations = None;
+        }
+    }
+}
+
+/// Drops what the namespace store never reads from a Namespace as it arrives: only its labels
+/// are read (by policies' namespace selectors), and the audit's label-change check.
+fn trim_namespace(namespace: &mut Namespace) {
+    namespace.metadata.managed_fields = None;
+    namespace.metadata.annotations = None;
 }
 
 /// The key Secrets' contents from `updates` once they change (from nothing, the first time);
@@ -258,6 +284,7 @@ pub async fn watch_namespaces(
     let api: Api<Namespace> = Api::all(client);
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(trim_namespace)
         .inspect(move |event| {
             if let Ok(watcher::Event::Apply(ns) | watcher::Event::InitApply(ns)) = event
                 && let Some(before) = known.get(&reflector::ObjectRef::from_obj(ns))
@@ -647,6 +674,60 @@ pub fn start(
 mod tests {
     use super::*;
     use crate::policy::{CompileError, ImagePolicySpec};
+
+    #[test]
+    fn stores_keep_neither_managed_fields_nor_the_last_applied_copy() {
+        let mut policy: ImagePolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "imagegate.dev/v1alpha1", "kind": "ImagePolicy",
+            "metadata": {
+                "name": "p", "generation": 2, "resourceVersion": "7",
+                "annotations": {
+                    LAST_APPLIED: "{\"apiVersion\":\"imagegate.dev/v1alpha1\"}",
+                    "team.example/owner": "platform",
+                },
+                "managedFields": [{"manager": "kubectl-client-side-apply", "operation": "Update",
+                    "apiVersion": "imagegate.dev/v1alpha1", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:deniedTags": {}}}}],
+            },
+            "spec": {"deniedTags": ["latest"]},
+        }))
+        .unwrap();
+        let spec = policy.spec.clone();
+        trim_policy(&mut policy);
+        assert_eq!(policy.metadata.managed_fields, None);
+        let annotations = policy.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["team.example/owner"],
+            "other annotations stay"
+        );
+        assert_eq!(
+            (policy.metadata.generation, policy.spec),
+            (Some(2), spec),
+            "what the index compares and compiles stays"
+        );
+        // With the last-applied copy the only annotation, none are left.
+        let mut alone = ImagePolicy::new("q", ImagePolicySpec::default());
+        alone.metadata.annotations = Some([(LAST_APPLIED.to_owned(), "{}".to_owned())].into());
+        trim_policy(&mut alone);
+        assert_eq!(alone.metadata.annotations, None);
+
+        let mut namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "shop", "labels": {"env": "prod"},
+                "annotations": {LAST_APPLIED: "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+            "status": {"phase": "Active"},
+        }))
+        .unwrap();
+        trim_namespace(&mut namespace);
+        assert_eq!(namespace.metadata.managed_fields, None);
+        assert_eq!(namespace.metadata.annotations, None);
+        assert_eq!(
+            namespace.metadata.labels.unwrap()["env"],
+            "prod",
+            "labels are what the store is for"
+        );
+    }
 
     #[test]
     fn the_status_writer_reads_compile_results_of_the_same_generation() {
