@@ -5,6 +5,7 @@
 //! provide the command line.
 
 pub mod admission;
+pub mod alloc;
 pub mod audit;
 pub mod certs;
 pub mod cli;

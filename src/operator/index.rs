@@ -210,6 +210,9 @@ impl PolicyIndex {
         let snapshot = builder.build(self.settings.clone());
         drop(in_force);
         self.snapshot.store(Arc::new(snapshot));
+        // The replaced snapshot and what the rebuild freed go back to the system (a millisecond
+        // or two at 10,000 policies, against the rebuild's tens).
+        crate::alloc::release_freed();
         let mut errors: Vec<CompileError> = failed.values().map(|(_, e)| e.clone()).collect();
         errors.sort_by(|a, b| a.policy.cmp(&b.policy));
         let failed = Arc::new(failed);
