@@ -7,8 +7,8 @@
 //! load is done: off the admission path, which never calls it.
 
 /// Returns the memory the allocator holds freed to the system. Costs a walk of the allocator's
-/// free pages (well under a millisecond after a load of 10,000 policies): call it after large,
-/// rare frees only.
+/// free pages (0.4–1.5 ms after a load of 10,000 policies of 100 patterns, measured): call it
+/// after large, rare frees only.
 pub fn release_freed() {
     // SAFETY: `mi_collect` takes no pointers and has no preconditions; it only returns free
     // pages of mimalloc's heaps to the system and may be called from any thread at any time.
